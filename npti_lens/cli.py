@@ -1,0 +1,233 @@
+"""The `npti` command. Flags come from the stage configs' fields, so each is defined once."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from npti_lens.errors import UserError
+
+log = logging.getLogger("npti_lens")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_config(parser: argparse.ArgumentParser, cls: type, *, required: Sequence[str] = ()) -> None:
+    """Add a --flag for every field of dataclass `cls`; help text is the field's metadata."""
+    hints = typing.get_type_hints(cls)
+    existing = {a.dest for a in parser._actions}
+    for f in dataclasses.fields(cls):
+        if f.name in existing:
+            continue  # shared with another config (e.g. --seed): one flag sets both
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        args = typing.get_args(kind)
+        if args and type(None) in args:
+            kind = next(a for a in args if a is not type(None))
+        default = None if f.default is dataclasses.MISSING else f.default
+        help_text = f.metadata.get("help", "")
+        if kind is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=default, help=help_text)
+        elif f.name in required or f.default is dataclasses.MISSING:
+            parser.add_argument(flag, dest=f.name, type=kind, required=True, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=kind, default=default,
+                                help=f"{help_text} (default: {default})")
+
+
+def config_from(args: argparse.Namespace, cls: type) -> Any:
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def _fresh_file(path: str, overwrite: bool, flag: str = "--out") -> Path:
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise UserError(f"{flag}: {p} exists; pass --overwrite to replace it or choose another path")
+    return p
+
+
+# ----- subcommands -----------------------------------------------------------------------------
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from npti_lens.generate import GenerateConfig
+    from npti_lens.model import ModelConfig, load_model
+    from npti_lens.search import SearchConfig, run_search
+
+    model = load_model(config_from(args, ModelConfig))
+    stats = run_search(model, args.questions, args.personas, args.out,
+                       config_from(args, SearchConfig), config_from(args, GenerateConfig),
+                       resume=args.resume, progress=True)
+    for name, s in stats.items():
+        print(f"{name}: {s.meta.get('n_questions', 0)} questions, {s.n_tokens} answer tokens")
+    print(f"statistics and answers in {args.out}")
+
+
+def cmd_select(args: argparse.Namespace) -> None:
+    from npti_lens.constants import POLES, TRAITS, opposite
+    from npti_lens.search import load_run_stats, stats_path
+    from npti_lens.select import SelectConfig, select_neurons
+
+    cfg = config_from(args, SelectConfig)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise UserError(f"--out: {out} is not empty; pass --overwrite or choose another folder")
+    done = 0
+    for trait in TRAITS:
+        if not all(stats_path(args.run, trait, p).is_file() for p in POLES):
+            continue
+        for pole in POLES:
+            sp, sq = load_run_stats(args.run, trait, pole), load_run_stats(args.run, trait, opposite(pole))
+            ns = select_neurons(sp, sq, cfg, trait=trait, pole=pole, model=str(sp.meta.get("model", "")))
+            folder = ns.save(out / ns.name)
+            print(f"{ns.name}: {len(ns)} neurons -> {folder}")
+            done += 1
+    if not done:
+        raise UserError(f"{args.run}: no trait has statistics for both poles; run npti search first")
+
+
+def _answer(args: argparse.Namespace, *, induction: bool) -> None:
+    from npti_lens.data import load_questions
+    from npti_lens.generate import GenerateConfig, generate
+    from npti_lens.induce import InduceConfig, induce, load_pair
+    from npti_lens.io import check_pole, check_trait, write_jsonl_atomic
+    from npti_lens.model import ModelConfig, load_model
+    from npti_lens.prompts import build
+
+    out = _fresh_file(args.out, args.overwrite)
+    questions = load_questions(args.questions, limit=args.limit)
+    gcfg = config_from(args, GenerateConfig)
+    trait = pole = gamma = None
+    pairs = []
+    if induction:
+        trait, pole = check_trait(args.trait), check_pole(args.pole)
+        icfg = config_from(args, InduceConfig)
+        gamma = icfg.gamma
+        pairs = [load_pair(args.neurons, trait, pole)]
+    model = load_model(config_from(args, ModelConfig))
+    prompts = [build(model.tokenizer, q.text) for q in questions]
+    if induction:
+        with induce(model, pairs, icfg, allow_other_model=args.allow_other_model):
+            gens = generate(model, [p.token_ids for p in prompts], gcfg, progress=True)
+    else:
+        gens = generate(model, [p.token_ids for p in prompts], gcfg, progress=True)
+    rows = [{"question": q.text, "prompt": p.text, "answer": g.text, "trait": trait, "pole": pole,
+             "gamma": gamma, "n_answer_tokens": len(g.answer_ids), "hit_eos": g.hit_eos}
+            for q, p, g in zip(questions, prompts, gens, strict=True)]
+    write_jsonl_atomic(out, rows)
+    print(f"{len(rows)} answers -> {out}")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    _answer(args, induction=False)
+
+
+def cmd_induce(args: argparse.Namespace) -> None:
+    _answer(args, induction=True)
+
+
+def cmd_import_npti(args: argparse.Namespace) -> None:
+    from npti_lens.neurons import import_reference
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise UserError(f"--out: {out} is not empty; pass --overwrite or choose another folder")
+    sets = import_reference(args.dir, model=args.model_name, n_layers=args.n_layers, d_mlp=args.d_mlp)
+    for name, ns in sets.items():
+        ns.save(out / name)
+        print(f"{name}: {len(ns)} neurons")
+    print(f"{len(sets)} neuron sets -> {out}")
+
+
+# ----- parser ----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from npti_lens import __version__
+    from npti_lens.generate import GenerateConfig
+    from npti_lens.induce import InduceConfig
+    from npti_lens.model import ModelConfig
+    from npti_lens.neurons import REFERENCE_D_MLP, REFERENCE_MODEL, REFERENCE_N_LAYERS
+    from npti_lens.search import SearchConfig
+    from npti_lens.select import SelectConfig
+
+    parser = _Parser(prog="npti", description="Neuron-based personality trait induction on TransformerLens.")
+    parser.add_argument("--version", action="version", version=f"npti_lens {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def command(name: str, fn: Callable[[argparse.Namespace], None], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=fn)
+        return p
+
+    p = command("search", cmd_search, "answer questions under persona prompts and record neuron statistics")
+    p.add_argument("--questions", required=True, help="folder of {Trait}.json question files (JSON lines)")
+    p.add_argument("--personas", required=True, help="JSON-lines file of persona descriptions per pole key")
+    p.add_argument("--out", required=True, help="run folder (answers/ and stats/)")
+    p.add_argument("--resume", action="store_true", help="continue the run already in --out")
+    add_config(p, ModelConfig)
+    add_config(p, SearchConfig)
+    add_config(p, GenerateConfig)
+
+    p = command("select", cmd_select, "select the neurons of every trait pole of a search run")
+    p.add_argument("run", metavar="RUN", help="run folder written by npti search")
+    p.add_argument("--out", required=True, help="folder for the neuron sets ({Trait}_{pole}/)")
+    p.add_argument("--overwrite", action="store_true", help="replace sets already in --out")
+    add_config(p, SelectConfig)
+
+    for name, fn, help_text in (
+        ("generate", cmd_generate, "answer questions with the neutral prompt, no intervention"),
+        ("induce", cmd_induce, "answer questions with the neutral prompt while inducing a trait pole"),
+    ):
+        p = command(name, fn, help_text)
+        p.add_argument("--questions", required=True, help="JSON-lines file of questions")
+        p.add_argument("--out", required=True, help="JSON-lines output file")
+        p.add_argument("--limit", type=int, default=None, help="answer at most this many questions")
+        p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+        if name == "induce":
+            p.add_argument("--neurons", required=True, help="folder of neuron sets (npti select)")
+            p.add_argument("--trait", required=True, help="trait to induce")
+            p.add_argument("--pole", required=True, help="high or low")
+            p.add_argument("--allow-other-model", action="store_true",
+                           help="apply neuron sets selected on another model of the same shape")
+            add_config(p, InduceConfig)
+        add_config(p, ModelConfig)
+        add_config(p, GenerateConfig)
+
+    p = command("import-npti", cmd_import_npti, "convert the reference's neuron_results folder")
+    p.add_argument("dir", metavar="DIR", help="folder of {Trait}[_reversed]_dict.json[.gz] files")
+    p.add_argument("--out", required=True, help="folder for the neuron sets")
+    p.add_argument("--model-name", default=REFERENCE_MODEL, help="model the sets belong to")
+    p.add_argument("--n-layers", type=int, default=REFERENCE_N_LAYERS, help="layers of that model")
+    p.add_argument("--d-mlp", type=int, default=REFERENCE_D_MLP, help="MLP neurons per layer")
+    p.add_argument("--overwrite", action="store_true", help="replace sets already in --out")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"npti {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"npti {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Question and persona files: JSON lines, checked line by line.
+
+Questions: a folder with `{Trait}.json` files (or one file) of lines `{"question": ...}`.
+Personas: lines mapping the 10 pole keys (`Openness`, `Openness_reversed`, ...) to descriptions.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from npti_lens.constants import TRAITS, reference_key
+from npti_lens.errors import UserError
+from npti_lens.io import fingerprint, read_jsonl
+
+
+@dataclass(frozen=True)
+class Question:
+    text: str
+    source: str  # file:line, for messages
+
+
+def load_questions(path: str | Path, *, limit: int | None = None) -> list[Question]:
+    """Questions of one JSON-lines file, in file order, at most `limit`."""
+    path = Path(path)
+    rows = read_jsonl(path, what='JSON lines like {"question": "..."}')
+    out = []
+    for r in rows:
+        q = r.get("question")
+        if not isinstance(q, str) or not q.strip():
+            raise UserError(f'{path}:{r["_line"]}: no "question" text; each line needs {{"question": "..."}}')
+        out.append(Question(text=q.strip(), source=f"{path}:{r['_line']}"))
+    return out[:limit] if limit is not None else out
+
+
+def trait_question_file(folder: str | Path, trait: str) -> Path:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"--questions: {folder} is not a folder of {{Trait}}.json files")
+    for name in (f"{trait}.json", f"{trait}.jsonl"):
+        if (folder / name).is_file():
+            return folder / name
+    raise UserError(f"--questions: {folder} has no {trait}.json (JSON lines of questions)")
+
+
+def load_personas(path: str | Path, traits: list[str] | None = None) -> dict[tuple[str, str], list[str]]:
+    """Descriptions per (trait, pole) for the traits asked; a line missing a pole key is an error."""
+    path = Path(path)
+    rows = read_jsonl(path, what="JSON lines of persona descriptions")
+    traits = traits or list(TRAITS)
+    out: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        for trait in traits:
+            for pole in ("high", "low"):
+                key = reference_key(trait, pole)
+                desc = r.get(key)
+                if not isinstance(desc, str) or not desc.strip():
+                    raise UserError(f"{path}:{r['_line']}: no description for pole key {key!r} "
+                                    f"(each line maps {trait!r} and {trait + '_reversed'!r} to text)")
+                out.setdefault((trait, pole), []).append(desc.strip())
+    return out
+
+
+def draw_personas(descriptions: list[str], n: int, *, seed: int, trait: str, pole: str) -> list[str]:
+    """One description per question, drawn at random (seeded per trait pole), as the reference does."""
+    rng = random.Random(f"{seed}:{trait}:{pole}")
+    return [rng.choice(descriptions) for _ in range(n)]
+
+
+def questions_fingerprint(questions: list[Question]) -> str:
+    return fingerprint([q.text for q in questions])

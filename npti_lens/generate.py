@@ -1,0 +1,189 @@
+"""Stage 3: batched generation with a KV cache, left padding, greedy or sampled decoding.
+
+The decode loop calls the HF model that the TransformerBridge wraps (its modules are the bridge's,
+so every TransformerLens hook fires) and keeps its own `DynamicCache`. While a forward runs, the loop
+publishes which of its positions hold generated tokens (`generated_positions()`), so an
+intervention can leave the prompt alone, as the published method does.
+
+Known hazard: TransformerLens 4.3 with transformers 5.24 drops the KV cache (the decoder layers pass
+it as `cache=`, which the bridge's attention does not read), so every new token attends only to
+itself. The project pins transformers < 5.24, and the loop checks after the prefill that the cache
+really holds the prompt, so a future mismatch fails loudly instead of generating wrong text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens.model_bridge import TransformerBridge
+from transformers import DynamicCache
+
+from npti_lens.model import eos_token_ids, model_device
+
+log = logging.getLogger(__name__)
+
+_GENERATED: contextvars.ContextVar[Tensor | None] = contextvars.ContextVar(
+    "npti_generated_positions", default=None
+)
+
+
+def generated_positions() -> Bool[Tensor, "batch pos"] | None:
+    """Mask of the positions in the forward under way whose input token was generated (None outside)."""
+    return _GENERATED.get()
+
+
+@contextlib.contextmanager
+def positions_context(mask: Bool[Tensor, "batch pos"]) -> Iterator[None]:
+    """Declare which positions of the next forwards hold generated tokens (for teacher forcing too)."""
+    token = _GENERATED.set(mask)
+    try:
+        yield
+    finally:
+        _GENERATED.reset(token)
+
+
+@dataclass
+class GenerateConfig:
+    max_new_tokens: int = field(default=128, metadata={"help": "tokens to generate per answer"})
+    batch_size: int = field(default=8, metadata={"help": "prompts per forward"})
+    temperature: float = field(
+        default=0.0, metadata={"help": "sampling temperature; 0 means greedy decoding"}
+    )
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (with temperature)"})
+    repetition_penalty: float = field(
+        default=1.15, metadata={"help": "HF-style repetition penalty (1.15 as in the paper)"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of sampling and of random masks"})
+    use_cache: bool = field(
+        default=True, metadata={"help": "decode with a KV cache (off: recompute the whole sequence)"}
+    )
+
+
+@dataclass
+class Generation:
+    prompt_ids: list[int]
+    answer_ids: list[int]  # generated tokens, EOS excluded
+    text: str
+    hit_eos: bool
+
+
+def _choose(
+    logits: Tensor, presence: Tensor, cfg: GenerateConfig, gen: torch.Generator | None
+) -> Tensor:
+    logits = logits.float()
+    if cfg.repetition_penalty != 1.0:
+        penalised = torch.where(
+            logits < 0, logits * cfg.repetition_penalty, logits / cfg.repetition_penalty
+        )
+        logits = torch.where(presence, penalised, logits)
+    if cfg.temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / cfg.temperature, dim=-1)
+    if cfg.top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > cfg.top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+@torch.inference_mode()
+def _generate_batch(
+    model: TransformerBridge, prompts: list[list[int]], cfg: GenerateConfig, seed: int
+) -> list[Generation]:
+    hf = model.original_model
+    tok = model.tokenizer
+    device = model_device(model)
+    pad = int(tok.pad_token_id)
+    n, width = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((n, width), pad, dtype=torch.long, device=device)
+    mask = torch.zeros((n, width), dtype=torch.long, device=device)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :] = torch.tensor(p, device=device)
+        mask[row, width - len(p) :] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    vocab = int(hf.get_output_embeddings().weight.shape[0])
+    presence = torch.zeros((n, vocab), dtype=torch.bool, device=device)
+    presence.scatter_(1, ids.masked_fill(mask == 0, 0), mask.bool())
+    eos = torch.tensor(eos_token_ids(model), device=device)
+    gen = None
+    if cfg.temperature > 0:
+        gen = torch.Generator(device=device).manual_seed(seed)
+
+    cache = DynamicCache(config=hf.config) if cfg.use_cache else None
+    with positions_context(torch.zeros((n, width), dtype=torch.bool, device=device)):
+        out = hf(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                 use_cache=cfg.use_cache, logits_to_keep=1)
+    if cache is not None and cache.get_seq_length() != width:
+        raise RuntimeError(
+            f"KV cache holds {cache.get_seq_length()} positions after a {width}-token prefill: this "
+            "transformers release is not compatible with TransformerLens's cache handling "
+            "(install transformers<5.24, or generate with use_cache=False)"
+        )
+    new = torch.empty((n, 0), dtype=torch.long, device=device)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    for step in range(cfg.max_new_tokens):
+        nxt = _choose(out.logits[:, -1, :], presence, cfg, gen)
+        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        new = torch.cat([new, nxt[:, None]], dim=1)
+        presence[torch.arange(n, device=device), nxt] |= ~done
+        done |= torch.isin(nxt, eos)
+        if bool(done.all()) or step == cfg.max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], dim=1)
+        pos = torch.cat([pos, pos[:, -1:] + 1], dim=1)
+        if cache is not None:
+            step_in, step_pos = nxt[:, None], pos[:, -1:]
+            is_gen = torch.ones((n, 1), dtype=torch.bool, device=device)
+        else:
+            step_in, step_pos = torch.cat([ids, new], dim=1), pos
+            is_gen = torch.arange(step_in.shape[1], device=device)[None, :].expand(n, -1) >= width
+        with positions_context(is_gen):
+            out = hf(input_ids=step_in, attention_mask=mask, position_ids=step_pos,
+                     past_key_values=cache, use_cache=cfg.use_cache, logits_to_keep=1)
+
+    eos_set = set(eos.tolist())
+    results = []
+    for row, p in enumerate(prompts):
+        answer: list[int] = []
+        hit = False
+        for t in new[row].tolist():
+            if t in eos_set:
+                hit = True
+                break
+            answer.append(t)
+        text = tok.decode(answer, skip_special_tokens=True).strip()
+        results.append(Generation(prompt_ids=list(p), answer_ids=answer, text=text, hit_eos=hit))
+    return results
+
+
+def generate(
+    model: TransformerBridge,
+    prompts: list[list[int]],
+    cfg: GenerateConfig | None = None,
+    *,
+    progress: bool = False,
+) -> list[Generation]:
+    """Generate an answer for every prompt (token ids), in batches of similar length.
+
+    Batches are formed from the prompts sorted by length (stable), so a prompt's batch, and hence
+    its output, depends only on the prompt list and the batch size. Results keep the input order.
+    """
+    cfg = cfg or GenerateConfig()
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[Generation | None] = [None] * len(prompts)
+    starts = range(0, len(order), cfg.batch_size)
+    for start in tqdm(starts, desc="generate", disable=not progress, unit="batch"):
+        idx = order[start : start + cfg.batch_size]
+        batch = _generate_batch(model, [prompts[i] for i in idx], cfg, seed=cfg.seed + start)
+        for i, g in zip(idx, batch, strict=True):
+            results[i] = g
+    return [r for r in results if r is not None]

@@ -1,0 +1,223 @@
+"""Stage 6: induce a pole while the model runs, as a context manager over TransformerLens hooks.
+
+Toward pole P, on every forward: for a random `keep_prob` share of P's neurons (a fresh draw per
+forward and layer) a += gamma * q95 * sigmoid(10 * (diff - 0.15)); for every neuron of the opposite
+pole Q, a = min(a, 0). By default only at positions holding generated tokens (the prompt is left
+alone, as in the published method); `positions="all"` edits every position.
+
+For gated MLPs the edit is written into hook_post as a' * up with a = act_fn(hook_pre) and up from
+hook_pre_linear of the same forward (exactly what editing act(gate) in the HF module gives); for
+non-gated MLPs hook_post is a itself. Several traits can be induced at once; where sets overlap,
+shifts add up and the clamp of an opposite pole is applied last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformer_lens.model_bridge import TransformerBridge
+
+from npti_lens.errors import UserError
+from npti_lens.generate import generated_positions
+from npti_lens.model import model_device, model_id
+from npti_lens.neurons import NeuronSet
+from npti_lens.sites import MLPSites, hooks_added, mlp_sites
+
+POSITIONS = ("generated", "all")
+
+
+@dataclass
+class InduceConfig:
+    gamma: float = field(default=1.0, metadata={"help": "shift strength (the paper sweeps 0.6-1.5)"})
+    keep_prob: float = field(
+        default=0.9, metadata={"help": "share of the target neurons shifted on each forward"}
+    )
+    positions: str = field(
+        default="generated", metadata={"help": "edit generated-token positions only, or all"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the random neuron masks"})
+    activate: bool = field(default=True, metadata={"help": "shift the target pole's neurons up"})
+    deactivate: bool = field(
+        default=True, metadata={"help": "clamp the opposite pole's neurons at 0"}
+    )
+
+
+def shift_sizes(neurons: NeuronSet, gamma: float) -> Tensor:
+    """Per-neuron shift gamma * q95 * sigmoid(10 * (diff - 0.15)), float64."""
+    return gamma * neurons.q95.double() * torch.sigmoid(10.0 * (neurons.diff.double() - 0.15))
+
+
+def check_fits(model: TransformerBridge, neurons: NeuronSet, *, allow_other_model: bool = False,
+               sites: MLPSites | None = None) -> None:
+    """Refuse a neuron set made for other dimensions (or, unless allowed, another model)."""
+    sites = sites or mlp_sites(model)
+    if (neurons.n_layers, neurons.d_mlp) != (sites.n_layers, sites.d_mlp):
+        raise UserError(
+            f"neuron set {neurons.name} is for {neurons.model} ({neurons.n_layers} layers x "
+            f"{neurons.d_mlp} neurons) but the model has {sites.n_layers} x {sites.d_mlp}; "
+            "select neurons for this model first"
+        )
+    if neurons.model != model_id(model) and not allow_other_model:
+        raise UserError(
+            f"neuron set {neurons.name} was selected on {neurons.model!r}, not {model_id(model)!r}; "
+            "pass --allow-other-model to apply it anyway"
+        )
+
+
+@dataclass
+class _LayerPlan:
+    idx: Tensor  # sorted union of edited neuron indices
+    delta: Tensor  # shift per idx (0 where not a target neuron), model dtype
+    is_target: Tensor  # bool per idx
+    clamp: Tensor  # bool per idx: opposite-pole neuron, a = min(a, 0)
+    n_keep: int
+
+
+@dataclass
+class InductionHandle:
+    """What an active induction did: forwards seen per layer, neurons edited."""
+
+    cfg: InduceConfig
+    layers: list[int]
+    n_target: int
+    n_clamped: int
+    fired: dict[int, int] = field(default_factory=dict)
+    edited_forwards: int = 0
+
+
+def _plan(sites: MLPSites, pairs: Sequence[tuple[NeuronSet, NeuronSet | None]],
+          cfg: InduceConfig, device: torch.device, dtype: torch.dtype) -> dict[int, _LayerPlan]:
+    delta = torch.zeros(sites.n_neurons, dtype=torch.float64)
+    target = torch.zeros(sites.n_neurons, dtype=torch.bool)
+    clamp = torch.zeros(sites.n_neurons, dtype=torch.bool)
+    for tgt, opp in pairs:
+        if cfg.activate:
+            delta.index_add_(0, tgt.flat(), shift_sizes(tgt, cfg.gamma))
+            target[tgt.flat()] = True
+        if opp is not None and cfg.deactivate:
+            clamp[opp.flat()] = True
+    plans = {}
+    for layer in range(sites.n_layers):
+        sl = slice(layer * sites.d_mlp, (layer + 1) * sites.d_mlp)
+        idx = (target[sl] | clamp[sl]).nonzero().squeeze(-1)
+        if idx.numel() == 0:
+            continue
+        n_t = int(target[sl].sum())
+        plans[layer] = _LayerPlan(
+            idx=idx.to(device), delta=delta[sl][idx].to(device=device, dtype=dtype),
+            is_target=target[sl][idx].to(device), clamp=clamp[sl][idx].to(device),
+            n_keep=math.floor(cfg.keep_prob * n_t + 1e-9))
+    return plans
+
+
+@contextlib.contextmanager
+def induce(
+    model: TransformerBridge,
+    pairs: Sequence[tuple[NeuronSet, NeuronSet | None]],
+    cfg: InduceConfig | None = None,
+    *,
+    allow_other_model: bool = False,
+) -> Iterator[InductionHandle]:
+    """Induce each (target pole set, opposite pole set or None) pair while the block runs.
+
+    Only the hooks added here are removed on exit, also on an exception. A hook that never fired
+    by the end of a block that ran without error raises.
+    """
+    cfg = cfg or InduceConfig()
+    if cfg.positions not in POSITIONS:
+        raise UserError(f"--positions: {cfg.positions!r} is not one of {', '.join(POSITIONS)}")
+    if not 0.0 <= cfg.keep_prob <= 1.0:
+        raise UserError(f"--keep-prob: {cfg.keep_prob} is not between 0 and 1")
+    if not math.isfinite(cfg.gamma):
+        raise UserError(f"--gamma: {cfg.gamma} is not a finite number")
+    sites = mlp_sites(model)
+    for tgt, opp in pairs:
+        for s in (tgt, opp):
+            if s is not None:
+                check_fits(model, s, allow_other_model=allow_other_model, sites=sites)
+    device = model_device(model)
+    dtype = next(model.original_model.parameters()).dtype
+    plans = _plan(sites, pairs, cfg, device, dtype)
+    handle = InductionHandle(cfg=cfg, layers=sorted(plans),
+                             n_target=sum(int(p.is_target.sum()) for p in plans.values()),
+                             n_clamped=sum(int(p.clamp.sum()) for p in plans.values()))
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    def position_mask(shape: torch.Size) -> Tensor | None:
+        if cfg.positions == "all":
+            return None
+        mask = generated_positions()
+        if mask is None:
+            raise UserError(
+                "induction with positions='generated' ran outside npti_lens.generate; "
+                "use positions='all' or wrap the forward in positions_context(mask)"
+            )
+        if tuple(mask.shape) != tuple(shape[:2]):
+            raise RuntimeError(f"position mask {tuple(mask.shape)} does not match activations {tuple(shape)}")
+        return mask
+
+    def edit(layer: int, plan: _LayerPlan, post: Tensor, a: Tensor, up: Tensor | None) -> Tensor:
+        handle.fired[layer] = handle.fired.get(layer, 0) + 1
+        pos = position_mask(post.shape)
+        if pos is not None and not bool(pos.any()):
+            return post
+        keep = plan.is_target.clone()
+        if plan.n_keep < int(plan.is_target.sum()):
+            scores = torch.rand(plan.idx.shape[0], generator=gen, device=device)
+            scores = scores.masked_fill(~plan.is_target, 2.0)
+            keep = torch.zeros_like(keep)
+            keep[scores.argsort()[: plan.n_keep]] = True
+        a = a + plan.delta * keep
+        a = torch.where(plan.clamp, a.clamp(max=0), a)
+        new = a * up if up is not None else a
+        if pos is not None:
+            new = torch.where(pos[..., None], new, post[..., plan.idx])
+        handle.edited_forwards += 1
+        return post.index_copy(-1, plan.idx, new.to(post.dtype))
+
+    def gated_hooks(layer: int, plan: _LayerPlan) -> list[tuple[str, Any]]:
+        stash: dict[str, Tensor] = {}
+        act_fn = sites.act_fns[layer]
+
+        def on_pre(x: Tensor, hook: Any) -> None:
+            stash["a"] = act_fn(x[..., plan.idx])
+
+        def on_up(x: Tensor, hook: Any) -> None:
+            stash["up"] = x[..., plan.idx]
+
+        def on_post(x: Tensor, hook: Any) -> Tensor:
+            if "a" not in stash or "up" not in stash:
+                raise RuntimeError(f"layer {layer}: hook_post fired before hook_pre/hook_pre_linear")
+            a, up = stash.pop("a"), stash.pop("up")
+            return edit(layer, plan, x, a, up)
+
+        return [(sites.pre(layer), on_pre), (sites.up(layer), on_up), (sites.post(layer), on_post)]
+
+    def plain_hooks(layer: int, plan: _LayerPlan) -> list[tuple[str, Any]]:
+        def on_post(x: Tensor, hook: Any) -> Tensor:
+            return edit(layer, plan, x, x[..., plan.idx], None)
+
+        return [(sites.post(layer), on_post)]
+
+    hooks = []
+    for layer, plan in plans.items():
+        hooks += (gated_hooks if sites.gated else plain_hooks)(layer, plan)
+    with hooks_added(model, hooks):
+        yield handle
+    silent = [layer for layer in plans if handle.fired.get(layer, 0) == 0]
+    if silent:
+        raise RuntimeError(f"induction hooks of layers {silent} never fired: no forward ran through them")
+
+
+def load_pair(neuron_dir: str, trait: str, pole: str) -> tuple[NeuronSet, NeuronSet]:
+    """The set of `pole` and of its opposite from a NEURONS folder."""
+    from npti_lens.constants import opposite
+    from npti_lens.neurons import load_pole
+
+    return load_pole(neuron_dir, trait, pole), load_pole(neuron_dir, trait, opposite(pole))

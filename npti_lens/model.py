@@ -1,0 +1,107 @@
+"""Stage 1: load a model as a TransformerLens 4 `TransformerBridge`.
+
+Any Hugging Face causal LM that TransformerLens supports: a hub id, a local folder of HF weights
+(no network needed), or an already-loaded HF model with its tokenizer.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from npti_lens.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class ModelConfig:
+    model: str = field(metadata={"help": "Hugging Face model id or local folder of HF weights"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:1, mps, or auto"})
+    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16"})
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_model(
+    cfg: ModelConfig | str,
+    *,
+    hf_model: Any | None = None,
+    tokenizer: Any | None = None,
+) -> TransformerBridge:
+    """Load `cfg.model` (or wrap `hf_model` + `tokenizer`) as an eval-mode TransformerBridge.
+
+    With `hf_model`, pass `tokenizer` too: without one TransformerLens looks it up on the hub.
+    """
+    if isinstance(cfg, str):
+        cfg = ModelConfig(model=cfg)
+    if cfg.dtype not in DTYPES:
+        raise UserError(f"--dtype: unknown dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
+    dtype = DTYPES[cfg.dtype]
+    device = resolve_device(cfg.device)
+    if hf_model is not None:
+        if tokenizer is None:
+            raise UserError("load_model: with hf_model= pass tokenizer= too (else the hub is asked)")
+        hf_model = hf_model.to(device=device, dtype=dtype)
+        bridge = TransformerBridge.boot_transformers(
+            cfg.model, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
+        )
+    else:
+        local = Path(cfg.model).expanduser()
+        if (cfg.model.startswith((".", "/", "~")) or local.exists()) and not (
+            local / "config.json"
+        ).is_file():
+            raise UserError(
+                f"--model: {cfg.model} is not a folder with a config.json of HF weights"
+            )
+        kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
+        if tokenizer is not None:
+            kwargs["tokenizer"] = tokenizer
+        try:
+            bridge = TransformerBridge.boot_transformers(
+                str(local) if local.exists() else cfg.model, **kwargs
+            )
+        except OSError as e:
+            raise UserError(f"--model: could not load {cfg.model!r} ({e})".splitlines()[0]) from None
+    bridge.eval()
+    bridge.original_model.eval()
+    tok = bridge.tokenizer
+    if tok.pad_token_id is None:
+        # Padding positions are masked out everywhere; any id will do, EOS is the convention.
+        tok.pad_token = tok.eos_token
+    return bridge
+
+
+def model_id(model: TransformerBridge) -> str:
+    """The identity neuron sets and statistics are tied to (TransformerLens's model name)."""
+    return str(model.cfg.model_name)
+
+
+def eos_token_ids(model: TransformerBridge) -> list[int]:
+    """All ids that end an answer: the tokenizer's EOS and the generation config's (Llama-3 has two)."""
+    ids: set[int] = set()
+    tok_eos = model.tokenizer.eos_token_id
+    if tok_eos is not None:
+        ids.add(int(tok_eos))
+    gen_cfg = getattr(model.original_model, "generation_config", None)
+    gen_eos = getattr(gen_cfg, "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif gen_eos is not None:
+        ids.update(int(i) for i in gen_eos)
+    return sorted(ids)
+
+
+def model_device(model: TransformerBridge) -> torch.device:
+    return next(model.original_model.parameters()).device

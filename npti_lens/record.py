@@ -1,0 +1,199 @@
+"""Stage 4: streaming activation statistics at answer positions, by teacher forcing.
+
+Per neuron: tokens with a > 0, a 301-bin histogram of a (edges -inf, 0.00, 0.01, ..., 2.99, +inf,
+each bin holding lower < a <= upper), and the sum and sum of squares of a. Nothing is cached per
+token: each forward adds its counts to fixed-size tensors, so memory does not grow with the number
+of tokens, and statistics of batches, runs and shards add up exactly (integer counts; float64 sums).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float, Int64
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from transformer_lens.model_bridge import TransformerBridge
+
+from npti_lens.constants import EDGES_PER_UNIT, N_BINS, N_INNER_EDGES
+from npti_lens.errors import UserError
+from npti_lens.io import atomic_path, read_json, write_json_atomic
+from npti_lens.model import model_device
+from npti_lens.sites import MLPSites, hooks_added, mlp_sites
+
+# Tokens x neurons handled at once when binning, to bound the temporary index tensor.
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def bin_edges(dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
+    """The 300 inner edges k/100 (k = 0..299), each rounded DOWN to `dtype`.
+
+    For a value a of that dtype, `a <= edge_rounded_down` holds exactly when `a <= k/100` holds for
+    the decimal k/100, so binning in float32 gives the bins of exact decimal edges.
+    """
+    exact = torch.arange(N_INNER_EDGES, dtype=torch.float64) / EDGES_PER_UNIT
+    edges = exact.to(dtype)
+    too_big = edges.double() > exact
+    edges[too_big] = torch.nextafter(edges[too_big], torch.tensor(-torch.inf, dtype=dtype))
+    return edges.to(device)
+
+
+def bin_lower_edges() -> Tensor:
+    """Lower edge of each of the 301 bins as float64: -inf, 0.00, 0.01, ..., 2.99."""
+    lows = torch.arange(N_INNER_EDGES, dtype=torch.float64) / EDGES_PER_UNIT
+    return torch.cat([torch.tensor([-torch.inf], dtype=torch.float64), lows])
+
+
+@dataclass
+class Stats:
+    """Statistics of one trait pole; `+` merges two (of the same model) exactly."""
+
+    n_tokens: int
+    n_active: Int64[Tensor, "n_layers d_mlp"]
+    hist: Int64[Tensor, "n_layers d_mlp n_bins"]
+    sum: Float[Tensor, "n_layers d_mlp"]
+    sum_sq: Float[Tensor, "n_layers d_mlp"]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def zeros(cls, n_layers: int, d_mlp: int, device: torch.device | str = "cpu",
+              meta: dict[str, Any] | None = None) -> Stats:
+        return cls(
+            n_tokens=0,
+            n_active=torch.zeros((n_layers, d_mlp), dtype=torch.int64, device=device),
+            hist=torch.zeros((n_layers, d_mlp, N_BINS), dtype=torch.int64, device=device),
+            sum=torch.zeros((n_layers, d_mlp), dtype=torch.float64, device=device),
+            sum_sq=torch.zeros((n_layers, d_mlp), dtype=torch.float64, device=device),
+            meta=dict(meta or {}),
+        )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.n_active.shape[0]), int(self.n_active.shape[1]))
+
+    def p_active(self) -> Float[Tensor, "n_layers d_mlp"]:
+        return self.n_active.double() / max(self.n_tokens, 1)
+
+    def mean(self) -> Float[Tensor, "n_layers d_mlp"]:
+        return self.sum / max(self.n_tokens, 1)
+
+    def std(self) -> Float[Tensor, "n_layers d_mlp"]:
+        n = max(self.n_tokens, 1)
+        return (self.sum_sq / n - self.mean() ** 2).clamp(min=0).sqrt()
+
+    def __add__(self, other: Stats) -> Stats:
+        if self.shape != other.shape:
+            raise UserError(f"cannot merge statistics of shapes {self.shape} and {other.shape}")
+        return Stats(
+            n_tokens=self.n_tokens + other.n_tokens,
+            n_active=self.n_active + other.n_active.to(self.n_active.device),
+            hist=self.hist + other.hist.to(self.hist.device),
+            sum=self.sum + other.sum.to(self.sum.device),
+            sum_sq=self.sum_sq + other.sum_sq.to(self.sum_sq.device),
+            meta=dict(self.meta),
+        )
+
+    def to(self, device: torch.device | str) -> Stats:
+        return Stats(self.n_tokens, self.n_active.to(device), self.hist.to(device),
+                     self.sum.to(device), self.sum_sq.to(device), dict(self.meta))
+
+    def save(self, path: str | Path) -> None:
+        """Write `path` (.safetensors) and the JSON metadata beside it (`path` with .json), atomically."""
+        path = Path(path)
+        tensors = {"n_active": self.n_active, "hist": self.hist, "sum": self.sum,
+                   "sum_sq": self.sum_sq, "n_tokens": torch.tensor([self.n_tokens])}
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+        write_json_atomic(path.with_suffix(".json"), {**self.meta, "n_tokens": self.n_tokens})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Stats:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: statistics file not found")
+        t = load_file(str(path))
+        meta_path = path.with_suffix(".json")
+        meta = read_json(meta_path) if meta_path.is_file() else {}
+        return cls(n_tokens=int(t["n_tokens"][0]), n_active=t["n_active"], hist=t["hist"],
+                   sum=t["sum"], sum_sq=t["sum_sq"], meta=meta)
+
+
+def accumulate(stats: Stats, layer: int, acts: Float[Tensor, "tok d_mlp"]) -> None:
+    """Add the activations of `tok` answer positions of one layer to `stats` (no n_tokens update)."""
+    if acts.shape[0] == 0:
+        return
+    a = acts.float()
+    d_mlp = a.shape[1]
+    edges = bin_edges(torch.float32, a.device)
+    stats.n_active[layer] += (a > 0).sum(0)
+    stats.sum[layer] += a.sum(0, dtype=torch.float64)
+    stats.sum_sq[layer] += a.double().square().sum(0)
+    offset = torch.arange(d_mlp, device=a.device) * N_BINS
+    rows = max(1, _CHUNK_ELEMENTS // d_mlp)
+    flat_hist = stats.hist[layer].view(-1)
+    for start in range(0, a.shape[0], rows):
+        idx = torch.bucketize(a[start : start + rows], edges, right=False) + offset
+        flat_hist += torch.bincount(idx.view(-1), minlength=d_mlp * N_BINS)
+
+
+@contextlib.contextmanager
+def recording(model: TransformerBridge, stats: Stats,
+              sites: MLPSites | None = None) -> Iterator[dict[str, Tensor | None]]:
+    """Hooks that add every layer's activations at the positions in `state["mask"]` to `stats`.
+
+    Set `state["mask"]` (bool [batch, pos]) before each forward. Hooks are removed on exit.
+    """
+    sites = sites or mlp_sites(model)
+    state: dict[str, Tensor | None] = {"mask": None}
+
+    def make_hook(layer: int):  # noqa: ANN202 - closure over the layer
+        act_fn = sites.act_fns[layer]
+
+        def hook(pre: Tensor, hook: Any) -> None:
+            mask = state["mask"]
+            if mask is None:
+                raise RuntimeError("recording: a forward ran without an answer mask")
+            accumulate(stats, layer, act_fn(pre[mask]))
+
+        return hook
+
+    with hooks_added(model, [(sites.pre(layer), make_hook(layer)) for layer in range(sites.n_layers)]):
+        yield state
+
+
+@torch.inference_mode()
+def record_batch(
+    model: TransformerBridge,
+    sequences: list[tuple[list[int], list[int]]],
+    stats: Stats,
+    sites: MLPSites | None = None,
+) -> None:
+    """Teacher-force prompt + answer sequences and add answer-position statistics to `stats`.
+
+    `sequences` holds (prompt_ids, answer_ids) pairs; the answer mask covers the positions whose
+    input token is an answer token. Right padding, so real tokens never see padding.
+    """
+    sites = sites or mlp_sites(model)
+    device = model_device(model)
+    lengths = [len(p) + len(a) for p, a in sequences]
+    n, width = len(sequences), max(lengths)
+    pad = int(model.tokenizer.pad_token_id)
+    ids = torch.full((n, width), pad, dtype=torch.long)
+    attn = torch.zeros((n, width), dtype=torch.long)
+    answer = torch.zeros((n, width), dtype=torch.bool)
+    for row, (p, a) in enumerate(sequences):
+        ids[row, : len(p) + len(a)] = torch.tensor(p + a, dtype=torch.long)
+        attn[row, : len(p) + len(a)] = 1
+        answer[row, len(p) : len(p) + len(a)] = True
+    ids, attn, answer = ids.to(device), attn.to(device), answer.to(device)
+    with recording(model, stats, sites) as state:
+        state["mask"] = answer
+        # The base model (no LM head): logits are not needed for statistics.
+        model.original_model.base_model(input_ids=ids, attention_mask=attn, use_cache=False)
+    stats.n_tokens += int(answer.sum())

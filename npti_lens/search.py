@@ -1,0 +1,199 @@
+"""Stage 4b: search. Answer questions under persona prompts and record answer-token statistics.
+
+For each trait and pole: each question gets a persona description of the pole drawn at random
+(seeded), the model answers (generation), and a teacher-forced forward over prompt + answer adds
+the answer positions to the pole's statistics. Answers are appended to `RUN/answers/` as they come;
+statistics are checkpointed every `checkpoint_every` batches, and `resume` continues a killed run
+to the same numbers as an uninterrupted one (batches are fixed by question order and batch size).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+from transformer_lens.model_bridge import TransformerBridge
+
+from npti_lens import __version__
+from npti_lens.constants import ANSWERS_DIR, POLES, RUN_CFG_FILE, STATS_DIR, pole_name
+from npti_lens.data import (
+    draw_personas,
+    load_personas,
+    load_questions,
+    questions_fingerprint,
+    trait_question_file,
+)
+from npti_lens.errors import UserError
+from npti_lens.generate import GenerateConfig, generate
+from npti_lens.io import fingerprint, parse_traits, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
+from npti_lens.model import model_id
+from npti_lens.prompts import PERSONA_SYSTEM, build, persona_system
+from npti_lens.record import Stats, record_batch
+from npti_lens.sites import mlp_sites
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchConfig:
+    traits: str = field(default="all", metadata={"help": "'all' or comma-separated trait names"})
+    limit: int | None = field(default=None, metadata={"help": "at most this many questions per trait"})
+    checkpoint_every: int = field(
+        default=10, metadata={"help": "save statistics every this many batches"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the persona draw"})
+
+
+def stats_path(run: str | Path, trait: str, pole: str) -> Path:
+    return Path(run) / STATS_DIR / f"{pole_name(trait, pole)}.safetensors"
+
+
+def answers_path(run: str | Path, trait: str, pole: str) -> Path:
+    return Path(run) / ANSWERS_DIR / f"{pole_name(trait, pole)}.jsonl"
+
+
+def _run_identity(model: TransformerBridge, personas_fp: str, gcfg: GenerateConfig,
+                  scfg: SearchConfig) -> dict[str, Any]:
+    sites = mlp_sites(model)
+    return {"model": model_id(model), "n_layers": sites.n_layers, "d_mlp": sites.d_mlp,
+            "prompt_template": PERSONA_SYSTEM, "personas_fingerprint": personas_fp,
+            "generate": asdict(gcfg), "seed": scfg.seed}
+
+
+def _claim_run(run: Path, identity: dict[str, Any], resume: bool) -> None:
+    cfg_path = run / RUN_CFG_FILE
+    if cfg_path.is_file():
+        old = read_json(cfg_path)
+        old_id = {k: old.get(k) for k in identity}
+        if old_id != identity:
+            changed = sorted(k for k in identity if old_id.get(k) != identity[k])
+            raise UserError(f"--out: {run} holds a different run (differs in {', '.join(changed)}); "
+                            "choose a new --out folder")
+        if not resume:
+            raise UserError(f"--out: {run} already holds this run; pass --resume to continue it "
+                            "or choose a new --out folder")
+    elif run.exists() and any(run.iterdir()):
+        raise UserError(f"--out: {run} is not empty and holds no search run; choose a new --out folder")
+    write_json_atomic(cfg_path, {**identity, "npti_lens_version": __version__})
+
+
+def _kept_answers(path: Path, questions: list[str], n_done: int, batch: int) -> list[dict]:
+    """Answer lines already written that form whole batches (a killed run may leave a partial one)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut by a kill: it and what follows are regenerated
+    n = len(questions)
+    whole = n if len(rows) >= n else n_done + (len(rows) - n_done) // batch * batch
+    rows = rows[: max(whole, 0)]
+    for i, r in enumerate(rows):
+        if r.get("question") != questions[i]:
+            raise UserError(f"{path}:{i + 1}: answer is for another question; this run's questions "
+                            "changed, choose a new --out folder")
+    if len(rows) < n_done:
+        raise UserError(f"{path}: holds {len(rows)} answers but the statistics count {n_done}; "
+                        "the run folder is damaged, choose a new --out folder")
+    write_jsonl_atomic(path, rows)
+    return rows
+
+
+def search_pole(model: TransformerBridge, run: Path, trait: str, pole: str, questions: list[str],
+                personas: list[str], gcfg: GenerateConfig, scfg: SearchConfig,
+                progress: bool = False) -> Stats:
+    """Answer and record one trait pole, continuing from its checkpoint when there is one."""
+    sites = mlp_sites(model)
+    tok = model.tokenizer
+    spath, apath = stats_path(run, trait, pole), answers_path(run, trait, pole)
+    meta = {"model": model_id(model), "n_layers": sites.n_layers, "d_mlp": sites.d_mlp,
+            "trait": trait, "pole": pole, "prompt_template": PERSONA_SYSTEM,
+            "dataset_fingerprint": fingerprint(questions, personas),
+            "n_questions_total": len(questions)}
+    if spath.is_file():
+        stats = Stats.load(spath)
+        if stats.meta.get("dataset_fingerprint") != meta["dataset_fingerprint"]:
+            raise UserError(f"{spath}: recorded on other questions or personas (another --limit?); "
+                            "choose a new --out folder")
+        if stats.meta.get("complete"):
+            return stats
+    else:
+        stats = Stats.zeros(sites.n_layers, sites.d_mlp, meta=meta)
+    stats.meta.update(meta)
+    n_done = int(stats.meta.get("n_questions", 0))
+    kept = _kept_answers(apath, questions, n_done, gcfg.batch_size)
+    apath.parent.mkdir(parents=True, exist_ok=True)
+    starts = list(range(n_done, len(questions), gcfg.batch_size))
+    since_save = 0
+    with open(apath, "a", encoding="utf-8") as out:
+        for start in tqdm(starts, desc=pole_name(trait, pole), disable=not progress, unit="batch"):
+            end = min(start + gcfg.batch_size, len(questions))
+            prompts = [build(tok, q, persona_system(d)) for q, d in
+                       zip(questions[start:end], personas[start:end], strict=True)]
+            if len(kept) >= end:
+                answer_ids = [kept[i]["answer_token_ids"] for i in range(start, end)]
+            else:
+                gens = generate(model, [p.token_ids for p in prompts], gcfg)
+                answer_ids = [g.answer_ids for g in gens]
+                for i, (p, g) in enumerate(zip(prompts, gens, strict=True)):
+                    out.write(json.dumps({
+                        "question": questions[start + i], "persona": personas[start + i],
+                        "prompt": p.text, "answer": g.text, "answer_token_ids": g.answer_ids,
+                        "trait": trait, "pole": pole, "gamma": None}, ensure_ascii=False) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            record_batch(model, [(p.token_ids, a) for p, a in zip(prompts, answer_ids, strict=True)],
+                         stats, sites)
+            stats.meta["n_questions"] = end
+            since_save += 1
+            if since_save >= scfg.checkpoint_every:
+                stats.save(spath)
+                since_save = 0
+    stats.meta["n_questions"] = len(questions)
+    stats.meta["complete"] = True
+    stats.save(spath)
+    return stats
+
+
+def run_search(model: TransformerBridge, questions_dir: str | Path, personas_file: str | Path,
+               out: str | Path, scfg: SearchConfig | None = None, gcfg: GenerateConfig | None = None,
+               *, resume: bool = False, progress: bool = False) -> dict[str, Stats]:
+    """Search every requested trait and pole into the run folder `out`; returns the statistics."""
+    scfg, gcfg = scfg or SearchConfig(), gcfg or GenerateConfig()
+    traits = parse_traits(scfg.traits)
+    questions = {t: load_questions(trait_question_file(questions_dir, t), limit=scfg.limit)
+                 for t in traits}
+    personas = load_personas(personas_file, traits)
+    run = Path(out)
+    _claim_run(run, _run_identity(model, fingerprint(sorted(personas.items())), gcfg, scfg), resume)
+    result = {}
+    for trait in traits:
+        texts = [q.text for q in questions[trait]]
+        log.info("%s: %d questions (fingerprint %s)", trait, len(texts), questions_fingerprint(questions[trait]))
+        for pole in POLES:
+            drawn = draw_personas(personas[(trait, pole)], len(texts), seed=scfg.seed, trait=trait, pole=pole)
+            result[pole_name(trait, pole)] = search_pole(
+                model, run, trait, pole, texts, drawn, gcfg, scfg, progress=progress)
+    return result
+
+
+def load_run_stats(run: str | Path, trait: str, pole: str) -> Stats:
+    path = stats_path(run, trait, pole)
+    if not path.is_file():
+        raise UserError(f"{run}: no statistics for {pole_name(trait, pole)} ({path}); run npti search")
+    stats = Stats.load(path)
+    if not stats.meta.get("complete"):
+        raise UserError(f"{path}: search of {pole_name(trait, pole)} is unfinished; "
+                        "finish it with npti search --resume")
+    return stats
+
+
+def read_answers(run: str | Path, trait: str, pole: str) -> list[dict]:
+    return read_jsonl(answers_path(run, trait, pole), what="answers of a search run")

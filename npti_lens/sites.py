@@ -1,0 +1,92 @@
+"""Stage 2: where a neuron lives. Hides gated (Llama, Gemma) vs non-gated (GPT-2) MLPs.
+
+A neuron is `a = act_fn(x @ W_gate)[i]` for gated MLPs and `act_fn(x @ W_in)[i]` otherwise: the
+activation before any multiplication with the up projection. TransformerLens exposes the
+pre-activation as `blocks.L.mlp.hook_pre`; for gated MLPs `hook_post` holds act(gate) * up and no hook
+holds act(gate) alone, so `a` is computed as act_fn(hook_pre) with the HF module's own act_fn, and an
+edit of `a` is written into `hook_post` as `a' * up`, `up` read from `hook_pre_linear` of the same pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from npti_lens.errors import UserError
+
+
+@dataclass(frozen=True)
+class MLPSites:
+    n_layers: int
+    d_mlp: int
+    gated: bool
+    act_fns: tuple[Callable[[torch.Tensor], torch.Tensor], ...]
+
+    @staticmethod
+    def pre(layer: int) -> str:
+        return f"blocks.{layer}.mlp.hook_pre"
+
+    @staticmethod
+    def up(layer: int) -> str:
+        return f"blocks.{layer}.mlp.hook_pre_linear"
+
+    @staticmethod
+    def post(layer: int) -> str:
+        return f"blocks.{layer}.mlp.hook_post"
+
+    @property
+    def n_neurons(self) -> int:
+        return self.n_layers * self.d_mlp
+
+
+def _act_fn(hf_mlp: torch.nn.Module, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    for attr in ("act_fn", "act", "activation_fn", "activation"):
+        fn = getattr(hf_mlp, attr, None)
+        if callable(fn):
+            return fn
+    raise UserError(
+        f"{name}: cannot find the activation function of {type(hf_mlp).__name__}; "
+        "npti_lens supports MLPs with an act_fn/act attribute (Llama, Qwen2, Mistral, Gemma, GPT-2)"
+    )
+
+
+def mlp_sites(model: TransformerBridge) -> MLPSites:
+    """Describe the model's MLP neurons; refuse a model whose MLPs have no hook_pre."""
+    n_layers = int(model.cfg.n_layers)
+    hooks = model.hook_dict
+    act_fns = []
+    gated = MLPSites.up(0) in hooks
+    for layer in range(n_layers):
+        if MLPSites.pre(layer) not in hooks or MLPSites.post(layer) not in hooks:
+            raise UserError(
+                f"model {model.cfg.model_name}: layer {layer} has no {MLPSites.pre(layer)}; "
+                "mixture-of-experts and MLP-less blocks are not supported"
+            )
+        if (MLPSites.up(layer) in hooks) != gated:
+            raise UserError(f"model {model.cfg.model_name}: mixes gated and non-gated MLPs")
+        mlp = model.blocks[layer].mlp
+        act_fns.append(_act_fn(mlp.original_component, MLPSites.pre(layer)))
+    return MLPSites(n_layers=n_layers, d_mlp=int(model.cfg.d_mlp), gated=gated, act_fns=tuple(act_fns))
+
+
+@contextlib.contextmanager
+def hooks_added(model: TransformerBridge, hooks: list[tuple[str, Callable[..., Any]]]) -> Iterator[None]:
+    """Add forward hooks (name, fn) for the block; on exit remove exactly these, also on error."""
+    added = []
+    try:
+        for name, fn in hooks:
+            if name not in model.hook_dict:
+                raise UserError(f"model {model.cfg.model_name} has no hook {name}")
+            hp = model.hook_dict[name]
+            added.append((hp, hp.add_hook(fn)))
+        yield
+    finally:
+        for hp, handle in reversed(added):
+            handle.hook.remove()
+            if handle in hp.fwd_hooks:
+                hp.fwd_hooks.remove(handle)

@@ -1,0 +1,74 @@
+"""Generation: batched == single == no cache == HF generate, token for token; prompts; EOS."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from npti_lens.generate import GenerateConfig, generate
+from npti_lens.prompts import build
+from tests.conftest import FAMILIES, QUESTIONS, hf_reference
+
+PROMPT_TEXTS = [QUESTIONS[0], "hello", QUESTIONS[2] + " " + QUESTIONS[3], QUESTIONS[5]]
+
+
+def _prompts(model):
+    return [build(model.tokenizer, q).token_ids for q in PROMPT_TEXTS]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_single_nocache_and_hf_agree(family, tiny_models, tiny_dirs):
+    model = tiny_models[family]
+    prompts = _prompts(model)
+    assert len({len(p) for p in prompts}) == len(prompts), "prompts must differ in length"
+    cfg = GenerateConfig(max_new_tokens=16, batch_size=4, repetition_penalty=1.0)
+    batched = [g.answer_ids for g in generate(model, prompts, cfg)]
+    single = [generate(model, [p], cfg)[0].answer_ids for p in prompts]
+    nocache = [g.answer_ids for g in generate(model, prompts, GenerateConfig(
+        max_new_tokens=16, batch_size=4, repetition_penalty=1.0, use_cache=False))]
+    hf = hf_reference(tiny_dirs[family])
+    ref = []
+    for p in prompts:
+        out = hf.generate(torch.tensor([p]), max_new_tokens=16, do_sample=False, pad_token_id=0,
+                          eos_token_id=2)[0, len(p):].tolist()
+        ref.append(out[: out.index(2)] if 2 in out else out)
+    assert batched == single
+    assert batched == nocache
+    assert batched == ref
+    assert sum(len(set(a)) for a in batched) > 8, "degenerate outputs would make the check weak"
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_repetition_penalty_matches_hf(family, tiny_models, tiny_dirs):
+    model = tiny_models[family]
+    hf = hf_reference(tiny_dirs[family])
+    for p in _prompts(model):
+        ours = generate(model, [p], GenerateConfig(max_new_tokens=12, repetition_penalty=1.3))[0].answer_ids
+        ref = hf.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False, pad_token_id=0,
+                          repetition_penalty=1.3, eos_token_id=2)[0, len(p):].tolist()
+        assert ours == (ref[: ref.index(2)] if 2 in ref else ref)
+
+
+def test_chat_template_no_double_bos(tiny_models):
+    tok = tiny_models["llama"].tokenizer
+    p = build(tok, "what would you do ?", "you love a party")
+    assert p.text.startswith("<s><|system|> you love a party")
+    assert p.text.endswith("<|assistant|> ")
+    assert p.token_ids[0] == tok.bos_token_id and p.token_ids[1] != tok.bos_token_id
+    plain = build(tiny_models["gpt2"].tokenizer, "what would you do ?")
+    assert plain.text == "Question: what would you do ?\nAnswer:"
+    assert plain.token_ids[0] == 1 and plain.token_ids[1] != 1
+
+
+def test_stops_at_eos_and_sampling_is_seeded(tiny_models):
+    model = tiny_models["llama"]
+    prompts = _prompts(model)
+    cfg = GenerateConfig(max_new_tokens=20, temperature=1.5, seed=3, batch_size=4)
+    a = generate(model, prompts, cfg)
+    b = generate(model, prompts, cfg)
+    assert [g.answer_ids for g in a] == [g.answer_ids for g in b]
+    for g in a:
+        assert 2 not in g.answer_ids
+        assert g.hit_eos or len(g.answer_ids) == 20
+    c = generate(model, prompts, GenerateConfig(max_new_tokens=20, temperature=1.5, seed=4, batch_size=4))
+    assert [g.answer_ids for g in a] != [g.answer_ids for g in c]
