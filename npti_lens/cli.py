@@ -36,13 +36,15 @@ def add_config(parser: argparse.ArgumentParser, cls: type, *, required: Sequence
         default = None if f.default is dataclasses.MISSING else f.default
         help_text = f.metadata.get("help", "")
         if kind is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=default, help=help_text)
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text
+            )
         elif f.name in required or f.default is dataclasses.MISSING:
             parser.add_argument(flag, dest=f.name, type=kind, required=True, help=help_text)
         else:
-            parser.add_argument(flag, dest=f.name, type=kind, default=default,
-                                help=f"{help_text} (default: {default})")
+            parser.add_argument(
+                flag, dest=f.name, type=kind, default=default, help=f"{help_text} (default: {default})"
+            )
 
 
 def config_from(args: argparse.Namespace, cls: type) -> Any:
@@ -58,15 +60,23 @@ def _fresh_file(path: str, overwrite: bool, flag: str = "--out") -> Path:
 
 # ----- subcommands -----------------------------------------------------------------------------
 
+
 def cmd_search(args: argparse.Namespace) -> None:
     from npti_lens.generate import GenerateConfig
     from npti_lens.model import ModelConfig, load_model
     from npti_lens.search import SearchConfig, run_search
 
     model = load_model(config_from(args, ModelConfig))
-    stats = run_search(model, args.questions, args.personas, args.out,
-                       config_from(args, SearchConfig), config_from(args, GenerateConfig),
-                       resume=args.resume, progress=True)
+    stats = run_search(
+        model,
+        args.questions,
+        args.personas,
+        args.out,
+        config_from(args, SearchConfig),
+        config_from(args, GenerateConfig),
+        resume=args.resume,
+        progress=True,
+    )
     for name, s in stats.items():
         print(f"{name}: {s.meta.get('n_questions', 0)} questions, {s.n_tokens} answer tokens")
     print(f"statistics and answers in {args.out}")
@@ -120,9 +130,19 @@ def _answer(args: argparse.Namespace, *, induction: bool) -> None:
             gens = generate(model, [p.token_ids for p in prompts], gcfg, progress=True)
     else:
         gens = generate(model, [p.token_ids for p in prompts], gcfg, progress=True)
-    rows = [{"question": q.text, "prompt": p.text, "answer": g.text, "trait": trait, "pole": pole,
-             "gamma": gamma, "n_answer_tokens": len(g.answer_ids), "hit_eos": g.hit_eos}
-            for q, p, g in zip(questions, prompts, gens, strict=True)]
+    rows = [
+        {
+            "question": q.text,
+            "prompt": p.text,
+            "answer": g.text,
+            "trait": trait,
+            "pole": pole,
+            "gamma": gamma,
+            "n_answer_tokens": len(g.answer_ids),
+            "hit_eos": g.hit_eos,
+        }
+        for q, p, g in zip(questions, prompts, gens, strict=True)
+    ]
     write_jsonl_atomic(out, rows)
     print(f"{len(rows)} answers -> {out}")
 
@@ -150,6 +170,7 @@ def cmd_import_npti(args: argparse.Namespace) -> None:
 
 # ----- parser ----------------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     from npti_lens import __version__
     from npti_lens.generate import GenerateConfig
@@ -164,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def command(name: str, fn: Callable[[argparse.Namespace], None], help_text: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, fn: Callable[[argparse.Namespace], None], help_text: str
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=fn)
         return p
@@ -197,8 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--neurons", required=True, help="folder of neuron sets (npti select)")
             p.add_argument("--trait", required=True, help="trait to induce")
             p.add_argument("--pole", required=True, help="high or low")
-            p.add_argument("--allow-other-model", action="store_true",
-                           help="apply neuron sets selected on another model of the same shape")
+            p.add_argument(
+                "--allow-other-model",
+                action="store_true",
+                help="apply neuron sets selected on another model of the same shape",
+            )
             add_config(p, InduceConfig)
         add_config(p, ModelConfig)
         add_config(p, GenerateConfig)
@@ -216,8 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not args.verbose:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the weight-loading bar; ours stay
     try:
         args.func(args)
     except UserError as e:

@@ -56,8 +56,10 @@ def load_personas(path: str | Path, traits: list[str] | None = None) -> dict[tup
                 key = reference_key(trait, pole)
                 desc = r.get(key)
                 if not isinstance(desc, str) or not desc.strip():
-                    raise UserError(f"{path}:{r['_line']}: no description for pole key {key!r} "
-                                    f"(each line maps {trait!r} and {trait + '_reversed'!r} to text)")
+                    raise UserError(
+                        f"{path}:{r['_line']}: no description for pole key {key!r} "
+                        f"(each line maps {trait!r} and {trait + '_reversed'!r} to text)"
+                    )
                 out.setdefault((trait, pole), []).append(desc.strip())
     return out
 

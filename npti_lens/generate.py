@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Bool
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
@@ -75,14 +75,10 @@ class Generation:
     hit_eos: bool
 
 
-def _choose(
-    logits: Tensor, presence: Tensor, cfg: GenerateConfig, gen: torch.Generator | None
-) -> Tensor:
+def _choose(logits: Tensor, presence: Tensor, cfg: GenerateConfig, gen: torch.Generator | None) -> Tensor:
     logits = logits.float()
     if cfg.repetition_penalty != 1.0:
-        penalised = torch.where(
-            logits < 0, logits * cfg.repetition_penalty, logits / cfg.repetition_penalty
-        )
+        penalised = torch.where(logits < 0, logits * cfg.repetition_penalty, logits / cfg.repetition_penalty)
         logits = torch.where(presence, penalised, logits)
     if cfg.temperature <= 0:
         return logits.argmax(-1)
@@ -120,8 +116,14 @@ def _generate_batch(
 
     cache = DynamicCache(config=hf.config) if cfg.use_cache else None
     with positions_context(torch.zeros((n, width), dtype=torch.bool, device=device)):
-        out = hf(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                 use_cache=cfg.use_cache, logits_to_keep=1)
+        out = hf(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=cfg.use_cache,
+            logits_to_keep=1,
+        )
     if cache is not None and cache.get_seq_length() != width:
         raise RuntimeError(
             f"KV cache holds {cache.get_seq_length()} positions after a {width}-token prefill: this "
@@ -147,8 +149,14 @@ def _generate_batch(
             step_in, step_pos = torch.cat([ids, new], dim=1), pos
             is_gen = torch.arange(step_in.shape[1], device=device)[None, :].expand(n, -1) >= width
         with positions_context(is_gen):
-            out = hf(input_ids=step_in, attention_mask=mask, position_ids=step_pos,
-                     past_key_values=cache, use_cache=cfg.use_cache, logits_to_keep=1)
+            out = hf(
+                input_ids=step_in,
+                attention_mask=mask,
+                position_ids=step_pos,
+                past_key_values=cache,
+                use_cache=cfg.use_cache,
+                logits_to_keep=1,
+            )
 
     eos_set = set(eos.tolist())
     results = []

@@ -25,7 +25,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from npti_lens.errors import UserError
 from npti_lens.generate import generated_positions
-from npti_lens.model import model_device, model_id
+from npti_lens.model import model_device, model_id, same_model_key
 from npti_lens.neurons import NeuronSet
 from npti_lens.sites import MLPSites, hooks_added, mlp_sites
 
@@ -43,9 +43,7 @@ class InduceConfig:
     )
     seed: int = field(default=0, metadata={"help": "seed of the random neuron masks"})
     activate: bool = field(default=True, metadata={"help": "shift the target pole's neurons up"})
-    deactivate: bool = field(
-        default=True, metadata={"help": "clamp the opposite pole's neurons at 0"}
-    )
+    deactivate: bool = field(default=True, metadata={"help": "clamp the opposite pole's neurons at 0"})
 
 
 def shift_sizes(neurons: NeuronSet, gamma: float) -> Tensor:
@@ -53,8 +51,13 @@ def shift_sizes(neurons: NeuronSet, gamma: float) -> Tensor:
     return gamma * neurons.q95.double() * torch.sigmoid(10.0 * (neurons.diff.double() - 0.15))
 
 
-def check_fits(model: TransformerBridge, neurons: NeuronSet, *, allow_other_model: bool = False,
-               sites: MLPSites | None = None) -> None:
+def check_fits(
+    model: TransformerBridge,
+    neurons: NeuronSet,
+    *,
+    allow_other_model: bool = False,
+    sites: MLPSites | None = None,
+) -> None:
     """Refuse a neuron set made for other dimensions (or, unless allowed, another model)."""
     sites = sites or mlp_sites(model)
     if (neurons.n_layers, neurons.d_mlp) != (sites.n_layers, sites.d_mlp):
@@ -63,7 +66,7 @@ def check_fits(model: TransformerBridge, neurons: NeuronSet, *, allow_other_mode
             f"{neurons.d_mlp} neurons) but the model has {sites.n_layers} x {sites.d_mlp}; "
             "select neurons for this model first"
         )
-    if neurons.model != model_id(model) and not allow_other_model:
+    if same_model_key(neurons.model).lower() != model_id(model).lower() and not allow_other_model:
         raise UserError(
             f"neuron set {neurons.name} was selected on {neurons.model!r}, not {model_id(model)!r}; "
             "pass --allow-other-model to apply it anyway"
@@ -91,8 +94,13 @@ class InductionHandle:
     edited_forwards: int = 0
 
 
-def _plan(sites: MLPSites, pairs: Sequence[tuple[NeuronSet, NeuronSet | None]],
-          cfg: InduceConfig, device: torch.device, dtype: torch.dtype) -> dict[int, _LayerPlan]:
+def _plan(
+    sites: MLPSites,
+    pairs: Sequence[tuple[NeuronSet, NeuronSet | None]],
+    cfg: InduceConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> dict[int, _LayerPlan]:
     delta = torch.zeros(sites.n_neurons, dtype=torch.float64)
     target = torch.zeros(sites.n_neurons, dtype=torch.bool)
     clamp = torch.zeros(sites.n_neurons, dtype=torch.bool)
@@ -110,9 +118,12 @@ def _plan(sites: MLPSites, pairs: Sequence[tuple[NeuronSet, NeuronSet | None]],
             continue
         n_t = int(target[sl].sum())
         plans[layer] = _LayerPlan(
-            idx=idx.to(device), delta=delta[sl][idx].to(device=device, dtype=dtype),
-            is_target=target[sl][idx].to(device), clamp=clamp[sl][idx].to(device),
-            n_keep=math.floor(cfg.keep_prob * n_t + 1e-9))
+            idx=idx.to(device),
+            delta=delta[sl][idx].to(device=device, dtype=dtype),
+            is_target=target[sl][idx].to(device),
+            clamp=clamp[sl][idx].to(device),
+            n_keep=math.floor(cfg.keep_prob * n_t + 1e-9),
+        )
     return plans
 
 
@@ -144,9 +155,12 @@ def induce(
     device = model_device(model)
     dtype = next(model.original_model.parameters()).dtype
     plans = _plan(sites, pairs, cfg, device, dtype)
-    handle = InductionHandle(cfg=cfg, layers=sorted(plans),
-                             n_target=sum(int(p.is_target.sum()) for p in plans.values()),
-                             n_clamped=sum(int(p.clamp.sum()) for p in plans.values()))
+    handle = InductionHandle(
+        cfg=cfg,
+        layers=sorted(plans),
+        n_target=sum(int(p.is_target.sum()) for p in plans.values()),
+        n_clamped=sum(int(p.clamp.sum()) for p in plans.values()),
+    )
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
 
     def position_mask(shape: torch.Size) -> Tensor | None:

@@ -62,9 +62,7 @@ def load_model(
         if (cfg.model.startswith((".", "/", "~")) or local.exists()) and not (
             local / "config.json"
         ).is_file():
-            raise UserError(
-                f"--model: {cfg.model} is not a folder with a config.json of HF weights"
-            )
+            raise UserError(f"--model: {cfg.model} is not a folder with a config.json of HF weights")
         kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
         if tokenizer is not None:
             kwargs["tokenizer"] = tokenizer
@@ -84,8 +82,16 @@ def load_model(
 
 
 def model_id(model: TransformerBridge) -> str:
-    """The identity neuron sets and statistics are tied to (TransformerLens's model name)."""
-    return str(model.cfg.model_name)
+    """The name neuron sets and statistics are tied to: the last part of the hub id or folder.
+
+    `meta-llama/Meta-Llama-3-8B-Instruct` and a local folder `.../Meta-Llama-3-8B-Instruct` are the
+    same model to npti_lens, and moving a folder does not orphan the neuron sets made from it.
+    """
+    return same_model_key(str(model.cfg.model_name))
+
+
+def same_model_key(name: str) -> str:
+    return Path(name.rstrip("/\\")).name or name
 
 
 def eos_token_ids(model: TransformerBridge) -> list[int]:

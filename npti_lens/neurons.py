@@ -65,7 +65,9 @@ class NeuronSet:
         self.q = nan.clone() if self.q is None else self.q
         for name in COLUMNS:
             if getattr(self, name).shape != (n,):
-                raise ValueError(f"NeuronSet column {name} has shape {tuple(getattr(self, name).shape)}, expected ({n},)")
+                raise ValueError(
+                    f"NeuronSet column {name} has shape {tuple(getattr(self, name).shape)}, expected ({n},)"
+                )
         if n and (int(self.layer.min()) < 0 or int(self.layer.max()) >= self.n_layers):
             raise UserError(f"{self.name}: layer outside 0..{self.n_layers - 1}")
         if n and (int(self.index.min()) < 0 or int(self.index.max()) >= self.d_mlp):
@@ -80,8 +82,16 @@ class NeuronSet:
 
     def _take(self, idx: Tensor) -> NeuronSet:
         cols = {c: getattr(self, c)[idx] for c in COLUMNS}
-        return NeuronSet(trait=self.trait, pole=self.pole, model=self.model, n_layers=self.n_layers,
-                         d_mlp=self.d_mlp, method=self.method, params=dict(self.params), **cols)
+        return NeuronSet(
+            trait=self.trait,
+            pole=self.pole,
+            model=self.model,
+            n_layers=self.n_layers,
+            d_mlp=self.d_mlp,
+            method=self.method,
+            params=dict(self.params),
+            **cols,
+        )
 
     def top(self, k: int) -> NeuronSet:
         """The k neurons of largest diff (the set is stored sorted)."""
@@ -105,10 +115,18 @@ class NeuronSet:
         return pd.DataFrame({c: getattr(self, c).numpy() for c in COLUMNS})
 
     def cfg(self) -> dict[str, Any]:
-        return {"trait": self.trait, "pole": self.pole, "model": self.model,
-                "n_layers": self.n_layers, "d_mlp": self.d_mlp, "method": self.method,
-                "params": self.params, "n_neurons": len(self),
-                "per_layer": self.per_layer().tolist(), "npti_lens_version": _version()}
+        return {
+            "trait": self.trait,
+            "pole": self.pole,
+            "model": self.model,
+            "n_layers": self.n_layers,
+            "d_mlp": self.d_mlp,
+            "method": self.method,
+            "params": self.params,
+            "n_neurons": len(self),
+            "per_layer": self.per_layer().tolist(),
+            "npti_lens_version": _version(),
+        }
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
@@ -136,10 +154,16 @@ class NeuronSet:
         missing = [c for c in COLUMNS if c not in t]
         if missing:
             raise UserError(f"{folder / NEURONS_FILE}: missing columns {missing}")
-        return cls(trait=cfg["trait"], pole=cfg["pole"], model=cfg["model"],
-                   n_layers=int(cfg["n_layers"]), d_mlp=int(cfg["d_mlp"]),
-                   method=cfg.get("method", "npti"), params=cfg.get("params", {}),
-                   **{c: t[c] for c in COLUMNS})
+        return cls(
+            trait=cfg["trait"],
+            pole=cfg["pole"],
+            model=cfg["model"],
+            n_layers=int(cfg["n_layers"]),
+            d_mlp=int(cfg["d_mlp"]),
+            method=cfg.get("method", "npti"),
+            params=cfg.get("params", {}),
+            **{c: t[c] for c in COLUMNS},
+        )
 
 
 def load_neuron_sets(folder: str | Path) -> dict[str, NeuronSet]:
@@ -192,9 +216,19 @@ def import_reference(
             t = torch.tensor([r[:2] for r in rows], dtype=torch.int64).reshape(-1, 2)
             f = torch.tensor([r[2:5] for r in rows], dtype=torch.float64).reshape(-1, 3)
             sets[pole_name(trait, pole)] = NeuronSet(
-                trait=trait, pole=pole, model=model, n_layers=n_layers, d_mlp=d_mlp,
-                layer=t[:, 0], index=t[:, 1], diff=f[:, 0], p_active=f[:, 1], q95=f[:, 2],
-                method="npti-reference", params={"source": path.name})
+                trait=trait,
+                pole=pole,
+                model=model,
+                n_layers=n_layers,
+                d_mlp=d_mlp,
+                layer=t[:, 0],
+                index=t[:, 1],
+                diff=f[:, 0],
+                p_active=f[:, 1],
+                q95=f[:, 2],
+                method="npti-reference",
+                params={"source": path.name},
+            )
     if not sets:
         raise UserError(f"{folder}: no {{Trait}}_dict.json or {{Trait}}_reversed_dict.json files")
     return sets
@@ -209,7 +243,9 @@ def _reference_rows(path: Path, data: Any) -> list[list[float]]:
             raise UserError(f"{path}: layer {key!r} does not hold a list")
         for e in entries:
             if not (isinstance(e, list) and len(e) == 5 and all(isinstance(v, (int, float)) for v in e)):
-                raise UserError(f"{path}: layer {key!r}: entry {json.dumps(e)[:60]} is not "
-                                "[layer, index, diff, p_active, q95]")
+                raise UserError(
+                    f"{path}: layer {key!r}: entry {json.dumps(e)[:60]} is not "
+                    "[layer, index, diff, p_active, q95]"
+                )
             rows.append([int(e[0]), int(e[1]), float(e[2]), float(e[3]), float(e[4])])
     return rows

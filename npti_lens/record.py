@@ -9,14 +9,13 @@ of tokens, and statistics of batches, runs and shards add up exactly (integer co
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float, Int64
+from jaxtyping import Float, Int64
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
@@ -62,8 +61,9 @@ class Stats:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def zeros(cls, n_layers: int, d_mlp: int, device: torch.device | str = "cpu",
-              meta: dict[str, Any] | None = None) -> Stats:
+    def zeros(
+        cls, n_layers: int, d_mlp: int, device: torch.device | str = "cpu", meta: dict[str, Any] | None = None
+    ) -> Stats:
         return cls(
             n_tokens=0,
             n_active=torch.zeros((n_layers, d_mlp), dtype=torch.int64, device=device),
@@ -100,14 +100,25 @@ class Stats:
         )
 
     def to(self, device: torch.device | str) -> Stats:
-        return Stats(self.n_tokens, self.n_active.to(device), self.hist.to(device),
-                     self.sum.to(device), self.sum_sq.to(device), dict(self.meta))
+        return Stats(
+            self.n_tokens,
+            self.n_active.to(device),
+            self.hist.to(device),
+            self.sum.to(device),
+            self.sum_sq.to(device),
+            dict(self.meta),
+        )
 
     def save(self, path: str | Path) -> None:
         """Write `path` (.safetensors) and the JSON metadata beside it (`path` with .json), atomically."""
         path = Path(path)
-        tensors = {"n_active": self.n_active, "hist": self.hist, "sum": self.sum,
-                   "sum_sq": self.sum_sq, "n_tokens": torch.tensor([self.n_tokens])}
+        tensors = {
+            "n_active": self.n_active,
+            "hist": self.hist,
+            "sum": self.sum,
+            "sum_sq": self.sum_sq,
+            "n_tokens": torch.tensor([self.n_tokens]),
+        }
         with atomic_path(path) as tmp:
             save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))
         write_json_atomic(path.with_suffix(".json"), {**self.meta, "n_tokens": self.n_tokens})
@@ -120,8 +131,14 @@ class Stats:
         t = load_file(str(path))
         meta_path = path.with_suffix(".json")
         meta = read_json(meta_path) if meta_path.is_file() else {}
-        return cls(n_tokens=int(t["n_tokens"][0]), n_active=t["n_active"], hist=t["hist"],
-                   sum=t["sum"], sum_sq=t["sum_sq"], meta=meta)
+        return cls(
+            n_tokens=int(t["n_tokens"][0]),
+            n_active=t["n_active"],
+            hist=t["hist"],
+            sum=t["sum"],
+            sum_sq=t["sum_sq"],
+            meta=meta,
+        )
 
 
 def accumulate(stats: Stats, layer: int, acts: Float[Tensor, "tok d_mlp"]) -> None:
@@ -143,8 +160,9 @@ def accumulate(stats: Stats, layer: int, acts: Float[Tensor, "tok d_mlp"]) -> No
 
 
 @contextlib.contextmanager
-def recording(model: TransformerBridge, stats: Stats,
-              sites: MLPSites | None = None) -> Iterator[dict[str, Tensor | None]]:
+def recording(
+    model: TransformerBridge, stats: Stats, sites: MLPSites | None = None
+) -> Iterator[dict[str, Tensor | None]]:
     """Hooks that add every layer's activations at the positions in `state["mask"]` to `stats`.
 
     Set `state["mask"]` (bool [batch, pos]) before each forward. Hooks are removed on exit.

@@ -30,7 +30,14 @@ from npti_lens.data import (
 )
 from npti_lens.errors import UserError
 from npti_lens.generate import GenerateConfig, generate
-from npti_lens.io import fingerprint, parse_traits, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
+from npti_lens.io import (
+    fingerprint,
+    parse_traits,
+    read_json,
+    read_jsonl,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 from npti_lens.model import model_id
 from npti_lens.prompts import PERSONA_SYSTEM, build, persona_system
 from npti_lens.record import Stats, record_batch
@@ -43,9 +50,7 @@ log = logging.getLogger(__name__)
 class SearchConfig:
     traits: str = field(default="all", metadata={"help": "'all' or comma-separated trait names"})
     limit: int | None = field(default=None, metadata={"help": "at most this many questions per trait"})
-    checkpoint_every: int = field(
-        default=10, metadata={"help": "save statistics every this many batches"}
-    )
+    checkpoint_every: int = field(default=10, metadata={"help": "save statistics every this many batches"})
     seed: int = field(default=0, metadata={"help": "seed of the persona draw"})
 
 
@@ -57,12 +62,19 @@ def answers_path(run: str | Path, trait: str, pole: str) -> Path:
     return Path(run) / ANSWERS_DIR / f"{pole_name(trait, pole)}.jsonl"
 
 
-def _run_identity(model: TransformerBridge, personas_fp: str, gcfg: GenerateConfig,
-                  scfg: SearchConfig) -> dict[str, Any]:
+def _run_identity(
+    model: TransformerBridge, personas_fp: str, gcfg: GenerateConfig, scfg: SearchConfig
+) -> dict[str, Any]:
     sites = mlp_sites(model)
-    return {"model": model_id(model), "n_layers": sites.n_layers, "d_mlp": sites.d_mlp,
-            "prompt_template": PERSONA_SYSTEM, "personas_fingerprint": personas_fp,
-            "generate": asdict(gcfg), "seed": scfg.seed}
+    return {
+        "model": model_id(model),
+        "n_layers": sites.n_layers,
+        "d_mlp": sites.d_mlp,
+        "prompt_template": PERSONA_SYSTEM,
+        "personas_fingerprint": personas_fp,
+        "generate": asdict(gcfg),
+        "seed": scfg.seed,
+    }
 
 
 def _claim_run(run: Path, identity: dict[str, Any], resume: bool) -> None:
@@ -72,11 +84,15 @@ def _claim_run(run: Path, identity: dict[str, Any], resume: bool) -> None:
         old_id = {k: old.get(k) for k in identity}
         if old_id != identity:
             changed = sorted(k for k in identity if old_id.get(k) != identity[k])
-            raise UserError(f"--out: {run} holds a different run (differs in {', '.join(changed)}); "
-                            "choose a new --out folder")
+            raise UserError(
+                f"--out: {run} holds a different run (differs in {', '.join(changed)}); "
+                "choose a new --out folder"
+            )
         if not resume:
-            raise UserError(f"--out: {run} already holds this run; pass --resume to continue it "
-                            "or choose a new --out folder")
+            raise UserError(
+                f"--out: {run} already holds this run; pass --resume to continue it "
+                "or choose a new --out folder"
+            )
     elif run.exists() and any(run.iterdir()):
         raise UserError(f"--out: {run} is not empty and holds no search run; choose a new --out folder")
     write_json_atomic(cfg_path, {**identity, "npti_lens_version": __version__})
@@ -87,7 +103,7 @@ def _kept_answers(path: Path, questions: list[str], n_done: int, batch: int) -> 
     if not path.is_file():
         return []
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line in path.read_text(encoding="utf-8").splitlines():
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
@@ -97,31 +113,51 @@ def _kept_answers(path: Path, questions: list[str], n_done: int, batch: int) -> 
     rows = rows[: max(whole, 0)]
     for i, r in enumerate(rows):
         if r.get("question") != questions[i]:
-            raise UserError(f"{path}:{i + 1}: answer is for another question; this run's questions "
-                            "changed, choose a new --out folder")
+            raise UserError(
+                f"{path}:{i + 1}: answer is for another question; this run's questions "
+                "changed, choose a new --out folder"
+            )
     if len(rows) < n_done:
-        raise UserError(f"{path}: holds {len(rows)} answers but the statistics count {n_done}; "
-                        "the run folder is damaged, choose a new --out folder")
+        raise UserError(
+            f"{path}: holds {len(rows)} answers but the statistics count {n_done}; "
+            "the run folder is damaged, choose a new --out folder"
+        )
     write_jsonl_atomic(path, rows)
     return rows
 
 
-def search_pole(model: TransformerBridge, run: Path, trait: str, pole: str, questions: list[str],
-                personas: list[str], gcfg: GenerateConfig, scfg: SearchConfig,
-                progress: bool = False) -> Stats:
+def search_pole(
+    model: TransformerBridge,
+    run: Path,
+    trait: str,
+    pole: str,
+    questions: list[str],
+    personas: list[str],
+    gcfg: GenerateConfig,
+    scfg: SearchConfig,
+    progress: bool = False,
+) -> Stats:
     """Answer and record one trait pole, continuing from its checkpoint when there is one."""
     sites = mlp_sites(model)
     tok = model.tokenizer
     spath, apath = stats_path(run, trait, pole), answers_path(run, trait, pole)
-    meta = {"model": model_id(model), "n_layers": sites.n_layers, "d_mlp": sites.d_mlp,
-            "trait": trait, "pole": pole, "prompt_template": PERSONA_SYSTEM,
-            "dataset_fingerprint": fingerprint(questions, personas),
-            "n_questions_total": len(questions)}
+    meta = {
+        "model": model_id(model),
+        "n_layers": sites.n_layers,
+        "d_mlp": sites.d_mlp,
+        "trait": trait,
+        "pole": pole,
+        "prompt_template": PERSONA_SYSTEM,
+        "dataset_fingerprint": fingerprint(questions, personas),
+        "n_questions_total": len(questions),
+    }
     if spath.is_file():
         stats = Stats.load(spath)
         if stats.meta.get("dataset_fingerprint") != meta["dataset_fingerprint"]:
-            raise UserError(f"{spath}: recorded on other questions or personas (another --limit?); "
-                            "choose a new --out folder")
+            raise UserError(
+                f"{spath}: recorded on other questions or personas (another --limit?); "
+                "choose a new --out folder"
+            )
         if stats.meta.get("complete"):
             return stats
     else:
@@ -135,22 +171,37 @@ def search_pole(model: TransformerBridge, run: Path, trait: str, pole: str, ques
     with open(apath, "a", encoding="utf-8") as out:
         for start in tqdm(starts, desc=pole_name(trait, pole), disable=not progress, unit="batch"):
             end = min(start + gcfg.batch_size, len(questions))
-            prompts = [build(tok, q, persona_system(d)) for q, d in
-                       zip(questions[start:end], personas[start:end], strict=True)]
+            prompts = [
+                build(tok, q, persona_system(d))
+                for q, d in zip(questions[start:end], personas[start:end], strict=True)
+            ]
             if len(kept) >= end:
                 answer_ids = [kept[i]["answer_token_ids"] for i in range(start, end)]
             else:
                 gens = generate(model, [p.token_ids for p in prompts], gcfg)
                 answer_ids = [g.answer_ids for g in gens]
                 for i, (p, g) in enumerate(zip(prompts, gens, strict=True)):
-                    out.write(json.dumps({
-                        "question": questions[start + i], "persona": personas[start + i],
-                        "prompt": p.text, "answer": g.text, "answer_token_ids": g.answer_ids,
-                        "trait": trait, "pole": pole, "gamma": None}, ensure_ascii=False) + "\n")
+                    out.write(
+                        json.dumps(
+                            {
+                                "question": questions[start + i],
+                                "persona": personas[start + i],
+                                "prompt": p.text,
+                                "answer": g.text,
+                                "answer_token_ids": g.answer_ids,
+                                "trait": trait,
+                                "pole": pole,
+                                "gamma": None,
+                            },
+                            ensure_ascii=False,
+                        )
+                        + "\n"
+                    )
                 out.flush()
                 os.fsync(out.fileno())
-            record_batch(model, [(p.token_ids, a) for p, a in zip(prompts, answer_ids, strict=True)],
-                         stats, sites)
+            record_batch(
+                model, [(p.token_ids, a) for p, a in zip(prompts, answer_ids, strict=True)], stats, sites
+            )
             stats.meta["n_questions"] = end
             since_save += 1
             if since_save >= scfg.checkpoint_every:
@@ -162,25 +213,35 @@ def search_pole(model: TransformerBridge, run: Path, trait: str, pole: str, ques
     return stats
 
 
-def run_search(model: TransformerBridge, questions_dir: str | Path, personas_file: str | Path,
-               out: str | Path, scfg: SearchConfig | None = None, gcfg: GenerateConfig | None = None,
-               *, resume: bool = False, progress: bool = False) -> dict[str, Stats]:
+def run_search(
+    model: TransformerBridge,
+    questions_dir: str | Path,
+    personas_file: str | Path,
+    out: str | Path,
+    scfg: SearchConfig | None = None,
+    gcfg: GenerateConfig | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+) -> dict[str, Stats]:
     """Search every requested trait and pole into the run folder `out`; returns the statistics."""
     scfg, gcfg = scfg or SearchConfig(), gcfg or GenerateConfig()
     traits = parse_traits(scfg.traits)
-    questions = {t: load_questions(trait_question_file(questions_dir, t), limit=scfg.limit)
-                 for t in traits}
+    questions = {t: load_questions(trait_question_file(questions_dir, t), limit=scfg.limit) for t in traits}
     personas = load_personas(personas_file, traits)
     run = Path(out)
     _claim_run(run, _run_identity(model, fingerprint(sorted(personas.items())), gcfg, scfg), resume)
     result = {}
     for trait in traits:
         texts = [q.text for q in questions[trait]]
-        log.info("%s: %d questions (fingerprint %s)", trait, len(texts), questions_fingerprint(questions[trait]))
+        log.info(
+            "%s: %d questions (fingerprint %s)", trait, len(texts), questions_fingerprint(questions[trait])
+        )
         for pole in POLES:
             drawn = draw_personas(personas[(trait, pole)], len(texts), seed=scfg.seed, trait=trait, pole=pole)
             result[pole_name(trait, pole)] = search_pole(
-                model, run, trait, pole, texts, drawn, gcfg, scfg, progress=progress)
+                model, run, trait, pole, texts, drawn, gcfg, scfg, progress=progress
+            )
     return result
 
 
@@ -190,8 +251,9 @@ def load_run_stats(run: str | Path, trait: str, pole: str) -> Stats:
         raise UserError(f"{run}: no statistics for {pole_name(trait, pole)} ({path}); run npti search")
     stats = Stats.load(path)
     if not stats.meta.get("complete"):
-        raise UserError(f"{path}: search of {pole_name(trait, pole)} is unfinished; "
-                        "finish it with npti search --resume")
+        raise UserError(
+            f"{path}: search of {pole_name(trait, pole)} is unfinished; finish it with npti search --resume"
+        )
     return stats
 
 

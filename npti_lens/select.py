@@ -102,8 +102,9 @@ def _fdr(diff: Tensor, q: Tensor, cfg: SelectConfig) -> Tensor:
     return order[keep]
 
 
-def select_neurons(stats_p: Stats, stats_q: Stats, cfg: SelectConfig, *,
-                   trait: str, pole: str, model: str) -> NeuronSet:
+def select_neurons(
+    stats_p: Stats, stats_q: Stats, cfg: SelectConfig, *, trait: str, pole: str, model: str
+) -> NeuronSet:
     """The neurons of pole P (statistics `stats_p`) against the opposite pole (`stats_q`)."""
     if cfg.method not in _RULES:
         raise UserError(f"--method: unknown selection method {cfg.method!r}; choose {', '.join(rules())}")
@@ -113,13 +114,26 @@ def select_neurons(stats_p: Stats, stats_q: Stats, cfg: SelectConfig, *,
         raise UserError(f"{trait}: a pole has no recorded answer tokens; run search first")
     n_layers, d_mlp = stats_p.shape
     # float32 as the reference computed it, so ties and the threshold behave the same.
-    diff = (stats_p.n_active.float() / stats_p.n_tokens - stats_q.n_active.float() / stats_q.n_tokens).flatten()
+    diff = (
+        stats_p.n_active.float() / stats_p.n_tokens - stats_q.n_active.float() / stats_q.n_tokens
+    ).flatten()
     z, p, q = two_proportion_z(stats_p, stats_q)
     kept = _RULES[cfg.method](diff, q, cfg)
     p_act = (stats_p.n_active.float() / stats_p.n_tokens).flatten()
     return NeuronSet(
-        trait=trait, pole=pole, model=model, n_layers=n_layers, d_mlp=d_mlp,
-        layer=kept // d_mlp, index=kept % d_mlp, diff=diff[kept].double(),
-        p_active=p_act[kept].double(), q95=q95(stats_p).flatten()[kept].float().double(),
-        z=z[kept], p=p[kept], q=q[kept], method=cfg.method, params=asdict(cfg),
+        trait=trait,
+        pole=pole,
+        model=model,
+        n_layers=n_layers,
+        d_mlp=d_mlp,
+        layer=kept // d_mlp,
+        index=kept % d_mlp,
+        diff=diff[kept].double(),
+        p_active=p_act[kept].double(),
+        q95=q95(stats_p).flatten()[kept].float().double(),
+        z=z[kept],
+        p=p[kept],
+        q=q[kept],
+        method=cfg.method,
+        params=asdict(cfg),
     )

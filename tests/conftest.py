@@ -16,13 +16,89 @@ torch.set_num_threads(1)
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REFERENCE = SHARED / "reference" / "npti-original"
 
-WORDS = (
-    "i you we they like love hate enjoy go stay out home party friends people quiet alone book read "
-    "write plan work rest calm worry happy sad new old idea art music travel trip careful rules help "
-    "share trust kind rude fear nervous relaxed weekend evening morning city park talk listen think "
-    "feel always never often sometimes very really much little the a to and or but with at on in of "
-    ". , ! ? what how would do your"
-).split()
+WORDS = [
+    "i",
+    "you",
+    "we",
+    "they",
+    "like",
+    "love",
+    "hate",
+    "enjoy",
+    "go",
+    "stay",
+    "out",
+    "home",
+    "party",
+    "friends",
+    "people",
+    "quiet",
+    "alone",
+    "book",
+    "read",
+    "write",
+    "plan",
+    "work",
+    "rest",
+    "calm",
+    "worry",
+    "happy",
+    "sad",
+    "new",
+    "old",
+    "idea",
+    "art",
+    "music",
+    "travel",
+    "trip",
+    "careful",
+    "rules",
+    "help",
+    "share",
+    "trust",
+    "kind",
+    "rude",
+    "fear",
+    "nervous",
+    "relaxed",
+    "weekend",
+    "evening",
+    "morning",
+    "city",
+    "park",
+    "talk",
+    "listen",
+    "think",
+    "feel",
+    "always",
+    "never",
+    "often",
+    "sometimes",
+    "very",
+    "really",
+    "much",
+    "little",
+    "the",
+    "a",
+    "to",
+    "and",
+    "or",
+    "but",
+    "with",
+    "at",
+    "on",
+    "in",
+    "of",
+    ".",
+    ",",
+    "!",
+    "?",
+    "what",
+    "how",
+    "would",
+    "do",
+    "your",
+]
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> "
     "{% endfor %}{% if add_generation_prompt %}<|assistant|> {% endif %}"
@@ -40,12 +116,18 @@ def make_tokenizer(chat: bool):
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                 pad_token="<pad>", unk_token="<unk>",
-                                 additional_special_tokens=specials[4:])
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=specials[4:],
+    )
     if chat:
         hf.chat_template = CHAT_TEMPLATE
     return hf
@@ -53,8 +135,8 @@ def make_tokenizer(chat: bool):
 
 def make_config(family: str, vocab: int):
     from transformers import (
-        GemmaConfig,
         Gemma2Config,
+        GemmaConfig,
         GPT2Config,
         LlamaConfig,
         MistralConfig,
@@ -62,9 +144,19 @@ def make_config(family: str, vocab: int):
     )
 
     del GemmaConfig
-    common = dict(vocab_size=vocab, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=0.3)
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        initializer_range=0.3,
+    )
     if family == "llama":
         return LlamaConfig(**common)
     if family == "qwen2":
@@ -75,9 +167,21 @@ def make_config(family: str, vocab: int):
         # Gemma scales embeddings by sqrt(d_model): a smaller init keeps its outputs varied.
         return Gemma2Config(**{**common, "initializer_range": 0.02}, head_dim=12, sliding_window=64)
     if family == "gpt2":
-        return GPT2Config(vocab_size=vocab, n_embd=48, n_inner=96, n_layer=3, n_head=4,
-                          n_positions=256, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                          initializer_range=0.3, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        return GPT2Config(
+            vocab_size=vocab,
+            n_embd=48,
+            n_inner=96,
+            n_layer=3,
+            n_head=4,
+            n_positions=256,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+            initializer_range=0.3,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
     raise ValueError(family)
 
 
@@ -124,16 +228,30 @@ QUESTIONS = [
     "how do you help your friends ?",
 ]
 PERSONAS = [
-    {"Extraversion": "you love a party and talk with people", "Extraversion_reversed": "you stay home alone and read",
-     "Openness": "you love new art and ideas", "Openness_reversed": "you like old rules",
-     "Conscientiousness": "you plan work very careful", "Conscientiousness_reversed": "you never plan",
-     "Agreeableness": "you help and trust people", "Agreeableness_reversed": "you are rude",
-     "Neuroticism": "you worry and feel nervous", "Neuroticism_reversed": "you feel calm and relaxed"},
-    {"Extraversion": "you go out with friends often", "Extraversion_reversed": "you like quiet evening alone",
-     "Openness": "you enjoy travel and music", "Openness_reversed": "you stay with old ideas",
-     "Conscientiousness": "you always work and plan", "Conscientiousness_reversed": "you rest and never work",
-     "Agreeableness": "you are kind and share", "Agreeableness_reversed": "you never share",
-     "Neuroticism": "you feel sad and fear much", "Neuroticism_reversed": "you are happy and calm"},
+    {
+        "Extraversion": "you love a party and talk with people",
+        "Extraversion_reversed": "you stay home alone and read",
+        "Openness": "you love new art and ideas",
+        "Openness_reversed": "you like old rules",
+        "Conscientiousness": "you plan work very careful",
+        "Conscientiousness_reversed": "you never plan",
+        "Agreeableness": "you help and trust people",
+        "Agreeableness_reversed": "you are rude",
+        "Neuroticism": "you worry and feel nervous",
+        "Neuroticism_reversed": "you feel calm and relaxed",
+    },
+    {
+        "Extraversion": "you go out with friends often",
+        "Extraversion_reversed": "you like quiet evening alone",
+        "Openness": "you enjoy travel and music",
+        "Openness_reversed": "you stay with old ideas",
+        "Conscientiousness": "you always work and plan",
+        "Conscientiousness_reversed": "you rest and never work",
+        "Agreeableness": "you are kind and share",
+        "Agreeableness_reversed": "you never share",
+        "Neuroticism": "you feel sad and fear much",
+        "Neuroticism_reversed": "you are happy and calm",
+    },
 ]
 
 

@@ -24,13 +24,20 @@ def test_batched_single_nocache_and_hf_agree(family, tiny_models, tiny_dirs):
     cfg = GenerateConfig(max_new_tokens=16, batch_size=4, repetition_penalty=1.0)
     batched = [g.answer_ids for g in generate(model, prompts, cfg)]
     single = [generate(model, [p], cfg)[0].answer_ids for p in prompts]
-    nocache = [g.answer_ids for g in generate(model, prompts, GenerateConfig(
-        max_new_tokens=16, batch_size=4, repetition_penalty=1.0, use_cache=False))]
+    nocache = [
+        g.answer_ids
+        for g in generate(
+            model,
+            prompts,
+            GenerateConfig(max_new_tokens=16, batch_size=4, repetition_penalty=1.0, use_cache=False),
+        )
+    ]
     hf = hf_reference(tiny_dirs[family])
     ref = []
     for p in prompts:
-        out = hf.generate(torch.tensor([p]), max_new_tokens=16, do_sample=False, pad_token_id=0,
-                          eos_token_id=2)[0, len(p):].tolist()
+        out = hf.generate(
+            torch.tensor([p]), max_new_tokens=16, do_sample=False, pad_token_id=0, eos_token_id=2
+        )[0, len(p) :].tolist()
         ref.append(out[: out.index(2)] if 2 in out else out)
     assert batched == single
     assert batched == nocache
@@ -44,8 +51,14 @@ def test_repetition_penalty_matches_hf(family, tiny_models, tiny_dirs):
     hf = hf_reference(tiny_dirs[family])
     for p in _prompts(model):
         ours = generate(model, [p], GenerateConfig(max_new_tokens=12, repetition_penalty=1.3))[0].answer_ids
-        ref = hf.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False, pad_token_id=0,
-                          repetition_penalty=1.3, eos_token_id=2)[0, len(p):].tolist()
+        ref = hf.generate(
+            torch.tensor([p]),
+            max_new_tokens=12,
+            do_sample=False,
+            pad_token_id=0,
+            repetition_penalty=1.3,
+            eos_token_id=2,
+        )[0, len(p) :].tolist()
         assert ours == (ref[: ref.index(2)] if 2 in ref else ref)
 
 

@@ -22,11 +22,18 @@ def make_set(model, pole: str, flat: list[int], seed: int = 0) -> NeuronSet:
     g = torch.Generator().manual_seed(seed)
     n = len(flat)
     f = torch.tensor(flat)
-    return NeuronSet(trait="Extraversion", pole=pole, model=model_id(model), n_layers=sites.n_layers,
-                     d_mlp=sites.d_mlp, layer=f // sites.d_mlp, index=f % sites.d_mlp,
-                     diff=torch.rand(n, generator=g, dtype=torch.float64),
-                     p_active=torch.rand(n, generator=g, dtype=torch.float64),
-                     q95=torch.rand(n, generator=g, dtype=torch.float64) * 2)
+    return NeuronSet(
+        trait="Extraversion",
+        pole=pole,
+        model=model_id(model),
+        n_layers=sites.n_layers,
+        d_mlp=sites.d_mlp,
+        layer=f // sites.d_mlp,
+        index=f % sites.d_mlp,
+        diff=torch.rand(n, generator=g, dtype=torch.float64),
+        p_active=torch.rand(n, generator=g, dtype=torch.float64),
+        q95=torch.rand(n, generator=g, dtype=torch.float64) * 2,
+    )
 
 
 def two_sets(model):
@@ -91,13 +98,14 @@ def test_exact_neurons_and_amounts_in_layer0(family, tiny_models):
     def grab(name):
         def fn(x, hook):
             seen[name] = x.clone()
+
         return fn
 
     with torch.no_grad():
         _, cache = model.run_with_cache(ids, names_filter=lambda n: n.startswith("blocks.0.mlp.hook_p"))
-        with induce(model, [(tgt, opp)], InduceConfig(gamma=0.8, keep_prob=1.0, positions="all")):
-            with hooks_added(model, [(sites.post(0), grab("post"))]):
-                model(ids)
+        icfg = InduceConfig(gamma=0.8, keep_prob=1.0, positions="all")
+        with induce(model, [(tgt, opp)], icfg), hooks_added(model, [(sites.post(0), grab("post"))]):
+            model(ids)
     a = sites.act_fns[0](cache[sites.pre(0)])
     up = cache[sites.up(0)] if sites.gated else torch.ones_like(a)
     want_a = a.clone()
@@ -116,14 +124,12 @@ def test_keep_prob_draws_a_fresh_90_percent_each_forward(tiny_models):
     ids = torch.tensor([build(model.tokenizer, QUESTIONS[0]).token_ids])
     with torch.no_grad():
         _, cache = model.run_with_cache(ids, names_filter=lambda n: n == sites.post(0))
-        masks = []
         with induce(model, [(tgt, None)], InduceConfig(keep_prob=0.9, positions="all", seed=5)):
-            for _ in range(3):
-                seen = {}
-                with hooks_added(model, [(sites.post(0), lambda x, hook: seen.__setitem__("p", x.clone()))]):
+            seen: list[torch.Tensor] = []
+            with hooks_added(model, [(sites.post(0), lambda x, hook: seen.append(x.clone()))]):
+                for _ in range(3):
                     model(ids)
-                shifted = (seen["p"] != cache[sites.post(0)]).any(dim=(0, 1))
-                masks.append(shifted)
+            masks = [(p != cache[sites.post(0)]).any(dim=(0, 1)) for p in seen]
     for m in masks:
         assert int(m.sum()) == math.floor(0.9 * sites.d_mlp)
     assert not torch.equal(masks[0], masks[1])
@@ -178,20 +184,39 @@ def test_hooks_removed_on_exit_and_error_and_others_kept(tiny_models):
 def test_hooks_that_never_fired_are_an_error(tiny_models):
     model = tiny_models["llama"]
     tgt, opp = two_sets(model)
-    with pytest.raises(RuntimeError, match="never fired"), induce(model, [(tgt, opp)], InduceConfig(positions="all")):
+    with (
+        pytest.raises(RuntimeError, match="never fired"),
+        induce(model, [(tgt, opp)], InduceConfig(positions="all")),
+    ):
         pass
 
 
 def test_sets_for_another_model_are_refused(tiny_models):
     model = tiny_models["llama"]
     tgt, _ = two_sets(model)
-    wrong = NeuronSet(trait="Extraversion", pole="high", model=tgt.model, n_layers=tgt.n_layers,
-                      d_mlp=tgt.d_mlp + 1, layer=tgt.layer, index=tgt.index, diff=tgt.diff,
-                      p_active=tgt.p_active, q95=tgt.q95)
+    wrong = NeuronSet(
+        trait="Extraversion",
+        pole="high",
+        model=tgt.model,
+        n_layers=tgt.n_layers,
+        d_mlp=tgt.d_mlp + 1,
+        layer=tgt.layer,
+        index=tgt.index,
+        diff=tgt.diff,
+        p_active=tgt.p_active,
+        q95=tgt.q95,
+    )
     with pytest.raises(UserError, match="select neurons for this model"), induce(model, [(wrong, None)]):
         pass
-    other = NeuronSet(**{**{k: getattr(tgt, k) for k in ("trait", "pole", "n_layers", "d_mlp", "layer", "index",
-                                                        "diff", "p_active", "q95")}, "model": "other-model"})
+    other = NeuronSet(
+        **{
+            **{
+                k: getattr(tgt, k)
+                for k in ("trait", "pole", "n_layers", "d_mlp", "layer", "index", "diff", "p_active", "q95")
+            },
+            "model": "other-model",
+        }
+    )
     with pytest.raises(UserError, match="allow-other-model"), induce(model, [(other, None)]):
         pass
     with induce(model, [(other, None)], InduceConfig(positions="all"), allow_other_model=True):

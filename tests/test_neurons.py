@@ -14,12 +14,20 @@ from tests.conftest import REFERENCE
 
 
 def small_set() -> NeuronSet:
-    return NeuronSet(trait="Extraversion", pole="high", model="tiny", n_layers=3, d_mlp=10,
-                     layer=torch.tensor([2, 0, 1]), index=torch.tensor([9, 3, 0]),
-                     diff=torch.tensor([0.5, 0.3, 0.1], dtype=torch.float64),
-                     p_active=torch.tensor([0.9, 0.6, 0.4], dtype=torch.float64),
-                     q95=torch.tensor([0.37, 1.2, 0.0], dtype=torch.float64),
-                     method="npti", params={"min_neurons": 2})
+    return NeuronSet(
+        trait="Extraversion",
+        pole="high",
+        model="tiny",
+        n_layers=3,
+        d_mlp=10,
+        layer=torch.tensor([2, 0, 1]),
+        index=torch.tensor([9, 3, 0]),
+        diff=torch.tensor([0.5, 0.3, 0.1], dtype=torch.float64),
+        p_active=torch.tensor([0.9, 0.6, 0.4], dtype=torch.float64),
+        q95=torch.tensor([0.37, 1.2, 0.0], dtype=torch.float64),
+        method="npti",
+        params={"min_neurons": 2},
+    )
 
 
 def test_round_trip(tmp_path):
@@ -37,9 +45,18 @@ def test_round_trip(tmp_path):
 
 def test_out_of_range_is_refused():
     with pytest.raises(UserError, match="outside"):
-        NeuronSet(trait="Openness", pole="low", model="m", n_layers=2, d_mlp=4,
-                  layer=torch.tensor([2]), index=torch.tensor([0]), diff=torch.zeros(1),
-                  p_active=torch.zeros(1), q95=torch.zeros(1))
+        NeuronSet(
+            trait="Openness",
+            pole="low",
+            model="m",
+            n_layers=2,
+            d_mlp=4,
+            layer=torch.tensor([2]),
+            index=torch.tensor([0]),
+            diff=torch.zeros(1),
+            p_active=torch.zeros(1),
+            q95=torch.zeros(1),
+        )
 
 
 def test_import_small_reference_files(tmp_path):
@@ -66,10 +83,14 @@ def test_import_published_llama3_sets():
     sets = import_reference(REFERENCE / "neuron_results_llama3_8b_instruct")
     counts = {k: len(v) for k, v in sets.items()}
     assert counts == {
-        "Agreeableness_high": 21008, "Agreeableness_low": 21083,
-        "Conscientiousness_high": 10278, "Conscientiousness_low": 16997,
-        "Extraversion_high": 27427, "Extraversion_low": 24519,
-        "Neuroticism_high": 19211, "Neuroticism_low": 16313,
+        "Agreeableness_high": 21008,
+        "Agreeableness_low": 21083,
+        "Conscientiousness_high": 10278,
+        "Conscientiousness_low": 16997,
+        "Extraversion_high": 27427,
+        "Extraversion_low": 24519,
+        "Neuroticism_high": 19211,
+        "Neuroticism_low": 16313,
     }
     ext = sets["Extraversion_high"]
     assert ext.n_layers == 32 and ext.d_mlp == 14336

@@ -49,7 +49,7 @@ def full_cache_reference(model, sequences):
             _, cache = model.run_with_cache(ids, names_filter=lambda n: n.endswith("mlp.hook_pre"))
         n_tok += len(answer)
         for layer in range(sites.n_layers):
-            a = sites.act_fns[layer](cache[sites.pre(layer)][0, len(prompt):]).double().numpy()
+            a = sites.act_fns[layer](cache[sites.pre(layer)][0, len(prompt) :]).double().numpy()
             active[layer] += (a > 0).sum(0)
             s[layer] += a.sum(0)
             for row in a.astype(np.float32):
@@ -62,8 +62,10 @@ def full_cache_reference(model, sequences):
 def test_streaming_equals_full_cache(family, tiny_models):
     model = tiny_models[family]
     tok = model.tokenizer
-    seqs = [(build(tok, q).token_ids, build(tok, QUESTIONS[-1 - i]).token_ids[1:6 + i])
-            for i, q in enumerate(QUESTIONS[:4])]
+    seqs = [
+        (build(tok, q).token_ids, build(tok, QUESTIONS[-1 - i]).token_ids[1 : 6 + i])
+        for i, q in enumerate(QUESTIONS[:4])
+    ]
     sites = mlp_sites(model)
     stats = Stats.zeros(sites.n_layers, sites.d_mlp)
     record_batch(model, seqs[:3], stats)
@@ -98,10 +100,13 @@ def test_merge_and_save_load_round_trip(tmp_path):
     rng = torch.Generator().manual_seed(0)
     a, b = Stats.zeros(2, 5, meta={"model": "m"}), Stats.zeros(2, 5)
     x = torch.randn(40, 5, generator=rng)
-    accumulate(a, 0, x[:15]); a.n_tokens += 15
-    accumulate(b, 0, x[15:]); b.n_tokens += 25
+    accumulate(a, 0, x[:15])
+    a.n_tokens += 15
+    accumulate(b, 0, x[15:])
+    b.n_tokens += 25
     whole = Stats.zeros(2, 5)
-    accumulate(whole, 0, x); whole.n_tokens += 40
+    accumulate(whole, 0, x)
+    whole.n_tokens += 40
     merged = a + b
     assert merged.n_tokens == 40
     assert torch.equal(merged.hist, whole.hist) and torch.equal(merged.n_active, whole.n_active)
@@ -125,8 +130,12 @@ def test_act_of_hook_pre_is_the_hf_neuron(family, tiny_models, tiny_dirs):
     ids = torch.tensor([build(model.tokenizer, QUESTIONS[1]).token_ids])
     seen = {}
     mlps = hf.model.layers if hasattr(hf, "model") else hf.transformer.h
-    handles = [(getattr(m.mlp, "act_fn", None) or m.mlp.act).register_forward_hook(
-        lambda mod, i, o, L=L: seen.__setitem__(L, o)) for L, m in enumerate(mlps)]
+    handles = [
+        (getattr(m.mlp, "act_fn", None) or m.mlp.act).register_forward_hook(
+            lambda mod, i, o, L=L: seen.__setitem__(L, o)
+        )
+        for L, m in enumerate(mlps)
+    ]
     with torch.no_grad():
         hf(ids)
         _, cache = model.run_with_cache(ids, names_filter=lambda n: n.endswith("mlp.hook_pre"))

@@ -25,8 +25,13 @@ def random_stats(seed: int, n_layers=4, d_mlp=300, n_tokens=5000) -> Stats:
             hist[layer, i] += np.bincount(bins, minlength=N_BINS)
     h = torch.from_numpy(hist)
     n_active = n_tokens - h[..., 0]
-    return Stats(n_tokens=n_tokens, n_active=n_active, hist=h, sum=torch.zeros(n_layers, d_mlp, dtype=torch.float64),
-                 sum_sq=torch.zeros(n_layers, d_mlp, dtype=torch.float64))
+    return Stats(
+        n_tokens=n_tokens,
+        n_active=n_active,
+        hist=h,
+        sum=torch.zeros(n_layers, d_mlp, dtype=torch.float64),
+        sum_sq=torch.zeros(n_layers, d_mlp, dtype=torch.float64),
+    )
 
 
 def reference_rule(sp: Stats, sq: Stats, min_neurons: int, threshold: float):
@@ -43,12 +48,12 @@ def reference_rule(sp: Stats, sq: Stats, min_neurons: int, threshold: float):
     out = []
     for diff, layer, i in rows[:n_keep]:
         counts = sp.hist[layer, i].tolist()
-        total, cum, k = sum(counts), 0, 0
-        for k, c in enumerate(counts):
+        total, cum, first = sum(counts), 0, 0
+        for first, c in enumerate(counts):  # noqa: B007 - the bin where the loop stops is the answer
             cum += c
             if cum >= 0.95 * total:
                 break
-        lower = 0.0 if k == 0 else (k - 1) / 100
+        lower = 0.0 if first == 0 else (first - 1) / 100
         out.append((layer, i, diff, float(pa[layer, i]), float(np.float32(lower))))
     return out
 
@@ -56,8 +61,14 @@ def reference_rule(sp: Stats, sq: Stats, min_neurons: int, threshold: float):
 @pytest.mark.parametrize("min_neurons,threshold", [(2000, 0.1), (10, 0.1), (50, 0.3), (0, 0.0)])
 def test_npti_rule_equals_reference(min_neurons, threshold):
     sp, sq = random_stats(1), random_stats(2)
-    ns = select_neurons(sp, sq, SelectConfig(min_neurons=min_neurons, threshold=threshold),
-                        trait="Extraversion", pole="high", model="m")
+    ns = select_neurons(
+        sp,
+        sq,
+        SelectConfig(min_neurons=min_neurons, threshold=threshold),
+        trait="Extraversion",
+        pole="high",
+        model="m",
+    )
     ref = reference_rule(sp, sq, min_neurons, threshold)
     assert len(ns) == len(ref)
     assert ns.layer.tolist() == [r[0] for r in ref]
@@ -77,14 +88,17 @@ def test_ties_keep_layer_major_order():
 def test_q95_hand_computed():
     s = Stats.zeros(1, 3)
     s.hist[0, 0, 0] = 100  # all a <= 0
-    s.hist[0, 1, 1] = 94; s.hist[0, 1, 38] = 6  # 94% in (0, 0.01]: reach 95% at bin 38
+    s.hist[0, 1, 1] = 94
+    s.hist[0, 1, 38] = 6  # 94% in (0, 0.01]: reach 95% at bin 38
     s.hist[0, 2, 301 - 1] = 1  # all above 2.99
     assert q95(s)[0].tolist() == [0.0, 0.37, 2.99]
 
 
 def test_fdr_against_scipy_and_plain_bh():
     sp, sq = random_stats(4, n_layers=2, d_mlp=200), random_stats(5, n_layers=2, d_mlp=200)
-    ns = select_neurons(sp, sq, SelectConfig(method="fdr", alpha=0.01), trait="Neuroticism", pole="high", model="m")
+    ns = select_neurons(
+        sp, sq, SelectConfig(method="fdr", alpha=0.01), trait="Neuroticism", pole="high", model="m"
+    )
     x1, x2 = sp.n_active.double().flatten().numpy(), sq.n_active.double().flatten().numpy()
     n1, n2 = sp.n_tokens, sq.n_tokens
     pool = (x1 + x2) / (n1 + n2)

@@ -1,0 +1,292 @@
+"""The npti CLI: search -> select -> induce for five families; one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from npti_lens.cli import main
+from npti_lens.neurons import load_neuron_sets
+from tests.conftest import FAMILIES, write_data
+
+GEN = ["--max-new-tokens", "5", "--batch-size", "4"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_search_select_induce_end_to_end(family, tiny_dirs, tmp_path, capsys):
+    qdir, personas = write_data(tmp_path)
+    model = str(tiny_dirs[family])
+    run, neurons = tmp_path / "run", tmp_path / "neurons"
+    assert (
+        main(
+            [
+                "search",
+                "--model",
+                model,
+                "--questions",
+                str(qdir),
+                "--personas",
+                str(personas),
+                "--out",
+                str(run),
+                "--traits",
+                "Extraversion",
+                "--limit",
+                "5",
+                *GEN,
+            ]
+        )
+        == 0
+    )
+    assert main(["select", str(run), "--out", str(neurons), "--min-neurons", "10"]) == 0
+    sets = load_neuron_sets(neurons)
+    assert set(sets) == {"Extraversion_high", "Extraversion_low"}
+    assert len(sets["Extraversion_high"]) >= 10
+    assert sets["Extraversion_high"].model == tiny_dirs[family].name
+    out = tmp_path / "induced.jsonl"
+    assert (
+        main(
+            [
+                "induce",
+                "--model",
+                model,
+                "--neurons",
+                str(neurons),
+                "--trait",
+                "extraversion",
+                "--pole",
+                "high",
+                "--gamma",
+                "1.2",
+                "--questions",
+                str(qdir / "Extraversion.json"),
+                "--out",
+                str(out),
+                *GEN,
+            ]
+        )
+        == 0
+    )
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 7
+    assert rows[0]["trait"] == "Extraversion" and rows[0]["pole"] == "high" and rows[0]["gamma"] == 1.2
+    assert {"question", "prompt", "answer"} <= rows[0].keys()
+    base = tmp_path / "base.jsonl"
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                model,
+                "--questions",
+                str(qdir / "Extraversion.json"),
+                "--out",
+                str(base),
+                *GEN,
+            ]
+        )
+        == 0
+    )
+    assert json.loads(base.read_text().splitlines()[0])["gamma"] is None
+    capsys.readouterr()
+
+
+@pytest.fixture(scope="module")
+def selected(tiny_dirs, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    qdir, personas = write_data(tmp)
+    model = str(tiny_dirs["llama"])
+    main(
+        [
+            "search",
+            "--model",
+            model,
+            "--questions",
+            str(qdir),
+            "--personas",
+            str(personas),
+            "--out",
+            str(tmp / "run"),
+            "--traits",
+            "Extraversion",
+            "--limit",
+            "4",
+            *GEN,
+        ]
+    )
+    main(["select", str(tmp / "run"), "--out", str(tmp / "neurons"), "--min-neurons", "10"])
+    return tmp, qdir, personas
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    lines = [x for x in err.splitlines() if "error:" in x]
+    assert len(lines) == 1 and err.splitlines()[-1] == lines[0], err
+    return lines[0]
+
+
+def test_bad_inputs_give_one_line_errors(selected, tiny_dirs, tmp_path, capsys):
+    tmp, qdir, personas = selected
+    model = str(tiny_dirs["llama"])
+    gpt2 = str(tiny_dirs["gpt2"])
+    qfile = str(qdir / "Extraversion.json")
+    induce = [
+        "induce",
+        "--model",
+        model,
+        "--neurons",
+        str(tmp / "neurons"),
+        "--questions",
+        qfile,
+        "--out",
+        str(tmp_path / "o.jsonl"),
+    ]
+
+    assert main([*induce, "--trait", "Humor", "--pole", "high"]) == 2
+    assert "unknown trait 'Humor'" in _err(capsys)
+    assert main([*induce, "--trait", "Extraversion", "--pole", "up"]) == 2
+    assert "--pole: unknown pole 'up'" in _err(capsys)
+    with pytest.raises(SystemExit) as e:
+        main([*induce, "--trait", "Extraversion", "--pole", "high", "--gamma", "strong"])
+    assert e.value.code == 2
+    assert "--gamma: invalid float value: 'strong'" in _err(capsys)
+    assert (
+        main(
+            [
+                *induce[:-4],
+                "--questions",
+                str(tmp_path / "none.json"),
+                "--out",
+                str(tmp_path / "o.jsonl"),
+                "--trait",
+                "Extraversion",
+                "--pole",
+                "high",
+            ]
+        )
+        == 2
+    )
+    assert "none.json: file not found" in _err(capsys)
+    (tmp_path / "empty.json").write_text("")
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                model,
+                "--questions",
+                str(tmp_path / "empty.json"),
+                "--out",
+                str(tmp_path / "g.jsonl"),
+            ]
+        )
+        == 2
+    )
+    assert "empty.json: file is empty" in _err(capsys)
+    (tmp_path / "bad.json").write_text('{"question": "ok ?"}\n{"question": oops}\n')
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                model,
+                "--questions",
+                str(tmp_path / "bad.json"),
+                "--out",
+                str(tmp_path / "g.jsonl"),
+            ]
+        )
+        == 2
+    )
+    assert "bad.json:2: not valid JSON" in _err(capsys)
+    # A neuron set of another model (GPT-2 sets on Llama: different d_mlp? same here, so the name).
+    assert (
+        main(
+            [
+                "induce",
+                "--model",
+                gpt2,
+                "--neurons",
+                str(tmp / "neurons"),
+                "--questions",
+                qfile,
+                "--out",
+                str(tmp_path / "o.jsonl"),
+                "--trait",
+                "Extraversion",
+                "--pole",
+                "low",
+            ]
+        )
+        == 2
+    )
+    assert "allow-other-model" in _err(capsys)
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_persona_without_pole_and_run_guard(selected, tiny_dirs, tmp_path, capsys):
+    tmp, qdir, personas = selected
+    model = str(tiny_dirs["llama"])
+    lines = personas.read_text().splitlines()
+    broken = json.loads(lines[1])
+    del broken["Extraversion_reversed"]
+    bad = tmp_path / "personas.jsonl"
+    bad.write_text(lines[0] + "\n" + json.dumps(broken) + "\n")
+    search = [
+        "search",
+        "--model",
+        model,
+        "--questions",
+        str(qdir),
+        "--traits",
+        "Extraversion",
+        "--limit",
+        "4",
+        *GEN,
+    ]
+    assert main([*search, "--personas", str(bad), "--out", str(tmp_path / "r")]) == 2
+    assert "personas.jsonl:2: no description for pole key 'Extraversion_reversed'" in _err(capsys)
+    before = (tmp / "run" / "stats" / "Extraversion_high.safetensors").read_bytes()
+    assert (
+        main(
+            [
+                *search[:-2],
+                "--max-new-tokens",
+                "7",
+                "--personas",
+                str(personas),
+                "--out",
+                str(tmp / "run"),
+                "--resume",
+            ]
+        )
+        == 2
+    )
+    assert "holds a different run" in _err(capsys)
+    assert (tmp / "run" / "stats" / "Extraversion_high.safetensors").read_bytes() == before
+    out = tmp_path / "exists.jsonl"
+    out.write_text("precious\n")
+    assert (
+        main(
+            ["generate", "--model", model, "--questions", str(qdir / "Extraversion.json"), "--out", str(out)]
+        )
+        == 2
+    )
+    assert "pass --overwrite" in _err(capsys)
+    assert out.read_text() == "precious\n"
+
+
+def test_entry_point_exit_code_and_help():
+    r = subprocess.run(
+        [sys.executable, "-m", "npti_lens.cli", "induce", "--trait"], capture_output=True, text=True
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    for cmd in ("search", "select", "generate", "induce", "import-npti"):
+        r = subprocess.run(
+            [sys.executable, "-m", "npti_lens.cli", cmd, "--help"], capture_output=True, text=True
+        )
+        assert r.returncode == 0 and "--out" in r.stdout
