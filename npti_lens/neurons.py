@@ -234,7 +234,7 @@ def import_reference(
     return sets
 
 
-def _reference_rows(path: Path, data: Any) -> list[list[float]]:
+def _reference_rows(path: Path, data: Any) -> list[tuple[int, int, float, float, float]]:
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object layer -> list of neurons")
     rows = []
@@ -247,5 +247,5 @@ def _reference_rows(path: Path, data: Any) -> list[list[float]]:
                     f"{path}: layer {key!r}: entry {json.dumps(e)[:60]} is not "
                     "[layer, index, diff, p_active, q95]"
                 )
-            rows.append([int(e[0]), int(e[1]), float(e[2]), float(e[3]), float(e[4])])
+            rows.append((int(e[0]), int(e[1]), float(e[2]), float(e[3]), float(e[4])))
     return rows

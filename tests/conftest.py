@@ -8,6 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from jaxtyping import install_import_hook
+
+# Every jaxtyping shape annotation in the package is checked at runtime while the tests run.
+with install_import_hook("npti_lens", "beartype.beartype"):
+    import npti_lens  # noqa: F401
+    import npti_lens.cli  # noqa: F401
+    import npti_lens.induce  # noqa: F401
+    import npti_lens.search  # noqa: F401
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
