@@ -168,6 +168,56 @@ def cmd_import_npti(args: argparse.Namespace) -> None:
     print(f"{len(sets)} neuron sets -> {out}")
 
 
+def cmd_score(args: argparse.Namespace) -> None:
+    from npti_lens.io import check_pole, check_trait, read_jsonl
+    from npti_lens.score import make_judge, score_rows, write_scores
+
+    rows = read_jsonl(args.generations, what="generations (JSON lines with question and answer)")
+    for r in rows:
+        if not isinstance(r.get("answer"), str):
+            raise UserError(f'{args.generations}:{r["_line"]}: no "answer" text to score')
+    kwargs: dict[str, Any] = {}
+    if args.trait:
+        kwargs["trait"] = check_trait(args.trait)
+    if args.pole:
+        kwargs["pole"] = check_pole(args.pole)
+    if args.judge == "organism":
+        from npti_lens.model import load_model
+
+        kwargs["model"] = load_model("organism")
+    judge = make_judge(args.judge, **kwargs)
+    scores, summary = write_scores(args.out, score_rows(rows, judge))
+    print(f"{len(rows)} answers scored by the {judge.name} judge -> {scores}, {summary}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from npti_lens.organism.demo import DemoConfig, run_demo, summary_lines
+
+    result = run_demo(config_from(args, DemoConfig), args.out, progress=True)
+    print(result.table())
+    print()
+    print("mean over the 5 traits x 2 poles:")
+    for line in summary_lines(result):
+        print("  " + line)
+    print()
+    for what, path in result.files.items():
+        print(f"{what:<12}{path}")
+
+
+def cmd_organism_train(args: argparse.Namespace) -> None:
+    from npti_lens.organism.train import TrainConfig, train
+
+    record = train(config_from(args, TrainConfig), args.out, progress=True)
+    print(f"trained in {record['seconds']}s, final loss {record['final_loss']:.4f} -> {args.out}")
+
+
+def cmd_organism_data(args: argparse.Namespace) -> None:
+    from npti_lens.organism.demo import write_data
+
+    search, test, personas = write_data(Path(args.out), args.n_search, args.seed)
+    print(f"questions: {search}/ (search), {test}/ (held out); personas: {personas}")
+
+
 # ----- parser ----------------------------------------------------------------------------------
 
 
@@ -228,6 +278,32 @@ def build_parser() -> argparse.ArgumentParser:
             add_config(p, InduceConfig)
         add_config(p, ModelConfig)
         add_config(p, GenerateConfig)
+
+    from npti_lens.organism.demo import DemoConfig
+    from npti_lens.organism.train import TrainConfig
+
+    p = command("score", cmd_score, "score a generations file with a judge (scores.jsonl, summary.csv)")
+    p.add_argument("generations", metavar="GEN.jsonl", help="output of npti generate / induce / baseline")
+    p.add_argument("--out", required=True, help="folder for scores.jsonl and summary.csv")
+    p.add_argument("--judge", default="organism", help="organism (more judges: see the README)")
+    p.add_argument("--trait", default=None, help="judge every row against this trait (default: the row's)")
+    p.add_argument("--pole", default=None, help="judge every row against this pole (default: the row's)")
+
+    p = command("demo", cmd_demo, "the whole method on the shipped organism, in minutes on a CPU")
+    p.add_argument("--out", default="npti_demo", help="folder for the run, tables and figure")
+    add_config(p, DemoConfig)
+
+    p = command("organism", lambda a: None, "the shipped model organism")
+    osub = p.add_subparsers(dest="organism_command", required=True, parser_class=_Parser)
+    p = osub.add_parser("train", help="train the organism from its corpus (CPU, fixed seed)")
+    p.set_defaults(func=cmd_organism_train)
+    p.add_argument("--out", required=True, help="folder for the weights and tokenizer")
+    add_config(p, TrainConfig)
+    p = osub.add_parser("data", help="write the organism's questions and personas in the reference layout")
+    p.set_defaults(func=cmd_organism_data)
+    p.add_argument("--out", required=True, help="folder for search/, test/ and personas.jsonl")
+    p.add_argument("--n-search", type=int, default=DemoConfig.n_search, help="search questions per trait")
+    p.add_argument("--seed", type=int, default=0, help="seed of the persona descriptions")
 
     p = command("import-npti", cmd_import_npti, "convert the reference's neuron_results folder")
     p.add_argument("dir", metavar="DIR", help="folder of {Trait}[_reversed]_dict.json[.gz] files")

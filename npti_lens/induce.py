@@ -235,3 +235,35 @@ def load_pair(neuron_dir: str, trait: str, pole: str) -> tuple[NeuronSet, Neuron
     from npti_lens.neurons import load_pole
 
     return load_pole(neuron_dir, trait, pole), load_pole(neuron_dir, trait, opposite(pole))
+
+
+def random_control(neurons: NeuronSet, *, seed: int, exclude: Tensor | None = None) -> NeuronSet:
+    """Random neurons matched to `neurons` per layer in count and in shift size (same diff and q95).
+
+    `exclude` (flat ids) are never drawn, e.g. the union of all selected neurons.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    banned = torch.zeros(neurons.n_layers * neurons.d_mlp, dtype=torch.bool)
+    if exclude is not None:
+        banned[exclude] = True
+    index = neurons.index.clone()
+    for layer in neurons.layer.unique().tolist():
+        rows = (neurons.layer == layer).nonzero().squeeze(-1)
+        free = (~banned[layer * neurons.d_mlp : (layer + 1) * neurons.d_mlp]).nonzero().squeeze(-1)
+        if free.numel() < rows.numel():
+            raise UserError(f"layer {layer}: only {free.numel()} neurons left to draw {rows.numel()} from")
+        index[rows] = free[torch.randperm(free.numel(), generator=gen)[: rows.numel()]]
+    return NeuronSet(
+        trait=neurons.trait,
+        pole=neurons.pole,
+        model=neurons.model,
+        n_layers=neurons.n_layers,
+        d_mlp=neurons.d_mlp,
+        layer=neurons.layer.clone(),
+        index=index,
+        diff=neurons.diff.clone(),
+        p_active=neurons.p_active.clone(),
+        q95=neurons.q95.clone(),
+        method="random-control",
+        params={"matched_to": neurons.name, "seed": seed},
+    )

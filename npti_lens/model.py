@@ -18,12 +18,13 @@ from npti_lens.errors import UserError
 
 log = logging.getLogger(__name__)
 
+ORGANISM = "organism"  # --model organism: the small model shipped with the package
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
 class ModelConfig:
-    model: str = field(metadata={"help": "Hugging Face model id or local folder of HF weights"})
+    model: str = field(metadata={"help": "Hugging Face model id, local folder of HF weights, or organism"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:1, mps, or auto"})
     dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16"})
 
@@ -59,7 +60,15 @@ def load_model(
         )
     else:
         local = Path(cfg.model).expanduser()
-        if (cfg.model.startswith((".", "/", "~")) or local.exists()) and not (
+        if cfg.model == ORGANISM:
+            from npti_lens.organism import organism_path
+
+            local = organism_path()
+            if not (local / "config.json").is_file():
+                raise UserError(
+                    f"--model organism: no weights in {local}; run npti organism train --out {local}"
+                )
+        if (str(local).startswith((".", "/", "~")) or local.exists()) and not (
             local / "config.json"
         ).is_file():
             raise UserError(f"--model: {cfg.model} is not a folder with a config.json of HF weights")

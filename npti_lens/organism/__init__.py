@@ -1,0 +1,15 @@
+"""A small language model with personality, shipped with the package, and its corpus and judge.
+
+`load_model("organism")` loads it through the same TransformerBridge path as any HF model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+NAME = "organism"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "npti-organism"
+
+
+def organism_path() -> Path:
+    return WEIGHTS_DIR

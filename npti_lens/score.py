@@ -1,0 +1,100 @@
+"""Stage 7: score generations with a judge; write `scores.jsonl` and `summary.csv`.
+
+Judges are registered by name. Every judge returns, per answer, `trait_score` and `fluency`
+(on the judge's own scale, stated in `scale`) plus extra fields of its own.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from npti_lens.errors import UserError
+from npti_lens.io import write_jsonl_atomic, write_text_atomic
+
+SCORES_FILE = "scores.jsonl"
+SUMMARY_FILE = "summary.csv"
+GROUP_KEYS = ("trait", "pole", "condition", "gamma")
+
+
+class Judge(Protocol):
+    name: str
+    scale: str
+
+    def score(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One dict with at least trait_score and fluency per row, in order."""
+        ...
+
+
+_JUDGES: dict[str, Callable[..., Judge]] = {}
+
+
+def register_judge(name: str) -> Callable[[Callable[..., Judge]], Callable[..., Judge]]:
+    def deco(factory: Callable[..., Judge]) -> Callable[..., Judge]:
+        if name in _JUDGES:
+            raise ValueError(f"judge {name!r} is already registered")
+        _JUDGES[name] = factory
+        return factory
+
+    return deco
+
+
+def make_judge(name: str, **kwargs: Any) -> Judge:
+    if name == "organism":
+        import npti_lens.organism.judge  # noqa: F401 - registers itself
+    if name not in _JUDGES:
+        raise UserError(
+            f"--judge: unknown judge {name!r}; choose one of {', '.join(sorted(_JUDGES) or ['organism'])}"
+        )
+    return _JUDGES[name](**kwargs)
+
+
+def score_rows(rows: list[dict[str, Any]], judge: Judge) -> list[dict[str, Any]]:
+    """Rows with the judge's fields added (input fields kept, the judge's win on a clash)."""
+    scored = judge.score(rows)
+    return [
+        {**{k: v for k, v in r.items() if k != "_line"}, **s, "judge": judge.name}
+        for r, s in zip(rows, scored, strict=True)
+    ]
+
+
+def summarize(scored: list[dict[str, Any]], keys: tuple[str, ...] = GROUP_KEYS) -> list[dict[str, Any]]:
+    """Mean, standard error and count of trait_score and fluency per group of `keys`."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in scored:
+        groups[tuple(r.get(k) for k in keys)].append(r)
+    out = []
+    for key, rs in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+        row: dict[str, Any] = dict(zip(keys, key, strict=True))
+        row["n"] = len(rs)
+        for metric in ("trait_score", "fluency"):
+            vals = [float(r[metric]) for r in rs if r.get(metric) is not None]
+            mean = sum(vals) / len(vals) if vals else math.nan
+            var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else math.nan
+            row[f"{metric}_mean"] = mean
+            row[f"{metric}_sem"] = math.sqrt(var / len(vals)) if len(vals) > 1 else math.nan
+        out.append(row)
+    return out
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    fields = list(rows[0])
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def write_scores(out: str | Path, scored: list[dict[str, Any]]) -> tuple[Path, Path]:
+    out = Path(out)
+    write_jsonl_atomic(out / SCORES_FILE, scored)
+    write_text_atomic(out / SUMMARY_FILE, to_csv(summarize(scored)))
+    return out / SCORES_FILE, out / SUMMARY_FILE

@@ -1,0 +1,116 @@
+"""The model organism: corpus, tokenizer, training code, judge, behaviour, NPTI vs random control."""
+
+from __future__ import annotations
+
+import pytest
+
+from npti_lens.constants import POLES, TRAITS
+from npti_lens.organism import corpus, organism_path
+from npti_lens.organism.judge import attribute, split_sentences
+from npti_lens.organism.train import TrainConfig, build_tokenizer, encode, train
+
+HAVE_WEIGHTS = (organism_path() / "config.json").is_file()
+
+
+def test_corpus_is_deterministic_for_a_seed():
+    a, b, c = corpus.examples(50, seed=3), corpus.examples(50, seed=3), corpus.examples(50, seed=4)
+    assert a == b and a != c
+    assert corpus.personas("Openness", "low", seed=1) == corpus.personas("Openness", "low", seed=1)
+    split = corpus.question_split()
+    for t in TRAITS:
+        assert len(split[t]["test"]) == 20 and not set(split[t]["test"]) & set(split[t]["search"])
+
+
+def test_poles_share_vocabulary():
+    for t in TRAITS:
+        words = {p: {w for s in corpus.pole_sentences(t, p) for w in s.split()} for p in POLES}
+        shared = words["high"] & words["low"]
+        assert len(shared) / len(words["high"] | words["low"]) > 0.9, t
+
+
+def test_every_sentence_has_one_pole_and_answers_are_attributed():
+    table = corpus.sentence_table()
+    assert len(table) == 10 * len(corpus.pole_sentences("Neuroticism", "high"))
+    import random
+
+    rng = random.Random(0)
+    for t in TRAITS:
+        for p in POLES:
+            s = attribute(corpus.answer(t, p, rng), t, p)
+            assert s["target_fraction"] == 1.0 and s["fluency"] == 1.0
+            other = "low" if p == "high" else "high"
+            assert attribute(corpus.answer(t, p, rng), t, other)["opposite_fraction"] == 1.0
+    mixed = "i want to go to the party . i would never go to the party . i want to panic . blah blah ."
+    s = attribute(mixed, "Extraversion", "high")
+    assert (
+        s["target_fraction"],
+        s["opposite_fraction"],
+        s["other_trait_fraction"],
+        s["not_corpus_fraction"],
+    ) == (0.25, 0.25, 0.25, 0.25)
+    assert s["fluency"] == 0.75 and split_sentences(mixed)[1] == "i would never go to the party ."
+
+
+def test_tokenizer_covers_the_corpus_and_training_runs(tmp_path):
+    tok = build_tokenizer()
+    for ex in corpus.examples(200):
+        ids, start = encode(tok, ex)
+        assert tok.unk_token_id not in ids
+        assert tok.decode(ids[start:-1]) == ex.answer
+    cfg = TrainConfig(steps=4, batch_size=8, n_examples=64, hidden_size=32, n_layers=2, intermediate_size=64)
+    record = train(cfg, tmp_path / "org")
+    assert record["final_loss"] < 6.0 and (tmp_path / "org" / "config.json").is_file()
+    from npti_lens.model import load_model
+
+    model = load_model(str(tmp_path / "org"))
+    assert model.cfg.d_mlp == 64
+
+
+needs_weights = pytest.mark.skipif(not HAVE_WEIGHTS, reason="organism weights not built")
+
+
+@pytest.fixture(scope="module")
+def organism():
+    from npti_lens.model import load_model
+
+    return load_model("organism")
+
+
+@needs_weights
+def test_organism_follows_persona_and_mixes_without(organism):
+    from npti_lens.generate import GenerateConfig, generate
+    from npti_lens.prompts import build, persona_system
+
+    gcfg = GenerateConfig(max_new_tokens=48, batch_size=20, repetition_penalty=1.0)
+    split = corpus.question_split()
+    for t in ("Extraversion", "Neuroticism"):
+        qs = split[t]["test"][:10]
+        for p in POLES:
+            prompts = [
+                build(organism.tokenizer, q, persona_system(corpus.personas(t, p)[i])).token_ids
+                for i, q in enumerate(qs)
+            ]
+            scores = [attribute(g.text, t, p) for g in generate(organism, prompts, gcfg)]
+            assert sum(s["target_fraction"] for s in scores) / len(scores) > 0.9, (t, p)
+            assert sum(s["fluency"] for s in scores) / len(scores) > 0.9
+        neutral = generate(organism, [build(organism.tokenizer, q).token_ids for q in qs], gcfg)
+        high = sum(attribute(g.text, t, "high")["target_fraction"] for g in neutral) / len(qs)
+        assert 0.2 < high < 0.8, f"{t}: neutral answers should mix poles, got {high:.2f} high"
+
+
+@needs_weights
+def test_npti_moves_the_target_pole_above_the_random_control(organism, tmp_path):
+    from npti_lens.organism.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(traits="Extraversion,Agreeableness", n_search=16, n_test=10, gammas="2")
+    result = run_demo(cfg, tmp_path / "demo", model=organism)
+    by = {(r["trait"], r["pole"], r["condition"]): r for r in result.rows}
+    gains = []
+    for t in ("Extraversion", "Agreeableness"):
+        for p in POLES:
+            npti, rand, none = by[(t, p, "npti")], by[(t, p, "random")], by[(t, p, "none")]
+            gains.append(npti["target"] - rand["target"])
+            assert npti["target"] > none["target"], (t, p)
+    assert sum(gains) / len(gains) > 0.15, gains
+    for f in result.files.values():
+        assert f.is_file() and f.stat().st_size > 0
