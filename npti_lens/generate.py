@@ -62,6 +62,9 @@ class GenerateConfig:
         default=1.15, metadata={"help": "HF-style repetition penalty (1.15 as in the paper)"}
     )
     seed: int = field(default=0, metadata={"help": "seed of sampling and of random masks"})
+    ignore_eos: bool = field(
+        default=False, metadata={"help": "keep generating past EOS (fixed-length runs, benchmarks)"}
+    )
     use_cache: bool = field(
         default=True, metadata={"help": "decode with a KV cache (off: recompute the whole sequence)"}
     )
@@ -131,23 +134,27 @@ def _generate_batch(
             "(install transformers<5.24, or generate with use_cache=False)"
         )
     new = torch.empty((n, 0), dtype=torch.long, device=device)
+    # valid[:, t]: new token t is part of the answer (not EOS, not padding after it).
+    valid = torch.empty((n, 0), dtype=torch.bool, device=device)
+    prompt_part = torch.zeros((n, width), dtype=torch.bool, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     for step in range(cfg.max_new_tokens):
         nxt = _choose(out.logits[:, -1, :], presence, cfg, gen)
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
         new = torch.cat([new, nxt[:, None]], dim=1)
         presence[torch.arange(n, device=device), nxt] |= ~done
-        done |= torch.isin(nxt, eos)
+        if not cfg.ignore_eos:
+            done |= torch.isin(nxt, eos)
+        valid = torch.cat([valid, ~done[:, None]], dim=1)
         if bool(done.all()) or step == cfg.max_new_tokens - 1:
             break
         mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], dim=1)
         pos = torch.cat([pos, pos[:, -1:] + 1], dim=1)
         if cache is not None:
-            step_in, step_pos = nxt[:, None], pos[:, -1:]
-            is_gen = torch.ones((n, 1), dtype=torch.bool, device=device)
+            step_in, step_pos, is_gen = nxt[:, None], pos[:, -1:], valid[:, -1:]
         else:
             step_in, step_pos = torch.cat([ids, new], dim=1), pos
-            is_gen = torch.arange(step_in.shape[1], device=device)[None, :].expand(n, -1) >= width
+            is_gen = torch.cat([prompt_part, valid], dim=1)
         with positions_context(is_gen):
             out = hf(
                 input_ids=step_in,
@@ -164,7 +171,7 @@ def _generate_batch(
         answer: list[int] = []
         hit = False
         for t in new[row].tolist():
-            if t in eos_set:
+            if t in eos_set and not cfg.ignore_eos:
                 hit = True
                 break
             answer.append(t)

@@ -22,6 +22,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from npti_lens.constants import EDGES_PER_UNIT, N_BINS, N_INNER_EDGES
 from npti_lens.errors import UserError
+from npti_lens.generate import generated_positions, positions_context
 from npti_lens.io import atomic_path, read_json, write_json_atomic
 from npti_lens.model import model_device
 from npti_lens.sites import MLPSites, hooks_added, mlp_sites
@@ -160,29 +161,33 @@ def accumulate(stats: Stats, layer: int, acts: Float[Tensor, "tok d_mlp"]) -> No
 
 
 @contextlib.contextmanager
-def recording(
-    model: TransformerBridge, stats: Stats, sites: MLPSites | None = None
-) -> Iterator[dict[str, Tensor | None]]:
-    """Hooks that add every layer's activations at the positions in `state["mask"]` to `stats`.
+def recording(model: TransformerBridge, stats: Stats, sites: MLPSites | None = None) -> Iterator[None]:
+    """Hooks that add every layer's activations at answer positions to `stats` while active.
 
-    Set `state["mask"]` (bool [batch, pos]) before each forward. Hooks are removed on exit.
+    Answer positions are those `generated_positions()` marks: the generated tokens inside
+    `generate` (recording while decoding), or the answer mask `record_batch` declares (teacher
+    forcing). Hooks are removed on exit. Record while decoding only with the KV cache: without
+    it every forward re-runs all earlier positions, which would be counted again.
     """
     sites = sites or mlp_sites(model)
-    state: dict[str, Tensor | None] = {"mask": None}
 
     def make_hook(layer: int):  # noqa: ANN202 - closure over the layer
         act_fn = sites.act_fns[layer]
 
         def hook(pre: Tensor, hook: Any) -> None:
-            mask = state["mask"]
+            mask = generated_positions()
             if mask is None:
-                raise RuntimeError("recording: a forward ran without an answer mask")
+                raise RuntimeError(
+                    "recording: a forward ran without answer positions (see positions_context)"
+                )
+            if layer == 0:
+                stats.n_tokens += int(mask.sum())
             accumulate(stats, layer, act_fn(pre[mask]))
 
         return hook
 
     with hooks_added(model, [(sites.pre(layer), make_hook(layer)) for layer in range(sites.n_layers)]):
-        yield state
+        yield
 
 
 @torch.inference_mode()
@@ -210,8 +215,6 @@ def record_batch(
         attn[row, : len(p) + len(a)] = 1
         answer[row, len(p) : len(p) + len(a)] = True
     ids, attn, answer = ids.to(device), attn.to(device), answer.to(device)
-    with recording(model, stats, sites) as state:
-        state["mask"] = answer
+    with recording(model, stats, sites), positions_context(answer):
         # The base model (no LM head): logits are not needed for statistics.
         model.original_model.base_model(input_ids=ids, attention_mask=attn, use_cache=False)
-    stats.n_tokens += int(answer.sum())

@@ -93,24 +93,32 @@ def test_organism_follows_persona_and_mixes_without(organism):
             scores = [attribute(g.text, t, p) for g in generate(organism, prompts, gcfg)]
             assert sum(s["target_fraction"] for s in scores) / len(scores) > 0.9, (t, p)
             assert sum(s["fluency"] for s in scores) / len(scores) > 0.9
-        neutral = generate(organism, [build(organism.tokenizer, q).token_ids for q in qs], gcfg)
+    # Sampled (greedy decoding turns a slight lean into the same pole every time), neutral answers
+    # mix the poles of every trait.
+    sample = GenerateConfig(max_new_tokens=48, batch_size=20, repetition_penalty=1.0, temperature=1.0, seed=1)
+    for t in TRAITS:
+        qs = split[t]["test"]
+        neutral = generate(organism, [build(organism.tokenizer, q).token_ids for q in qs], sample)
         high = sum(attribute(g.text, t, "high")["target_fraction"] for g in neutral) / len(qs)
-        assert 0.2 < high < 0.8, f"{t}: neutral answers should mix poles, got {high:.2f} high"
+        assert 0.25 < high < 0.75, f"{t}: neutral answers should mix poles, got {high:.2f} high"
 
 
 @needs_weights
 def test_npti_moves_the_target_pole_above_the_random_control(organism, tmp_path):
     from npti_lens.organism.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(traits="Extraversion,Agreeableness", n_search=16, n_test=10, gammas="2")
+    cfg = DemoConfig(n_search=16, n_test=10, gammas="3")
     result = run_demo(cfg, tmp_path / "demo", model=organism)
     by = {(r["trait"], r["pole"], r["condition"]): r for r in result.rows}
-    gains = []
-    for t in ("Extraversion", "Agreeableness"):
+    gains, lifts = [], []
+    for t in TRAITS:
         for p in POLES:
             npti, rand, none = by[(t, p, "npti")], by[(t, p, "random")], by[(t, p, "none")]
             gains.append(npti["target"] - rand["target"])
-            assert npti["target"] > none["target"], (t, p)
+            lifts.append(npti["target"] - none["target"])
+            assert by[(t, p, "persona")]["target"] > 0.9
+    # Averaged over the ten poles; single poles vary (see the README's demo table).
     assert sum(gains) / len(gains) > 0.15, gains
+    assert sum(lifts) / len(lifts) > 0.05, lifts
     for f in result.files.values():
         assert f.is_file() and f.stat().st_size > 0

@@ -144,3 +144,25 @@ def test_act_of_hook_pre_is_the_hf_neuron(family, tiny_models, tiny_dirs):
     for layer in range(sites.n_layers):
         ours = sites.act_fns[layer](cache[sites.pre(layer)])
         torch.testing.assert_close(ours, seen[layer], rtol=1e-5, atol=1e-5)
+
+
+def test_recording_while_decoding_equals_teacher_forcing(tiny_models):
+    """Statistics gathered inside generate cover the fed answer tokens, as teacher forcing does."""
+    from npti_lens.generate import GenerateConfig, generate
+    from npti_lens.record import recording
+
+    model = tiny_models["llama"]
+    sites = mlp_sites(model)
+    prompts = [build(model.tokenizer, q).token_ids for q in QUESTIONS[:4]]
+    cfg = GenerateConfig(max_new_tokens=10, batch_size=4, repetition_penalty=1.0)
+    live = Stats.zeros(sites.n_layers, sites.d_mlp)
+    with recording(model, live):
+        gens = generate(model, prompts, cfg)
+    # Decoding feeds every answer token but the last one generated (EOS is never part of an answer).
+    fed = [(g.prompt_ids, g.answer_ids if g.hit_eos else g.answer_ids[:-1]) for g in gens]
+    forced = Stats.zeros(sites.n_layers, sites.d_mlp)
+    record_batch(model, fed, forced)
+    assert live.n_tokens == forced.n_tokens == sum(len(a) for _, a in fed)
+    # A cached forward may differ from a full one in the last float bits: allow a handful of moves.
+    assert int((live.hist - forced.hist).abs().sum()) <= 4
+    assert int((live.n_active - forced.n_active).abs().sum()) <= 2

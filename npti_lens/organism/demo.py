@@ -36,9 +36,15 @@ class DemoConfig:
     traits: str = field(default="all", metadata={"help": "'all' or comma-separated trait names"})
     n_search: int = field(default=32, metadata={"help": "search questions per trait"})
     n_test: int = field(default=20, metadata={"help": "held-out questions per trait and pole"})
-    gammas: str = field(default="0.5,1,1.5,2,3", metadata={"help": "comma-separated gammas of the sweep"})
+    gammas: str = field(default="1,2,3,5", metadata={"help": "comma-separated gammas of the sweep"})
     min_neurons: int = field(default=20, metadata={"help": "selection: keep at least this many per pole"})
-    threshold: float = field(default=0.1, metadata={"help": "selection: keep every neuron with diff >= this"})
+    threshold: float = field(
+        default=0.2,
+        metadata={
+            "help": "selection: keep every neuron with diff >= this (0.1, the paper's, takes ~15% "
+            "of the organism's neurons, whose shift then swamps its fluency)"
+        },
+    )
     max_new_tokens: int = field(default=48, metadata={"help": "tokens per answer"})
     batch_size: int = field(default=32, metadata={"help": "prompts per forward"})
     seed: int = field(default=0, metadata={"help": "seed of personas, masks and the control"})
