@@ -32,6 +32,9 @@ SHAPES = {  # name: (hidden, layers, intermediate, heads, kv heads, vocab)
 }
 
 
+HEADLINE = ("record_overhead", "induce_overhead", "teacher_forcing_speedup", "memory_growth_16x")
+
+
 def tiny_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -66,8 +69,13 @@ def build_model(name: str, device: str, dtype: str):
     )
     torch.manual_seed(0)
     tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    with torch.device(device):
-        hf = LlamaForCausalLM(cfg).to(tdtype)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(tdtype)  # build in the target dtype: an 8B model in fp32 would not fit twice
+    try:
+        with torch.device(device):
+            hf = LlamaForCausalLM(cfg).eval()
+    finally:
+        torch.set_default_dtype(default)
     return load_model(
         ModelConfig(model=name, device=device, dtype=dtype), hf_model=hf, tokenizer=tiny_tokenizer()
     )
@@ -128,9 +136,8 @@ def full_sets(model, share: float = 0.01, seed: int = 0):
 
 
 def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    from npti_lens.generate import GenerateConfig, generate
-    from npti_lens.induce import InduceConfig, induce
-    from npti_lens.record import Stats, record_batch, recording
+    from npti_lens.generate import GenerateConfig
+    from npti_lens.record import Stats, record_batch
     from npti_lens.sites import mlp_sites
 
     model = build_model(name, args.device, args.dtype)
@@ -138,6 +145,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     hf = model.original_model
     dev = args.device
     reps = 3 if args.quick else 7
+    # Answers at least as long as prompts, as in NPTI's search (persona prompt, ~200-token answers).
     batch, prompt_len, answer_len = (8, 32, 64) if args.quick else (16, 64, 128)
     if name == "llama8b" or name == "llama1b":
         batch, prompt_len, answer_len = 32, 64, 192
@@ -153,24 +161,39 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     }
     ids = torch.tensor([p + a for p, a in seqs], device=model.cfg.device)
 
-    # 1. recording overhead: teacher-forced forward with the statistics hooks vs without.
+    parts = set(args.parts.split(","))
     stats = Stats.zeros(sites.n_layers, sites.d_mlp, device=model.cfg.device)
-
-    def plain_forward():
-        with torch.inference_mode():
-            hf.base_model(input_ids=ids, use_cache=False)
-
-    rec = timed(lambda: record_batch(model, seqs, stats, sites), reps, dev)
-    plain = timed(plain_forward, reps, dev)
-    out["record_overhead"] = rec["median"] / plain["median"]
-    out["record"] = {"with_hooks_s": rec, "plain_forward_s": plain}
-
-    # 2. induction overhead: fixed-length greedy generation with and without the induction.
-    n_gen = 16 if args.quick else 64
+    n_gen = 32 if args.quick else 64
     if name in ("llama8b", "llama1b"):
         n_gen = 128
     gcfg = GenerateConfig(max_new_tokens=n_gen, batch_size=batch, repetition_penalty=1.0, ignore_eos=True)
     prompts = [p for p, _ in seqs]
+    toks = batch * n_gen
+
+    if "record" in parts:
+        # 1. recording overhead: teacher-forced forward with the statistics hooks vs without.
+        def plain_forward():
+            with torch.inference_mode():
+                hf.base_model(input_ids=ids, use_cache=False)
+
+        rec = timed(lambda: record_batch(model, seqs, stats, sites), reps, dev)
+        plain = timed(plain_forward, reps, dev)
+        out["record_overhead"] = rec["median"] / plain["median"]
+        out["record"] = {"with_hooks_s": rec, "plain_forward_s": plain}
+    if "induce" in parts:
+        bench_induce(model, prompts, gcfg, toks, reps, dev, out)
+    if "teacher_forcing" in parts:
+        bench_teacher_forcing(model, seqs, gcfg, stats, reps, dev, out)
+    if "scaling" in parts:
+        bench_scaling(model, prompt_len, args.quick, reps, dev, out)
+    return out
+
+
+def bench_induce(model, prompts, gcfg, toks, reps, dev, out) -> None:
+    """2. induction overhead: fixed-length greedy generation with and without the induction."""
+    from npti_lens.generate import generate
+    from npti_lens.induce import InduceConfig, induce
+
     tgt, opp = full_sets(model)
     gen_plain = timed(lambda: generate(model, prompts, gcfg), reps, dev)
 
@@ -179,7 +202,6 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
             generate(model, prompts, gcfg)
 
     gen_ind = timed(gen_induced, reps, dev)
-    toks = batch * n_gen
     out["induce_overhead"] = gen_ind["median"] / gen_plain["median"]
     out["induce"] = {
         "plain_tok_per_s": toks / gen_plain["median"],
@@ -189,7 +211,16 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "neurons_per_pole": len(tgt),
     }
 
-    # 3. teacher forcing vs recording while decoding: answer tokens of statistics per second.
+
+def bench_teacher_forcing(model, seqs, gcfg, stats, reps, dev, out) -> None:
+    """3. teacher forcing vs recording while decoding: answer tokens of statistics per second."""
+    from npti_lens.generate import generate
+    from npti_lens.record import Stats, record_batch, recording
+    from npti_lens.sites import mlp_sites
+
+    sites = mlp_sites(model)
+    prompts, n_gen, batch = [p for p, _ in seqs], gcfg.max_new_tokens, len(seqs)
+    toks = batch * n_gen
     dec_stats = Stats.zeros(sites.n_layers, sites.d_mlp, device=model.cfg.device)
 
     def record_decoding():
@@ -203,13 +234,17 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     out["teacher_forcing_speedup"] = tf_rate / dec_rate
     out["teacher_forcing"] = {"teacher_forcing_tok_per_s": tf_rate, "decoding_tok_per_s": dec_rate}
 
-    # 5. scaling: decode time per generated token as the batch grows.
-    sizes = [1, 4, 16] if args.quick else [1, 4, 16, 64]
+
+def bench_scaling(model, prompt_len, quick, reps, dev, out) -> None:
+    """5. scaling: decode time per generated token as the batch grows."""
+    from npti_lens.generate import GenerateConfig, generate
+
+    sizes = [1, 4, 16] if quick else [1, 4, 16, 64]
     scaling = {}
     for b in sizes:
         pr = [p for p, _ in random_sequences(model, b, prompt_len, 1, seed=b)]
         cfg_b = GenerateConfig(
-            max_new_tokens=8 if args.quick else 16, batch_size=b, repetition_penalty=1.0, ignore_eos=True
+            max_new_tokens=8 if quick else 16, batch_size=b, repetition_penalty=1.0, ignore_eos=True
         )
         t = timed(lambda pr=pr, cfg_b=cfg_b: generate(model, pr, cfg_b), max(2, reps - 2), dev)
         scaling[str(b)] = {
@@ -217,29 +252,38 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
             "tok_per_s": b * cfg_b.max_new_tokens / t["median"],
         }
     out["scaling"] = scaling
-    return out
 
 
 def memory_child(name: str, n_batches: int, device: str, dtype: str) -> None:
-    """Record `n_batches` batches and print the peak memory (bytes) of this process (or of CUDA)."""
+    """Record `n_batches` batches; print the peak memory and the memory before recording (bytes).
+
+    On CUDA: peak allocated by torch. On the CPU: the process's peak resident set size.
+    """
     from npti_lens.record import Stats, record_batch
     from npti_lens.sites import mlp_sites
 
     model = build_model(name, device, dtype)
     sites = mlp_sites(model)
     stats = Stats.zeros(sites.n_layers, sites.d_mlp, device=model.cfg.device)
-    if device.startswith("cuda"):
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     for i in range(n_batches):
         record_batch(model, random_sequences(model, 8, 32, 64, seed=i), stats, sites)
-    if device.startswith("cuda"):
-        print(torch.cuda.max_memory_allocated())
-    else:
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if cuda
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    print(json.dumps({"peak": int(peak), "before_recording": int(base)}))
 
 
 def bench_memory(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    peaks = {}
+    peaks, extra = {}, {}
     for mult in (1, 4, 16):
         cmd = [
             sys.executable,
@@ -255,8 +299,14 @@ def bench_memory(name: str, args: argparse.Namespace) -> dict[str, Any]:
             str(args.threads),
         ]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        peaks[str(mult)] = int(res.stdout.strip().splitlines()[-1])
-    return {"peak_bytes": peaks, "memory_growth_16x": peaks["16"] / peaks["1"]}
+        m = json.loads(res.stdout.strip().splitlines()[-1])
+        peaks[str(mult)] = m["peak"]
+        extra[str(mult)] = m["peak"] - m["before_recording"]
+    return {
+        "peak_bytes": peaks,
+        "recording_bytes_over_model": extra,
+        "memory_growth_16x": peaks["16"] / peaks["1"],
+    }
 
 
 def main() -> None:
@@ -268,6 +318,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (set deliberately)")
+    ap.add_argument(
+        "--parts",
+        default="record,induce,teacher_forcing,scaling,memory",
+        help="which measurements to run (all by default)",
+    )
     ap.add_argument("--models", default=None, help="comma-separated: organism, llama100m, llama1b, llama8b")
     ap.add_argument("--memory-child", nargs=2, metavar=("MODEL", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -297,18 +352,14 @@ def main() -> None:
     start = time.time()
     for name in names:
         r = bench_model(name, args)
-        r.update(bench_memory(name, args))
+        if "memory" in args.parts.split(","):
+            r.update(bench_memory(name, args))
         result["models"][name] = r
-        print(
-            f"{name}: record x{r['record_overhead']:.3f}  induce x{r['induce_overhead']:.3f}  "
-            f"teacher forcing x{r['teacher_forcing_speedup']:.1f}  memory 16x/1x {r['memory_growth_16x']:.3f}  "
-            f"plain {r['induce']['plain_tok_per_s']:.0f} tok/s",
-            flush=True,
-        )
+        print(f"{name}: " + "  ".join(f"{k} {r[k]:.3f}" for k in HEADLINE if k in r), flush=True)
     # Headline numbers: the largest model benchmarked (the ~100M Llama on a CPU, 8B shape on a GPU).
     main_model = result["models"][names[-1]]
-    for key in ("record_overhead", "induce_overhead", "teacher_forcing_speedup", "memory_growth_16x"):
-        result[key] = main_model[key]
+    for key in HEADLINE:
+        result[key] = main_model.get(key)
     result["headline_model"] = names[-1]
     result["seconds"] = round(time.time() - start, 1)
     if args.json:

@@ -30,20 +30,31 @@ from npti_lens.model import eos_token_ids, model_device
 
 log = logging.getLogger(__name__)
 
-_GENERATED: contextvars.ContextVar[Tensor | None] = contextvars.ContextVar(
+# (mask, whether any position is set): the flag spares hooks a device sync on every forward.
+_GENERATED: contextvars.ContextVar[tuple[Tensor, bool] | None] = contextvars.ContextVar(
     "npti_generated_positions", default=None
 )
 
 
 def generated_positions() -> Bool[Tensor, "batch pos"] | None:
     """Mask of the positions in the forward under way whose input token was generated (None outside)."""
-    return _GENERATED.get()
+    state = _GENERATED.get()
+    return None if state is None else state[0]
+
+
+def any_generated() -> bool:
+    """False when the forward under way holds no generated position (the prefill), else True."""
+    state = _GENERATED.get()
+    return state is not None and state[1]
 
 
 @contextlib.contextmanager
-def positions_context(mask: Bool[Tensor, "batch pos"]) -> Iterator[None]:
-    """Declare which positions of the next forwards hold generated tokens (for teacher forcing too)."""
-    token = _GENERATED.set(mask)
+def positions_context(mask: Bool[Tensor, "batch pos"], any_set: bool | None = None) -> Iterator[None]:
+    """Declare which positions of the next forwards hold generated tokens (for teacher forcing too).
+
+    `any_set` says whether any position is set, if the caller knows without looking at the mask.
+    """
+    token = _GENERATED.set((mask, bool(mask.any()) if any_set is None else any_set))
     try:
         yield
     finally:
@@ -118,7 +129,7 @@ def _generate_batch(
         gen = torch.Generator(device=device).manual_seed(seed)
 
     cache = DynamicCache(config=hf.config) if cfg.use_cache else None
-    with positions_context(torch.zeros((n, width), dtype=torch.bool, device=device)):
+    with positions_context(torch.zeros((n, width), dtype=torch.bool, device=device), any_set=False):
         out = hf(
             input_ids=ids,
             attention_mask=mask,
@@ -155,7 +166,7 @@ def _generate_batch(
         else:
             step_in, step_pos = torch.cat([ids, new], dim=1), pos
             is_gen = torch.cat([prompt_part, valid], dim=1)
-        with positions_context(is_gen):
+        with positions_context(is_gen, any_set=True):
             out = hf(
                 input_ids=step_in,
                 attention_mask=mask,

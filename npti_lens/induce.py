@@ -24,7 +24,7 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from npti_lens.errors import UserError
-from npti_lens.generate import generated_positions
+from npti_lens.generate import any_generated, generated_positions
 from npti_lens.model import model_device, model_id, same_model_key
 from npti_lens.neurons import NeuronSet
 from npti_lens.sites import MLPSites, hooks_added, mlp_sites
@@ -179,7 +179,7 @@ def induce(
     def edit(layer: int, plan: _LayerPlan, post: Tensor, a: Tensor, up: Tensor | None) -> Tensor:
         handle.fired[layer] = handle.fired.get(layer, 0) + 1
         pos = position_mask(post.shape)
-        if pos is not None and not bool(pos.any()):
+        if pos is not None and not any_generated():
             return post
         keep = plan.is_target.clone()
         if plan.n_keep < int(plan.is_target.sum()):

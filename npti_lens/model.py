@@ -6,7 +6,10 @@ Any Hugging Face causal LM that TransformerLens supports: a hub id, a local fold
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,9 +58,10 @@ def load_model(
         if tokenizer is None:
             raise UserError("load_model: with hf_model= pass tokenizer= too (else the hub is asked)")
         hf_model = hf_model.to(device=device, dtype=dtype)
-        bridge = TransformerBridge.boot_transformers(
-            cfg.model, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
-        )
+        with _named_tokenizer(tokenizer) as tokenizer:
+            bridge = TransformerBridge.boot_transformers(
+                cfg.model, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
+            )
     else:
         local = Path(cfg.model).expanduser()
         if cfg.model == ORGANISM:
@@ -88,6 +92,20 @@ def load_model(
         # Padding positions are masked out everywhere; any id will do, EOS is the convention.
         tok.pad_token = tok.eos_token
     return bridge
+
+
+@contextlib.contextmanager
+def _named_tokenizer(tokenizer: Any) -> Iterator[Any]:
+    """A tokenizer TransformerLens can re-load: it re-creates it from `name_or_path`, which a
+    tokenizer built in memory lacks; such a one is saved to a temporary folder and loaded back."""
+    if tokenizer.init_kwargs.get("name_or_path"):
+        yield tokenizer
+        return
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory(prefix="npti_tokenizer_") as tmp:
+        tokenizer.save_pretrained(tmp)
+        yield AutoTokenizer.from_pretrained(tmp)
 
 
 def model_id(model: TransformerBridge) -> str:

@@ -9,6 +9,7 @@ of tokens, and statistics of batches, runs and shards add up exactly (integer co
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,27 @@ from npti_lens.sites import MLPSites, hooks_added, mlp_sites
 
 # Tokens x neurons handled at once when binning, to bound the temporary index tensor.
 _CHUNK_ELEMENTS = 1 << 24
+
+
+@functools.lru_cache(maxsize=8)
+def _padded_edges(device: str) -> Tensor:
+    """-inf, the 300 float32 edges, +inf: bin k holds padded[k] < a <= padded[k + 1]."""
+    inf = torch.tensor([torch.inf])
+    return torch.cat([-inf, bin_edges(torch.float32), inf]).to(device)
+
+
+def bin_index(a: Float[Tensor, "*shape"]) -> Int64[Tensor, "*shape"]:
+    """The bin (0..300) of every float32 activation, exactly as the edge definition says.
+
+    ceil(100 a) is the bin up to float rounding, which can put a value next to an edge one bin
+    off; one comparison with each neighbouring edge corrects it. (torch.bucketize gives the same
+    bins but is several times slower on the CPU.)
+    """
+    edges = _padded_edges(str(a.device))
+    k = torch.ceil(a * EDGES_PER_UNIT).clamp_(0, N_BINS - 1).long()
+    k += torch.take(edges, k + 1) < a
+    k.sub_((torch.take(edges, k) >= a).long())
+    return k
 
 
 def bin_edges(dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
@@ -148,16 +170,17 @@ def accumulate(stats: Stats, layer: int, acts: Float[Tensor, "tok d_mlp"]) -> No
         return
     a = acts.float()
     d_mlp = a.shape[1]
-    edges = bin_edges(torch.float32, a.device)
-    stats.n_active[layer] += (a > 0).sum(0)
     stats.sum[layer] += a.sum(0, dtype=torch.float64)
-    stats.sum_sq[layer] += a.double().square().sum(0)
+    stats.sum_sq[layer] += (a * a).sum(0, dtype=torch.float64)
     offset = torch.arange(d_mlp, device=a.device) * N_BINS
     rows = max(1, _CHUNK_ELEMENTS // d_mlp)
-    flat_hist = stats.hist[layer].view(-1)
     for start in range(0, a.shape[0], rows):
-        idx = torch.bucketize(a[start : start + rows], edges, right=False) + offset
-        flat_hist += torch.bincount(idx.view(-1), minlength=d_mlp * N_BINS)
+        chunk = a[start : start + rows]
+        counts = torch.bincount((bin_index(chunk) + offset).view(-1), minlength=d_mlp * N_BINS).view(
+            d_mlp, N_BINS
+        )
+        stats.hist[layer] += counts
+        stats.n_active[layer] += chunk.shape[0] - counts[:, 0]  # bin 0 holds a <= 0
 
 
 @contextlib.contextmanager
@@ -170,6 +193,14 @@ def recording(model: TransformerBridge, stats: Stats, sites: MLPSites | None = N
     it every forward re-runs all earlier positions, which would be counted again.
     """
     sites = sites or mlp_sites(model)
+    # The answer positions as flat row indices, found once per forward: a boolean mask applied in
+    # every layer would wait for the device (nonzero) once per layer.
+    rows: dict[str, Any] = {"mask": None, "idx": None}
+
+    def answer_rows(mask: Tensor) -> Tensor:
+        if rows["mask"] is not mask:
+            rows["mask"], rows["idx"] = mask, mask.flatten().nonzero().squeeze(-1)
+        return rows["idx"]
 
     def make_hook(layer: int):  # noqa: ANN202 - closure over the layer
         act_fn = sites.act_fns[layer]
@@ -180,9 +211,10 @@ def recording(model: TransformerBridge, stats: Stats, sites: MLPSites | None = N
                 raise RuntimeError(
                     "recording: a forward ran without answer positions (see positions_context)"
                 )
-            if layer == 0:
-                stats.n_tokens += int(mask.sum())
-            accumulate(stats, layer, act_fn(pre[mask]))
+            idx = answer_rows(mask)
+            if layer == 0:  # once per forward
+                stats.n_tokens += int(idx.numel())
+            accumulate(stats, layer, act_fn(pre.flatten(0, 1).index_select(0, idx)))
 
         return hook
 
@@ -215,6 +247,6 @@ def record_batch(
         attn[row, : len(p) + len(a)] = 1
         answer[row, len(p) : len(p) + len(a)] = True
     ids, attn, answer = ids.to(device), attn.to(device), answer.to(device)
-    with recording(model, stats, sites), positions_context(answer):
+    with recording(model, stats, sites), positions_context(answer, any_set=True):
         # The base model (no LM head): logits are not needed for statistics.
         model.original_model.base_model(input_ids=ids, attention_mask=attn, use_cache=False)

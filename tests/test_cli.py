@@ -290,3 +290,40 @@ def test_entry_point_exit_code_and_help():
             [sys.executable, "-m", "npti_lens.cli", cmd, "--help"], capture_output=True, text=True
         )
         assert r.returncode == 0 and "--out" in r.stdout
+
+
+def test_score_with_the_organism_judge(tmp_path, capsys):
+    from npti_lens.organism import organism_path
+
+    if not (organism_path() / "config.json").is_file():
+        pytest.skip("organism weights not built")
+    gen = tmp_path / "gen.jsonl"
+    rows = [
+        {
+            "question": "q1 ?",
+            "prompt": "<s><|user|> q1 ? <|end|> <|assistant|> ",
+            "trait": "Extraversion",
+            "pole": "high",
+            "gamma": 1.0,
+            "answer": "i want to go to the party . i would never go to the party .",
+        },
+        {
+            "question": "q2 ?",
+            "prompt": "<s><|user|> q2 ? <|end|> <|assistant|> ",
+            "trait": "Extraversion",
+            "pole": "high",
+            "gamma": 1.0,
+            "answer": "i want to meet new people . bla .",
+        },
+    ]
+    gen.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["score", str(gen), "--out", str(tmp_path / "s"), "--judge", "organism"]) == 0
+    scores = [json.loads(x) for x in (tmp_path / "s" / "scores.jsonl").read_text().splitlines()]
+    assert [s["trait_score"] for s in scores] == [0.5, 0.5]
+    assert [s["fluency"] for s in scores] == [1.0, 0.5]
+    assert scores[0]["opposite_fraction"] == 0.5 and scores[0]["perplexity"] > 1.0
+    summary = (tmp_path / "s" / "summary.csv").read_text().splitlines()
+    assert summary[0].startswith("trait,pole,condition,gamma,n,trait_score_mean")
+    assert summary[1].startswith("Extraversion,high,,1.0,2,0.5")
+    assert main(["score", str(gen), "--out", str(tmp_path / "s2"), "--judge", "gpt-17"]) == 2
+    assert "unknown judge" in capsys.readouterr().err

@@ -28,6 +28,18 @@ def test_hf_model_and_tokenizer_give_the_same_model(tiny_dirs, tiny_models):
         load_model("qwen2", hf_model=hf)
 
 
+def test_tokenizer_built_in_memory_is_accepted(tiny_dirs):
+    from tests.conftest import make_tokenizer
+
+    tok = make_tokenizer(chat=False)
+    assert not tok.init_kwargs.get("name_or_path")
+    hf = AutoModelForCausalLM.from_pretrained(tiny_dirs["gpt2"])
+    model = load_model(ModelConfig(model="gpt2-in-memory"), hf_model=hf, tokenizer=tok)
+    ids = build(model.tokenizer, QUESTIONS[0]).token_ids
+    assert ids == build(tok, QUESTIONS[0]).token_ids
+    assert len(generate(model, [ids], GenerateConfig(max_new_tokens=3))[0].answer_ids) == 3
+
+
 def test_bfloat16_generation_and_recording(tiny_dirs):
     model = load_model(ModelConfig(model=str(tiny_dirs["llama"]), dtype="bfloat16"))
     assert next(model.original_model.parameters()).dtype == torch.bfloat16

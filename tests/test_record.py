@@ -10,7 +10,7 @@ import torch
 
 from npti_lens.constants import N_BINS
 from npti_lens.prompts import build
-from npti_lens.record import Stats, accumulate, bin_edges, record_batch
+from npti_lens.record import Stats, accumulate, bin_edges, bin_index, record_batch
 from npti_lens.sites import mlp_sites
 from tests.conftest import FAMILIES, QUESTIONS
 
@@ -31,9 +31,11 @@ def test_bins_match_definition_at_and_around_every_edge():
         e = np.float32(k / 100)
         vals += [float(e), float(np.nextafter(e, np.float32(-1))), float(np.nextafter(e, np.float32(5)))]
     a = torch.tensor(vals, dtype=torch.float32)
-    got = torch.bucketize(a, bin_edges(), right=False).tolist()
     want = [reference_bin(float(v)) for v in a.tolist()]
-    assert got == want
+    assert bin_index(a).tolist() == want
+    assert torch.bucketize(a, bin_edges(), right=False).tolist() == want
+    dense = torch.linspace(-0.05, 3.05, 200_001)  # every bin, many values per bin
+    assert torch.equal(bin_index(dense), torch.bucketize(dense, bin_edges(), right=False))
 
 
 def full_cache_reference(model, sequences):
@@ -93,7 +95,7 @@ def test_streaming_exact_on_fixed_activations():
             want[i, reference_bin(float(v))] += 1
     np.testing.assert_array_equal(stats.hist[0].numpy(), want)
     np.testing.assert_array_equal(stats.n_active[0].numpy(), (acts > 0).sum(0))
-    np.testing.assert_allclose(stats.sum_sq[0].numpy(), (acts.astype(np.float64) ** 2).sum(0))
+    np.testing.assert_allclose(stats.sum_sq[0].numpy(), (acts.astype(np.float64) ** 2).sum(0), rtol=1e-6)
 
 
 def test_merge_and_save_load_round_trip(tmp_path):
