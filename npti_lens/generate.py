@@ -129,15 +129,21 @@ def _generate_batch(
         gen = torch.Generator(device=device).manual_seed(seed)
 
     cache = DynamicCache(config=hf.config) if cfg.use_cache else None
-    with positions_context(torch.zeros((n, width), dtype=torch.bool, device=device), any_set=False):
-        out = hf(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=pos,
-            past_key_values=cache,
-            use_cache=cfg.use_cache,
-            logits_to_keep=1,
-        )
+
+    def forward(step_ids: Tensor, step_pos: Tensor, is_gen: Tensor, any_gen: bool) -> Tensor:
+        """Next-token logits; `is_gen` marks the positions holding generated tokens."""
+        with positions_context(is_gen, any_set=any_gen):
+            return hf(
+                input_ids=step_ids,
+                attention_mask=mask,
+                position_ids=step_pos,
+                past_key_values=cache,
+                use_cache=cfg.use_cache,
+                logits_to_keep=1,
+            ).logits[:, -1, :]
+
+    prompt_part = torch.zeros((n, width), dtype=torch.bool, device=device)
+    logits = forward(ids, pos, prompt_part, False)
     if cache is not None and cache.get_seq_length() != width:
         raise RuntimeError(
             f"KV cache holds {cache.get_seq_length()} positions after a {width}-token prefill: this "
@@ -147,10 +153,9 @@ def _generate_batch(
     new = torch.empty((n, 0), dtype=torch.long, device=device)
     # valid[:, t]: new token t is part of the answer (not EOS, not padding after it).
     valid = torch.empty((n, 0), dtype=torch.bool, device=device)
-    prompt_part = torch.zeros((n, width), dtype=torch.bool, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     for step in range(cfg.max_new_tokens):
-        nxt = _choose(out.logits[:, -1, :], presence, cfg, gen)
+        nxt = _choose(logits, presence, cfg, gen)
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
         new = torch.cat([new, nxt[:, None]], dim=1)
         presence[torch.arange(n, device=device), nxt] |= ~done
@@ -162,19 +167,9 @@ def _generate_batch(
         mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], dim=1)
         pos = torch.cat([pos, pos[:, -1:] + 1], dim=1)
         if cache is not None:
-            step_in, step_pos, is_gen = nxt[:, None], pos[:, -1:], valid[:, -1:]
+            logits = forward(nxt[:, None], pos[:, -1:], valid[:, -1:], True)
         else:
-            step_in, step_pos = torch.cat([ids, new], dim=1), pos
-            is_gen = torch.cat([prompt_part, valid], dim=1)
-        with positions_context(is_gen, any_set=True):
-            out = hf(
-                input_ids=step_in,
-                attention_mask=mask,
-                position_ids=step_pos,
-                past_key_values=cache,
-                use_cache=cfg.use_cache,
-                logits_to_keep=1,
-            )
+            logits = forward(torch.cat([ids, new], dim=1), pos, torch.cat([prompt_part, valid], dim=1), True)
 
     eos_set = set(eos.tolist())
     results = []

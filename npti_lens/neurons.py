@@ -8,6 +8,7 @@ A folder holds `cfg.json` (model, dimensions, trait, pole, method, parameters, c
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -81,16 +82,8 @@ class NeuronSet:
         return int(self.layer.shape[0])
 
     def _take(self, idx: Tensor) -> NeuronSet:
-        cols = {c: getattr(self, c)[idx] for c in COLUMNS}
-        return NeuronSet(
-            trait=self.trait,
-            pole=self.pole,
-            model=self.model,
-            n_layers=self.n_layers,
-            d_mlp=self.d_mlp,
-            method=self.method,
-            params=dict(self.params),
-            **cols,
+        return dataclasses.replace(
+            self, params=dict(self.params), **{c: getattr(self, c)[idx] for c in COLUMNS}
         )
 
     def top(self, k: int) -> NeuronSet:

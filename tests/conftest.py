@@ -107,38 +107,16 @@ WORDS = [
     "do",
     "your",
 ]
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> "
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|> {% endif %}"
-)
 FAMILIES = ("llama", "qwen2", "mistral", "gemma2", "gpt2")
 
 
 def make_tokenizer(chat: bool):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    """The tests' word-level tokenizer (the organism's builder, other words), chat template or not."""
+    from npti_lens.organism.train import CHAT_TEMPLATE, word_tokenizer
 
-    specials = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-    vocab = {t: i for i, t in enumerate(specials)}
-    for w in WORDS:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    return word_tokenizer(
+        WORDS, chat_template=CHAT_TEMPLATE if chat else None, lowercase=False, bos_on_plain_text=True
     )
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        additional_special_tokens=specials[4:],
-    )
-    if chat:
-        hf.chat_template = CHAT_TEMPLATE
-    return hf
 
 
 def make_config(family: str, vocab: int):

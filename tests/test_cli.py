@@ -121,7 +121,13 @@ def selected(tiny_dirs, tmp_path_factory):
     return tmp, qdir, personas
 
 
-def _err(capsys) -> str:
+def _fails(capsys, argv: list[str]) -> str:
+    """Run the CLI, expect exit code 2 and exactly one error line (the last), return that line."""
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors (a flag's type)
+        code = e.code
+    assert code == 2
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err
     lines = [x for x in err.splitlines() if "error:" in x]
@@ -131,9 +137,9 @@ def _err(capsys) -> str:
 
 def test_bad_inputs_give_one_line_errors(selected, tiny_dirs, tmp_path, capsys):
     tmp, qdir, personas = selected
-    model = str(tiny_dirs["llama"])
-    gpt2 = str(tiny_dirs["gpt2"])
+    model, gpt2 = str(tiny_dirs["llama"]), str(tiny_dirs["gpt2"])
     qfile = str(qdir / "Extraversion.json")
+    out = str(tmp_path / "o.jsonl")
     induce = [
         "induce",
         "--model",
@@ -143,88 +149,39 @@ def test_bad_inputs_give_one_line_errors(selected, tiny_dirs, tmp_path, capsys):
         "--questions",
         qfile,
         "--out",
-        str(tmp_path / "o.jsonl"),
+        out,
     ]
+    ext_high = ["--trait", "Extraversion", "--pole", "high"]
 
-    assert main([*induce, "--trait", "Humor", "--pole", "high"]) == 2
-    assert "unknown trait 'Humor'" in _err(capsys)
-    assert main([*induce, "--trait", "Extraversion", "--pole", "up"]) == 2
-    assert "--pole: unknown pole 'up'" in _err(capsys)
-    with pytest.raises(SystemExit) as e:
-        main([*induce, "--trait", "Extraversion", "--pole", "high", "--gamma", "strong"])
-    assert e.value.code == 2
-    assert "--gamma: invalid float value: 'strong'" in _err(capsys)
-    assert (
-        main(
-            [
-                *induce[:-4],
-                "--questions",
-                str(tmp_path / "none.json"),
-                "--out",
-                str(tmp_path / "o.jsonl"),
-                "--trait",
-                "Extraversion",
-                "--pole",
-                "high",
-            ]
-        )
-        == 2
+    assert "unknown trait 'Humor'" in _fails(capsys, [*induce, "--trait", "Humor", "--pole", "high"])
+    assert "--pole: unknown pole 'up'" in _fails(capsys, [*induce, "--trait", "Extraversion", "--pole", "up"])
+    assert "--gamma: invalid float value: 'strong'" in _fails(
+        capsys, [*induce, *ext_high, "--gamma", "strong"]
     )
-    assert "none.json: file not found" in _err(capsys)
+    missing = [*induce[:-4], "--questions", str(tmp_path / "none.json"), "--out", out, *ext_high]
+    assert "none.json: file not found" in _fails(capsys, missing)
     (tmp_path / "empty.json").write_text("")
-    assert (
-        main(
-            [
-                "generate",
-                "--model",
-                model,
-                "--questions",
-                str(tmp_path / "empty.json"),
-                "--out",
-                str(tmp_path / "g.jsonl"),
-            ]
-        )
-        == 2
-    )
-    assert "empty.json: file is empty" in _err(capsys)
+    generate = ["generate", "--model", model, "--out", str(tmp_path / "g.jsonl"), "--questions"]
+    assert "empty.json: file is empty" in _fails(capsys, [*generate, str(tmp_path / "empty.json")])
     (tmp_path / "bad.json").write_text('{"question": "ok ?"}\n{"question": oops}\n')
-    assert (
-        main(
-            [
-                "generate",
-                "--model",
-                model,
-                "--questions",
-                str(tmp_path / "bad.json"),
-                "--out",
-                str(tmp_path / "g.jsonl"),
-            ]
-        )
-        == 2
-    )
-    assert "bad.json:2: not valid JSON" in _err(capsys)
-    # A neuron set of another model (GPT-2 sets on Llama: different d_mlp? same here, so the name).
-    assert (
-        main(
-            [
-                "induce",
-                "--model",
-                gpt2,
-                "--neurons",
-                str(tmp / "neurons"),
-                "--questions",
-                qfile,
-                "--out",
-                str(tmp_path / "o.jsonl"),
-                "--trait",
-                "Extraversion",
-                "--pole",
-                "low",
-            ]
-        )
-        == 2
-    )
-    assert "allow-other-model" in _err(capsys)
+    assert "bad.json:2: not valid JSON" in _fails(capsys, [*generate, str(tmp_path / "bad.json")])
+    # Llama's neuron sets on the GPT-2 model (same shape here, so the model name tells them apart).
+    other = [
+        "induce",
+        "--model",
+        gpt2,
+        "--neurons",
+        str(tmp / "neurons"),
+        "--questions",
+        qfile,
+        "--out",
+        out,
+        "--trait",
+        "Extraversion",
+        "--pole",
+        "low",
+    ]
+    assert "allow-other-model" in _fails(capsys, other)
     assert not (tmp_path / "o.jsonl").exists()
 
 
@@ -246,37 +203,37 @@ def test_persona_without_pole_and_run_guard(selected, tiny_dirs, tmp_path, capsy
         "Extraversion",
         "--limit",
         "4",
-        *GEN,
     ]
-    assert main([*search, "--personas", str(bad), "--out", str(tmp_path / "r")]) == 2
-    assert "personas.jsonl:2: no description for pole key 'Extraversion_reversed'" in _err(capsys)
-    before = (tmp / "run" / "stats" / "Extraversion_high.safetensors").read_bytes()
-    assert (
-        main(
-            [
-                *search[:-2],
-                "--max-new-tokens",
-                "7",
-                "--personas",
-                str(personas),
-                "--out",
-                str(tmp / "run"),
-                "--resume",
-            ]
-        )
-        == 2
-    )
-    assert "holds a different run" in _err(capsys)
-    assert (tmp / "run" / "stats" / "Extraversion_high.safetensors").read_bytes() == before
+    err = _fails(capsys, [*search, *GEN, "--personas", str(bad), "--out", str(tmp_path / "r")])
+    assert "personas.jsonl:2: no description for pole key 'Extraversion_reversed'" in err
+    stats = tmp / "run" / "stats" / "Extraversion_high.safetensors"
+    before = stats.read_bytes()
+    changed = [
+        *search,
+        "--batch-size",
+        "4",
+        "--max-new-tokens",
+        "7",
+        "--personas",
+        str(personas),
+        "--out",
+        str(tmp / "run"),
+        "--resume",
+    ]
+    assert "holds a different run" in _fails(capsys, changed)
+    assert stats.read_bytes() == before
     out = tmp_path / "exists.jsonl"
     out.write_text("precious\n")
-    assert (
-        main(
-            ["generate", "--model", model, "--questions", str(qdir / "Extraversion.json"), "--out", str(out)]
-        )
-        == 2
-    )
-    assert "pass --overwrite" in _err(capsys)
+    generate = [
+        "generate",
+        "--model",
+        model,
+        "--questions",
+        str(qdir / "Extraversion.json"),
+        "--out",
+        str(out),
+    ]
+    assert "pass --overwrite" in _fails(capsys, generate)
     assert out.read_text() == "precious\n"
 
 
@@ -325,5 +282,6 @@ def test_score_with_the_organism_judge(tmp_path, capsys):
     summary = (tmp_path / "s" / "summary.csv").read_text().splitlines()
     assert summary[0].startswith("trait,pole,condition,gamma,n,trait_score_mean")
     assert summary[1].startswith("Extraversion,high,,1.0,2,0.5")
-    assert main(["score", str(gen), "--out", str(tmp_path / "s2"), "--judge", "gpt-17"]) == 2
-    assert "unknown judge" in capsys.readouterr().err
+    assert "unknown judge" in _fails(
+        capsys, ["score", str(gen), "--out", str(tmp_path / "s2"), "--judge", "gpt-17"]
+    )

@@ -9,6 +9,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -38,21 +39,32 @@ class TrainConfig:
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
 
 
-def build_tokenizer():
-    """A word-level tokenizer over the corpus vocabulary, with the organism's chat template."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+def word_tokenizer(
+    words: list[str] | set[str],
+    *,
+    chat_template: str | None = CHAT_TEMPLATE,
+    lowercase: bool = True,
+    bos_on_plain_text: bool = False,
+) -> Any:
+    """A word-level HF tokenizer: the special tokens, then `words` sorted; punctuation is split off.
+
+    With `bos_on_plain_text`, text tokenized with special tokens starts with <s> (a chat template
+    writes its own <s>).
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    words = set(corpus.vocabulary())
-    words.update(re.findall(r"[a-z]+|[^\sa-z]", PERSONA_SYSTEM.replace("{description}", "").lower()))
     vocab = {t: i for i, t in enumerate(SPECIALS)}
     for w in sorted(words):
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
+    if lowercase:
+        tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
     )
+    if bos_on_plain_text:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -62,8 +74,16 @@ def build_tokenizer():
         unk_token="<unk>",
         additional_special_tokens=SPECIALS[4:],
     )
-    hf.chat_template = CHAT_TEMPLATE
+    if chat_template:
+        hf.chat_template = chat_template
     return hf
+
+
+def build_tokenizer() -> Any:
+    """The organism's tokenizer: every word of its corpus and persona prompt, its chat template."""
+    words = set(corpus.vocabulary())
+    words.update(re.findall(r"[a-z]+|[^\sa-z]", PERSONA_SYSTEM.replace("{description}", "").lower()))
+    return word_tokenizer(words)
 
 
 def model_config(cfg: TrainConfig, vocab_size: int):
