@@ -211,6 +211,32 @@ def cmd_organism_train(args: argparse.Namespace) -> None:
     print(f"trained in {record['seconds']}s, final loss {record['final_loss']:.4f} -> {args.out}")
 
 
+def cmd_analyze_overlap(args: argparse.Namespace) -> None:
+    from npti_lens.analysis import overlap
+    from npti_lens.figures import overlap_heatmap
+    from npti_lens.neurons import load_neuron_sets
+
+    ov = overlap(load_neuron_sets(args.neurons))
+    files = ov.save(args.out)
+    fig = overlap_heatmap(ov, Path(args.out) / "overlap_jaccard.png")
+    print(ov.to_frame("jaccard").round(3).to_string())
+    for note in ov.notes:
+        print(note)
+    print(f"tables: {', '.join(str(p) for p in files.values())}; figure: {fig} (+ .pdf)")
+
+
+def cmd_analyze_layers(args: argparse.Namespace) -> None:
+    from npti_lens.analysis import layer_distribution
+    from npti_lens.figures import layer_distribution as plot_layers
+    from npti_lens.neurons import load_neuron_sets
+
+    dist = layer_distribution(load_neuron_sets(args.neurons))
+    files = dist.save(args.out)
+    fig = plot_layers(dist, Path(args.out) / "layers.png")
+    print(dist.to_frame("count").to_string())
+    print(f"tables: {', '.join(str(p) for p in files.values())}; figure: {fig} (+ .pdf)")
+
+
 def cmd_organism_data(args: argparse.Namespace) -> None:
     from npti_lens.organism.demo import write_data
 
@@ -304,6 +330,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for search/, test/ and personas.jsonl")
     p.add_argument("--n-search", type=int, default=DemoConfig.n_search, help="search questions per trait")
     p.add_argument("--seed", type=int, default=0, help="seed of the persona descriptions")
+
+    p = command("analyze", lambda a: None, "analyses of neuron sets")
+    asub = p.add_subparsers(dest="analyze_command", required=True, parser_class=_Parser)
+    for name, fn, help_text in (
+        ("overlap", cmd_analyze_overlap, "shared neurons, Jaccard, overlap coefficient, significance"),
+        ("layers", cmd_analyze_layers, "neurons per layer of every pole"),
+    ):
+        p = asub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=fn)
+        p.add_argument("neurons", metavar="NEURONS", help="folder of neuron sets ({Trait}_{pole}/)")
+        p.add_argument("--out", required=True, help="folder for the CSV tables and the figure")
 
     p = command("import-npti", cmd_import_npti, "convert the reference's neuron_results folder")
     p.add_argument("dir", metavar="DIR", help="folder of {Trait}[_reversed]_dict.json[.gz] files")

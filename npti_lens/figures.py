@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from npti_lens.constants import TRAITS  # noqa: E402
+
 COLORS = {"npti": "#1f77b4", "random": "#7f7f7f", "none": "#2ca02c", "persona": "#d62728"}
 STYLE = {
     "font.size": 8,
@@ -22,12 +24,72 @@ STYLE = {
 }
 
 
-def _save(fig: Any, path: Path) -> None:
+def _save(fig: Any, path: Path, pdf: bool = False) -> None:
+    """Write `path` (and, with `pdf`, the same figure as .pdf beside it) atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, bbox_inches="tight")
-    tmp.replace(path)
+    for target in (path, path.with_suffix(".pdf")) if pdf else (path,):
+        tmp = target.with_name(f".{target.stem}.tmp{target.suffix}")
+        fig.savefig(tmp, bbox_inches="tight")
+        tmp.replace(target)
     plt.close(fig)
+
+
+def layer_distribution(dist: Any, path: str | Path, *, share: bool = True) -> Path:
+    """Neurons per layer for every pole (share of the layer's neurons, or counts): PNG and PDF."""
+    import numpy as np
+
+    path = Path(path)
+    values = dist.share * 100 if share else dist.counts
+    n_layers = values.shape[1]
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(6.8, 2.6))
+        cmap = plt.get_cmap("tab10")
+        for i, name in enumerate(dist.names):
+            trait_idx = TRAITS.index(name.rsplit("_", 1)[0])  # a trait keeps its colour if others are missing
+            ax.plot(
+                np.arange(n_layers),
+                values[i],
+                color=cmap(trait_idx),
+                lw=1.2,
+                ls="-" if name.endswith("_high") else "--",
+                label=name.replace("_", " "),
+            )
+        ax.set_xlabel("layer")
+        ax.set_ylabel("% of the layer's neurons" if share else "neurons")
+        ax.grid(alpha=0.3)
+        ax.legend(ncol=2, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        _save(fig, path, pdf=True)
+    return path
+
+
+def overlap_heatmap(ov: Any, path: str | Path, metric: str = "jaccard") -> Path:
+    """Pairwise overlap of the poles with the value written in every cell: PNG and PDF."""
+    import numpy as np
+
+    path = Path(path)
+    m = getattr(ov, metric)
+    labels = [n.replace("_", " ") for n in ov.names]
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(4.8, 4.2))
+        shown = np.where(np.eye(len(labels), dtype=bool), np.nan, m)
+        im = ax.imshow(shown, cmap="viridis")
+        ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right")
+        ax.set_yticks(range(len(labels)), labels)
+        for i in range(len(labels)):
+            for j in range(len(labels)):
+                if i != j:
+                    ax.text(
+                        j,
+                        i,
+                        f"{m[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=5.5,
+                        color="white" if shown[i, j] < np.nanmax(shown) * 0.6 else "black",
+                    )
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=metric.replace("_", " "))
+        _save(fig, path, pdf=True)
+    return path
 
 
 def gamma_sweep(rows: list[dict[str, Any]], path: str | Path) -> Path:

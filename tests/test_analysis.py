@@ -1,0 +1,100 @@
+"""Overlap and layer analyses against direct computations; the published Llama-3 sets."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import hypergeom
+
+from npti_lens.analysis import layer_distribution, overlap
+from npti_lens.cli import main
+from npti_lens.neurons import NeuronSet, import_reference
+from tests.conftest import REFERENCE
+
+
+def nset(trait: str, pole: str, flat: list[int], n_layers: int = 4, d_mlp: int = 10) -> NeuronSet:
+    f = torch.tensor(flat)
+    n = len(flat)
+    return NeuronSet(
+        trait=trait,
+        pole=pole,
+        model="m",
+        n_layers=n_layers,
+        d_mlp=d_mlp,
+        layer=f // d_mlp,
+        index=f % d_mlp,
+        diff=torch.linspace(0.9, 0.1, n, dtype=torch.float64),
+        p_active=torch.full((n,), 0.5, dtype=torch.float64),
+        q95=torch.ones(n, dtype=torch.float64),
+    )
+
+
+def test_overlap_by_hand():
+    sets = {
+        s.name: s
+        for s in (
+            nset("Openness", "high", [0, 1, 2, 3]),
+            nset("Openness", "low", [10, 11]),
+            nset("Neuroticism", "high", [2, 3, 4, 10, 39]),
+        )
+    }
+    ov = overlap(sets)
+    assert ov.names == ["Openness_high", "Openness_low", "Neuroticism_high"]
+    assert ov.shared.tolist() == [[4, 0, 2], [0, 2, 1], [2, 1, 5]]
+    assert ov.jaccard[0, 2] == pytest.approx(2 / 7) and ov.overlap_coefficient[0, 2] == pytest.approx(2 / 4)
+    assert ov.p_value[0, 2] == pytest.approx(hypergeom.sf(1, 40, 4, 5))
+    assert ov.expected[0, 2] == pytest.approx(4 * 5 / 40)
+    assert np.isnan(ov.p_value[1, 1])
+    assert "share no neuron" in ov.notes[0]
+    dist = layer_distribution(sets)
+    assert dist.counts.tolist() == [[4, 0, 0, 0], [0, 2, 0, 0], [3, 1, 0, 1]]
+    assert dist.share[2].tolist() == [0.3, 0.1, 0.0, 0.1]
+
+
+def test_cli_writes_tables_and_figures(tmp_path, capsys):
+    for s in (nset("Openness", "high", [0, 1, 2, 3]), nset("Openness", "low", [10, 11, 2])):
+        s.save(tmp_path / "n" / s.name)
+    assert main(["analyze", "overlap", str(tmp_path / "n"), "--out", str(tmp_path / "o")]) == 0
+    assert main(["analyze", "layers", str(tmp_path / "n"), "--out", str(tmp_path / "o")]) == 0
+    rows = list(csv.reader((tmp_path / "o" / "overlap_jaccard.csv").open()))
+    assert rows[0] == ["", "Openness_high", "Openness_low"] and float(rows[1][2]) == pytest.approx(1 / 6)
+    assert list(csv.reader((tmp_path / "o" / "layers.csv").open()))[2] == ["Openness_low", "1", "2", "0", "0"]
+    for f in ("overlap_jaccard.png", "overlap_jaccard.pdf", "layers.png", "layers.pdf"):
+        assert (tmp_path / "o" / f).stat().st_size > 1000
+    assert "share 1 neurons" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not REFERENCE.is_dir(), reason="../shared reference data absent")
+def test_published_llama3_sets(tmp_path):
+    sets = import_reference(REFERENCE / "neuron_results_llama3_8b_instruct")
+    ov = overlap(sets)
+    flat = {k: set(v.flat().tolist()) for k, v in sets.items()}
+    a, b = flat["Extraversion_low"], flat["Neuroticism_high"]
+    direct = len(a & b) / len(a | b)
+    i, j = ov.names.index("Extraversion_low"), ov.names.index("Neuroticism_high")
+    assert ov.jaccard[i, j] == pytest.approx(direct, abs=1e-12)
+    assert direct == pytest.approx(0.165, abs=0.005)
+    counts = layer_distribution(sets).counts
+    for name in sets:
+        per_layer = [sum(1 for x in flat[name] if x // 14336 == layer) for layer in range(32)]
+        assert counts[ov.names.index(name)].tolist() == per_layer
+
+
+@pytest.mark.parametrize("script", ["fig_layer_distribution.py", "fig_overlap.py"])
+def test_analysis_scripts_run(script):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(
+        [sys.executable, str(root / "analyses" / script)],
+        capture_output=True,
+        text=True,
+        cwd=root / "analyses",
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (root / "analyses" / "out" / "organism").is_dir()
