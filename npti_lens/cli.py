@@ -237,6 +237,51 @@ def cmd_analyze_layers(args: argparse.Namespace) -> None:
     print(f"tables: {', '.join(str(p) for p in files.values())}; figure: {fig} (+ .pdf)")
 
 
+def cmd_analyze_ablation(args: argparse.Namespace) -> None:
+    from npti_lens.ablation import AblationConfig, run_ablation
+    from npti_lens.data import load_questions
+    from npti_lens.generate import GenerateConfig
+    from npti_lens.induce import load_pair
+    from npti_lens.io import check_pole, check_trait, write_jsonl_atomic
+    from npti_lens.model import ModelConfig, load_model
+    from npti_lens.score import make_judge, score_rows, summarize, write_scores
+
+    out = Path(args.out)
+    if (out / "generations.jsonl").exists() and not args.overwrite:
+        raise UserError(f"--out: {out} already holds an ablation; pass --overwrite or choose another folder")
+    trait, pole = check_trait(args.trait), check_pole(args.pole)
+    questions = [q.text for q in load_questions(args.questions, limit=args.limit)]
+    target, opp = load_pair(args.neurons, trait, pole)
+    judge = make_judge(args.judge) if args.judge else None  # an unknown judge fails before generating
+    model = load_model(config_from(args, ModelConfig))
+    rows = run_ablation(
+        model,
+        target,
+        opp,
+        questions,
+        config_from(args, AblationConfig),
+        config_from(args, GenerateConfig),
+        allow_other_model=args.allow_other_model,
+    )
+    write_jsonl_atomic(out / "generations.jsonl", rows)
+    print(f"{len(rows)} answers -> {out / 'generations.jsonl'}")
+    if judge is not None:
+        if args.judge == "organism":
+            judge = make_judge("organism", model=model)
+        scored = score_rows(rows, judge)
+        write_scores(out, scored)
+        cols = ("condition", "gamma", "k", "layers", "trait_score_mean", "fluency_mean")
+        print(" ".join(f"{c:>16}" for c in cols))
+        for r in summarize(scored):
+            print(
+                " ".join(
+                    f"{'' if r[c] is None else (f'{r[c]:.3f}' if isinstance(r[c], float) else r[c]):>16}"
+                    for c in cols
+                )
+            )
+        print(f"scores -> {out / 'scores.jsonl'}, {out / 'summary.csv'}")
+
+
 def cmd_organism_data(args: argparse.Namespace) -> None:
     from npti_lens.organism.demo import write_data
 
@@ -341,6 +386,31 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=fn)
         p.add_argument("neurons", metavar="NEURONS", help="folder of neuron sets ({Trait}_{pole}/)")
         p.add_argument("--out", required=True, help="folder for the CSV tables and the figure")
+
+    from npti_lens.ablation import AblationConfig
+
+    p = asub.add_parser(
+        "ablation",
+        help="answer questions under every ablation of an induction",
+        description="answer questions under every ablation of an induction",
+    )
+    p.set_defaults(func=cmd_analyze_ablation)
+    p.add_argument("--neurons", required=True, help="folder of neuron sets (npti select)")
+    p.add_argument("--trait", required=True, help="trait to induce")
+    p.add_argument("--pole", required=True, help="high or low")
+    p.add_argument("--questions", required=True, help="JSON-lines file of questions")
+    p.add_argument("--out", required=True, help="folder for generations.jsonl (and scores)")
+    p.add_argument("--limit", type=int, default=None, help="answer at most this many questions")
+    p.add_argument("--judge", default=None, help="score the answers too (organism)")
+    p.add_argument("--overwrite", action="store_true", help="replace an ablation already in --out")
+    p.add_argument(
+        "--allow-other-model",
+        action="store_true",
+        help="apply neuron sets selected on another model of the same shape",
+    )
+    add_config(p, AblationConfig)
+    add_config(p, ModelConfig)
+    add_config(p, GenerateConfig)
 
     p = command("import-npti", cmd_import_npti, "convert the reference's neuron_results folder")
     p.add_argument("dir", metavar="DIR", help="folder of {Trait}[_reversed]_dict.json[.gz] files")

@@ -18,6 +18,7 @@ import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -232,7 +233,7 @@ def induce(
         raise RuntimeError(f"induction hooks of layers {silent} never fired: no forward ran through them")
 
 
-def load_pair(neuron_dir: str, trait: str, pole: str) -> tuple[NeuronSet, NeuronSet]:
+def load_pair(neuron_dir: str | Path, trait: str, pole: str) -> tuple[NeuronSet, NeuronSet]:
     """The set of `pole` and of its opposite from a NEURONS folder."""
     from npti_lens.constants import opposite
     from npti_lens.neurons import load_pole

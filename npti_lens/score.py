@@ -19,7 +19,7 @@ from npti_lens.io import write_jsonl_atomic, write_text_atomic
 
 SCORES_FILE = "scores.jsonl"
 SUMMARY_FILE = "summary.csv"
-GROUP_KEYS = ("trait", "pole", "condition", "gamma")
+GROUP_KEYS = ("trait", "pole", "condition", "gamma", "k", "layers")
 
 
 class Judge(Protocol):

@@ -280,8 +280,8 @@ def test_score_with_the_organism_judge(tmp_path, capsys):
     assert [s["fluency"] for s in scores] == [1.0, 0.5]
     assert scores[0]["opposite_fraction"] == 0.5 and scores[0]["perplexity"] > 1.0
     summary = (tmp_path / "s" / "summary.csv").read_text().splitlines()
-    assert summary[0].startswith("trait,pole,condition,gamma,n,trait_score_mean")
-    assert summary[1].startswith("Extraversion,high,,1.0,2,0.5")
+    assert summary[0].startswith("trait,pole,condition,gamma,k,layers,n,trait_score_mean")
+    assert summary[1].startswith("Extraversion,high,,1.0,,,2,0.5")
     assert "unknown judge" in _fails(
         capsys, ["score", str(gen), "--out", str(tmp_path / "s2"), "--judge", "gpt-17"]
     )

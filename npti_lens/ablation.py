@@ -1,0 +1,112 @@
+"""Ablations of an induction: which part of it does the work, and how much of it is needed.
+
+Every condition answers the same questions with the neutral prompt and yields rows in the format
+of `npti induce` (plus `condition`, `k`, `layers`), so any judge can score them:
+
+- `none`: no intervention; `both`: the full induction; `activate_only` / `deactivate_only`: only
+  the shift of the pole's neurons / only the clamp of the opposite pole's;
+- `random`: random neurons matched per layer in count and shift size to both sets;
+- `gamma_sweep`: the full induction at each gamma; `top_k`: only the k neurons of largest
+  difference of each set; `layers_early` / `layers_middle` / `layers_late`: only the neurons in
+  that third of the layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from npti_lens.generate import GenerateConfig, generate
+from npti_lens.induce import InduceConfig, induce, random_control
+from npti_lens.neurons import NeuronSet
+from npti_lens.prompts import build
+
+
+@dataclass
+class AblationConfig:
+    gamma: float = field(default=1.0, metadata={"help": "gamma of every condition but the sweep"})
+    gammas: str = field(default="0.6,1.0,1.5", metadata={"help": "comma-separated gammas of the sweep"})
+    top_k: str = field(default="10,100,1000", metadata={"help": "comma-separated neuron counts per set"})
+    seed: int = field(default=0, metadata={"help": "seed of the masks and the random control"})
+
+
+def layer_bands(n_layers: int) -> dict[str, list[int]]:
+    """Early, middle and late thirds of the layers (the middle takes the remainder)."""
+    third = n_layers // 3
+    return {
+        "layers_early": list(range(third)),
+        "layers_middle": list(range(third, n_layers - third)),
+        "layers_late": list(range(n_layers - third, n_layers)),
+    }
+
+
+def conditions(target: NeuronSet, opp: NeuronSet, cfg: AblationConfig) -> list[dict[str, Any]]:
+    """(name, sets, induce config, extra fields) of every ablation condition, in a fixed order."""
+    base = InduceConfig(gamma=cfg.gamma, seed=cfg.seed)
+    out: list[dict[str, Any]] = [
+        {"condition": "none", "pairs": None, "icfg": None},
+        {"condition": "both", "pairs": [(target, opp)], "icfg": base},
+        {"condition": "activate_only", "pairs": [(target, opp)], "icfg": replace(base, deactivate=False)},
+        {"condition": "deactivate_only", "pairs": [(target, opp)], "icfg": replace(base, activate=False)},
+    ]
+    both = torch.cat([target.flat(), opp.flat()])
+    rand = (
+        random_control(target, seed=cfg.seed, exclude=both),
+        random_control(opp, seed=cfg.seed + 1, exclude=both),
+    )
+    out.append({"condition": "random", "pairs": [rand], "icfg": base})
+    for g in (float(x) for x in cfg.gammas.split(",") if x.strip()):
+        out.append({"condition": "gamma_sweep", "pairs": [(target, opp)], "icfg": replace(base, gamma=g)})
+    for k in (int(x) for x in cfg.top_k.split(",") if x.strip()):
+        out.append({"condition": "top_k", "k": k, "pairs": [(target.top(k), opp.top(k))], "icfg": base})
+    for band, layers in layer_bands(target.n_layers).items():
+        pair = (target.in_layers(layers), opp.in_layers(layers))
+        if len(pair[0]) + len(pair[1]):
+            out.append(
+                {"condition": band, "layers": f"{layers[0]}-{layers[-1]}", "pairs": [pair], "icfg": base}
+            )
+    return out
+
+
+def run_ablation(
+    model: TransformerBridge,
+    target: NeuronSet,
+    opp: NeuronSet,
+    questions: list[str],
+    cfg: AblationConfig,
+    gcfg: GenerateConfig,
+    *,
+    allow_other_model: bool = False,
+) -> list[dict[str, Any]]:
+    """Answer `questions` under every condition; one row per (condition, question)."""
+    prompts = [build(model.tokenizer, q) for q in questions]
+    ids = [p.token_ids for p in prompts]
+    rows = []
+    for c in conditions(target, opp, cfg):
+        if c["pairs"] is None:
+            gens = generate(model, ids, gcfg)
+        else:
+            with induce(model, c["pairs"], c["icfg"], allow_other_model=allow_other_model):
+                gens = generate(model, ids, gcfg)
+        n_shifted = sum(len(t) for t, _ in c["pairs"]) if c["pairs"] else 0
+        n_clamped = sum(len(o) for _, o in c["pairs"]) if c["pairs"] else 0
+        for q, p, g in zip(questions, prompts, gens, strict=True):
+            rows.append(
+                {
+                    "question": q,
+                    "prompt": p.text,
+                    "answer": g.text,
+                    "trait": target.trait,
+                    "pole": target.pole,
+                    "gamma": c["icfg"].gamma if c["icfg"] else None,
+                    "condition": c["condition"],
+                    "k": c.get("k"),
+                    "layers": c.get("layers"),
+                    "n_shifted": n_shifted if not c["icfg"] or c["icfg"].activate else 0,
+                    "n_clamped": n_clamped if not c["icfg"] or c["icfg"].deactivate else 0,
+                }
+            )
+    return rows

@@ -1,0 +1,60 @@
+"""Ablations: every condition runs on the organism, with the intended sets and switches."""
+
+from __future__ import annotations
+
+import pytest
+
+from npti_lens.ablation import AblationConfig, conditions, layer_bands, run_ablation
+from npti_lens.organism import organism_path
+
+pytestmark = pytest.mark.skipif(not (organism_path() / "config.json").is_file(), reason="no organism weights")
+
+
+def test_layer_bands_cover_every_layer_once():
+    for n in (1, 2, 3, 4, 7, 32):
+        bands = layer_bands(n)
+        assert sorted(sum(bands.values(), [])) == list(range(n))
+
+
+def test_every_condition_runs_on_the_organism():
+    from pathlib import Path
+
+    from npti_lens.generate import GenerateConfig
+    from npti_lens.induce import load_pair
+    from npti_lens.model import load_model
+    from npti_lens.organism.corpus import question_split
+    from npti_lens.organism.judge import OrganismJudge
+    from npti_lens.score import score_rows, summarize
+
+    root = Path(__file__).resolve().parents[1]
+    target, opp = load_pair(root / "neuron_results" / "organism", "Neuroticism", "low")
+    cfg = AblationConfig(gamma=3.0, gammas="1,3", top_k="5,20")
+    conds = conditions(target, opp, cfg)
+    names = [c["condition"] for c in conds]
+    assert names[:5] == ["none", "both", "activate_only", "deactivate_only", "random"]
+    assert names.count("gamma_sweep") == 2 and names.count("top_k") == 2
+    assert {c["condition"] for c in conds} >= {"layers_early", "layers_middle", "layers_late"} & set(names)
+    rand = next(c for c in conds if c["condition"] == "random")["pairs"][0]
+    assert rand[0].per_layer().tolist() == target.per_layer().tolist()
+    assert not set(rand[0].flat().tolist()) & set(target.flat().tolist() + opp.flat().tolist())
+    top5 = next(c for c in conds if c.get("k") == 5)["pairs"][0]
+    assert top5[0].flat().tolist() == target.flat()[:5].tolist()
+
+    model = load_model("organism")
+    qs = question_split()["Neuroticism"]["test"][:6]
+    rows = run_ablation(
+        model, target, opp, qs, cfg, GenerateConfig(max_new_tokens=40, batch_size=8, repetition_penalty=1.0)
+    )
+    assert len(rows) == len(conds) * len(qs)
+    by = {
+        (r["condition"], r["gamma"], r["k"]): r
+        for r in summarize(score_rows(rows, OrganismJudge()), keys=("condition", "gamma", "k"))
+    }
+    assert by[("none", None, None)]["trait_score_mean"] < 0.5
+    assert by[("both", 3.0, None)]["trait_score_mean"] > by[("none", None, None)]["trait_score_mean"] + 0.3
+    assert (
+        by[("activate_only", 3.0, None)]["trait_score_mean"]
+        > by[("deactivate_only", 3.0, None)]["trait_score_mean"]
+    )
+    act = [r for r in rows if r["condition"] == "activate_only"]
+    assert act[0]["n_clamped"] == 0 and act[0]["n_shifted"] == len(target)
