@@ -282,6 +282,37 @@ def cmd_analyze_ablation(args: argparse.Namespace) -> None:
         print(f"scores -> {out / 'scores.jsonl'}, {out / 'summary.csv'}")
 
 
+def cmd_analyze_capability(args: argparse.Namespace) -> None:
+    from npti_lens.capability import retention
+    from npti_lens.induce import load_pair
+    from npti_lens.io import check_pole, check_trait, read_jsonl, write_text_atomic
+    from npti_lens.model import ModelConfig, load_model
+    from npti_lens.score import to_csv
+
+    trait, pole = check_trait(args.trait), check_pole(args.pole)
+    rows = read_jsonl(args.texts, what='JSON lines like {"question": "...", "answer": "..."}')
+    for r in rows:
+        if not isinstance(r.get("question"), str) or not isinstance(r.get("answer"), str):
+            raise UserError(f'{args.texts}:{r["_line"]}: needs "question" and "answer" text')
+    try:
+        gammas = [float(g) for g in args.gammas.split(",") if g.strip()]
+    except ValueError:
+        raise UserError(f"--gammas: {args.gammas!r} is not a comma-separated list of numbers") from None
+    target, opp = load_pair(args.neurons, trait, pole)
+    model = load_model(config_from(args, ModelConfig))
+    result = retention(
+        model,
+        target,
+        opp,
+        [(r["question"], r["answer"]) for r in rows],
+        gammas,
+        allow_other_model=args.allow_other_model,
+    )
+    write_text_atomic(Path(args.out) / "capability.csv", to_csv(result.rows))
+    print(result.to_frame().to_string(index=False))
+    print(f"-> {Path(args.out) / 'capability.csv'}")
+
+
 def cmd_organism_data(args: argparse.Namespace) -> None:
     from npti_lens.organism.demo import write_data
 

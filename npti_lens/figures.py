@@ -136,3 +136,26 @@ def gamma_sweep(rows: list[dict[str, Any]], path: str | Path) -> Path:
         axes[0].legend(loc="best", frameon=False)
         _save(fig, path)
     return path
+
+
+def retention_vs_trait(points: list[dict[str, Any]], path: str | Path) -> Path:
+    """Trait score against the perplexity of neutral text, one point per gamma: PNG and PDF."""
+    path = Path(path)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(3.3, 2.6))
+        xs = [p["perplexity"] for p in points]
+        ys = [p["trait_score"] for p in points]
+        ax.plot(xs, ys, marker="o", ms=3, color=COLORS["npti"])
+        for p, x, y in zip(points, xs, ys, strict=True):
+            ax.annotate(
+                "none" if p["gamma"] is None else f"gamma {p['gamma']:g}",
+                (x, y),
+                fontsize=6,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+        ax.set_xlabel("perplexity of neutral answers")
+        ax.set_ylabel("target-pole fraction")
+        ax.grid(alpha=0.3)
+        _save(fig, path, pdf=True)
+    return path

@@ -1,0 +1,77 @@
+"""Capability retention: answer perplexity equals a per-sequence reference; inductions raise it."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from npti_lens.capability import answer_nll, retention
+from npti_lens.prompts import build
+from tests.conftest import QUESTIONS
+from tests.test_induce import two_sets
+
+
+def test_answer_nll_matches_one_sequence_at_a_time(tiny_models):
+    model = tiny_models["llama"]
+    tok = model.tokenizer
+    pairs = [(QUESTIONS[i], QUESTIONS[-1 - i]) for i in range(4)]
+    total, count = answer_nll(model, pairs, batch_size=3)
+    want, n = 0.0, 0
+    for q, a in pairs:
+        p = build(tok, q).token_ids
+        ans = tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        with torch.no_grad():
+            logits = model.original_model(input_ids=torch.tensor([p + ans])).logits[0].float()
+        logp = torch.log_softmax(logits[len(p) - 1 : -1], -1).gather(-1, torch.tensor(ans)[:, None])
+        want -= float(logp.sum())
+        n += len(ans)
+    assert count == n
+    assert math.isclose(total, want, rel_tol=1e-5)
+
+
+def test_retention_reports_the_cost_of_an_induction(tiny_models):
+    model = tiny_models["llama"]
+    tgt, opp = two_sets(model)
+    pairs = [(QUESTIONS[i], QUESTIONS[-1 - i]) for i in range(4)]
+    r = retention(model, tgt, opp, pairs, gammas=[0.5, 4.0]).rows
+    assert [x["gamma"] for x in r] == [None, 0.5, 4.0]
+    assert r[0]["delta_nll_per_token"] == 0.0
+    assert r[2]["delta_nll_per_token"] != 0.0
+    assert abs(r[2]["delta_nll_per_token"]) > abs(r[1]["delta_nll_per_token"])
+
+
+def test_capability_cli(tiny_dirs, tmp_path, capsys):
+    import json
+
+    from npti_lens.cli import main
+    from npti_lens.model import load_model
+
+    model = load_model(str(tiny_dirs["llama"]))
+    for s in two_sets(model):
+        s.save(tmp_path / "n" / s.name)
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text(
+        "".join(json.dumps({"question": q, "answer": QUESTIONS[0]}) + "\n" for q in QUESTIONS[:3])
+    )
+    args = [
+        "analyze",
+        "capability",
+        "--model",
+        str(tiny_dirs["llama"]),
+        "--neurons",
+        str(tmp_path / "n"),
+        "--trait",
+        "Extraversion",
+        "--pole",
+        "high",
+        "--texts",
+        str(texts),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main([*args, "--gammas", "1,2"]) == 0
+    lines = (tmp_path / "o" / "capability.csv").read_text().splitlines()
+    assert lines[0].startswith("trait,pole,gamma,perplexity") and len(lines) == 4
+    assert main([*args, "--gammas", "1,x"]) == 2
+    assert "--gammas" in capsys.readouterr().err
