@@ -421,6 +421,25 @@ def build_parser() -> argparse.ArgumentParser:
     from npti_lens.ablation import AblationConfig
 
     p = asub.add_parser(
+        "capability",
+        help="perplexity of reference answers with and without an induction",
+        description="perplexity of reference answers with and without an induction",
+    )
+    p.set_defaults(func=cmd_analyze_capability)
+    p.add_argument("--neurons", required=True, help="folder of neuron sets (npti select)")
+    p.add_argument("--trait", required=True, help="trait to induce")
+    p.add_argument("--pole", required=True, help="high or low")
+    p.add_argument("--texts", required=True, help="JSON lines with question and reference answer")
+    p.add_argument("--gammas", default="0.6,1.0,1.5", help="comma-separated gammas (default: 0.6,1.0,1.5)")
+    p.add_argument("--out", required=True, help="folder for capability.csv")
+    p.add_argument(
+        "--allow-other-model",
+        action="store_true",
+        help="apply neuron sets selected on another model of the same shape",
+    )
+    add_config(p, ModelConfig)
+
+    p = asub.add_parser(
         "ablation",
         help="answer questions under every ablation of an induction",
         description="answer questions under every ablation of an induction",
