@@ -313,6 +313,30 @@ def cmd_analyze_capability(args: argparse.Namespace) -> None:
     print(f"-> {Path(args.out) / 'capability.csv'}")
 
 
+def cmd_figures(args: argparse.Namespace) -> None:
+    from npti_lens import figures
+    from npti_lens.io import read_json
+
+    out = Path(args.out)
+    made = []
+    if args.neurons:
+        from npti_lens.analysis import layer_distribution, overlap
+        from npti_lens.neurons import load_neuron_sets
+
+        sets = load_neuron_sets(args.neurons)
+        made.append(figures.layer_distribution(layer_distribution(sets), out / "layers.png"))
+        made.append(figures.overlap_heatmap(overlap(sets), out / "overlap_jaccard.png"))
+    if args.demo:
+        rows = read_json(Path(args.demo) / "demo_results.json").get("rows")
+        if not rows:
+            raise UserError(f"--demo: {args.demo}/demo_results.json holds no rows; run npti demo first")
+        made.append(figures.gamma_sweep(rows, out / "gamma_sweep.png"))
+    if not made:
+        raise UserError("npti figures: nothing to draw; pass --neurons NEURONS and/or --demo DEMO_DIR")
+    for path in made:
+        print(path)
+
+
 def cmd_organism_data(args: argparse.Namespace) -> None:
     from npti_lens.organism.demo import write_data
 
@@ -461,6 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_config(p, AblationConfig)
     add_config(p, ModelConfig)
     add_config(p, GenerateConfig)
+
+    p = command("figures", cmd_figures, "paper figures from stored results (PNG; PDF where noted)")
+    p.add_argument("--out", required=True, help="folder for the figures")
+    p.add_argument("--neurons", default=None, help="neuron sets: layer distribution and overlap heatmap")
+    p.add_argument("--demo", default=None, help="a npti demo folder: the gamma sweep")
 
     p = command("import-npti", cmd_import_npti, "convert the reference's neuron_results folder")
     p.add_argument("dir", metavar="DIR", help="folder of {Trait}[_reversed]_dict.json[.gz] files")

@@ -134,7 +134,7 @@ def gamma_sweep(rows: list[dict[str, Any]], path: str | Path) -> Path:
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
         axes[0].legend(loc="best", frameon=False)
-        _save(fig, path)
+        _save(fig, path, pdf=True)
     return path
 
 

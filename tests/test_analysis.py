@@ -98,3 +98,42 @@ def test_analysis_scripts_run(script):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert (root / "analyses" / "out" / "organism").is_dir()
+
+
+def test_figures_cli(tmp_path, capsys):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    rows = [
+        {"condition": c, "gamma": g, "target": t, "fluency": 1.0, "trait": "Openness", "pole": "high"}
+        for c, g, t in (
+            ("none", None, 0.5),
+            ("npti", 1.0, 0.6),
+            ("npti", 2.0, 0.7),
+            ("random", 1.0, 0.5),
+            ("random", 2.0, 0.45),
+            ("persona", None, 1.0),
+        )
+    ]
+    (demo / "demo_results.json").write_text(__import__("json").dumps({"rows": rows}))
+    assert (
+        main(
+            [
+                "figures",
+                "--out",
+                str(tmp_path / "f"),
+                "--neurons",
+                str(root / "neuron_results" / "organism"),
+                "--demo",
+                str(demo),
+            ]
+        )
+        == 0
+    )
+    for f in ("layers", "overlap_jaccard", "gamma_sweep"):
+        for ext in ("png", "pdf"):
+            assert (tmp_path / "f" / f"{f}.{ext}").stat().st_size > 1000
+    assert main(["figures", "--out", str(tmp_path / "g")]) == 2
+    assert "nothing to draw" in capsys.readouterr().err
