@@ -347,6 +347,18 @@ def cmd_organism_data(args: argparse.Namespace) -> None:
 # ----- parser ----------------------------------------------------------------------------------
 
 
+def add_target_flags(p: argparse.ArgumentParser) -> None:
+    """The flags naming the pole to induce and where its neuron sets are (induce, analyze ...)."""
+    p.add_argument("--neurons", required=True, help="folder of neuron sets (npti select)")
+    p.add_argument("--trait", required=True, help="trait to induce")
+    p.add_argument("--pole", required=True, help="high or low")
+    p.add_argument(
+        "--allow-other-model",
+        action="store_true",
+        help="apply neuron sets selected on another model of the same shape",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from npti_lens import __version__
     from npti_lens.generate import GenerateConfig
@@ -393,14 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--limit", type=int, default=None, help="answer at most this many questions")
         p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
         if name == "induce":
-            p.add_argument("--neurons", required=True, help="folder of neuron sets (npti select)")
-            p.add_argument("--trait", required=True, help="trait to induce")
-            p.add_argument("--pole", required=True, help="high or low")
-            p.add_argument(
-                "--allow-other-model",
-                action="store_true",
-                help="apply neuron sets selected on another model of the same shape",
-            )
+            add_target_flags(p)
             add_config(p, InduceConfig)
         add_config(p, ModelConfig)
         add_config(p, GenerateConfig)
@@ -450,17 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="perplexity of reference answers with and without an induction",
     )
     p.set_defaults(func=cmd_analyze_capability)
-    p.add_argument("--neurons", required=True, help="folder of neuron sets (npti select)")
-    p.add_argument("--trait", required=True, help="trait to induce")
-    p.add_argument("--pole", required=True, help="high or low")
+    add_target_flags(p)
     p.add_argument("--texts", required=True, help="JSON lines with question and reference answer")
     p.add_argument("--gammas", default="0.6,1.0,1.5", help="comma-separated gammas (default: 0.6,1.0,1.5)")
     p.add_argument("--out", required=True, help="folder for capability.csv")
-    p.add_argument(
-        "--allow-other-model",
-        action="store_true",
-        help="apply neuron sets selected on another model of the same shape",
-    )
     add_config(p, ModelConfig)
 
     p = asub.add_parser(
@@ -469,19 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="answer questions under every ablation of an induction",
     )
     p.set_defaults(func=cmd_analyze_ablation)
-    p.add_argument("--neurons", required=True, help="folder of neuron sets (npti select)")
-    p.add_argument("--trait", required=True, help="trait to induce")
-    p.add_argument("--pole", required=True, help="high or low")
+    add_target_flags(p)
     p.add_argument("--questions", required=True, help="JSON-lines file of questions")
     p.add_argument("--out", required=True, help="folder for generations.jsonl (and scores)")
     p.add_argument("--limit", type=int, default=None, help="answer at most this many questions")
     p.add_argument("--judge", default=None, help="score the answers too (organism)")
     p.add_argument("--overwrite", action="store_true", help="replace an ablation already in --out")
-    p.add_argument(
-        "--allow-other-model",
-        action="store_true",
-        help="apply neuron sets selected on another model of the same shape",
-    )
     add_config(p, AblationConfig)
     add_config(p, ModelConfig)
     add_config(p, GenerateConfig)
