@@ -21,6 +21,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from npti_lens.generate import GenerateConfig, generate
 from npti_lens.induce import InduceConfig, induce, random_control
+from npti_lens.io import parse_numbers
 from npti_lens.neurons import NeuronSet
 from npti_lens.prompts import build
 
@@ -58,9 +59,9 @@ def conditions(target: NeuronSet, opp: NeuronSet, cfg: AblationConfig) -> list[d
         random_control(opp, seed=cfg.seed + 1, exclude=both),
     )
     out.append({"condition": "random", "pairs": [rand], "icfg": base})
-    for g in (float(x) for x in cfg.gammas.split(",") if x.strip()):
+    for g in parse_numbers(cfg.gammas, "--gammas"):
         out.append({"condition": "gamma_sweep", "pairs": [(target, opp)], "icfg": replace(base, gamma=g)})
-    for k in (int(x) for x in cfg.top_k.split(",") if x.strip()):
+    for k in parse_numbers(cfg.top_k, "--top-k", int):
         out.append({"condition": "top_k", "k": k, "pairs": [(target.top(k), opp.top(k))], "icfg": base})
     for band, layers in layer_bands(target.n_layers).items():
         pair = (target.in_layers(layers), opp.in_layers(layers))

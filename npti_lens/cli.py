@@ -285,7 +285,7 @@ def cmd_analyze_ablation(args: argparse.Namespace) -> None:
 def cmd_analyze_capability(args: argparse.Namespace) -> None:
     from npti_lens.capability import retention
     from npti_lens.induce import load_pair
-    from npti_lens.io import check_pole, check_trait, read_jsonl, write_text_atomic
+    from npti_lens.io import check_pole, check_trait, parse_numbers, read_jsonl, write_text_atomic
     from npti_lens.model import ModelConfig, load_model
     from npti_lens.score import to_csv
 
@@ -294,10 +294,7 @@ def cmd_analyze_capability(args: argparse.Namespace) -> None:
     for r in rows:
         if not isinstance(r.get("question"), str) or not isinstance(r.get("answer"), str):
             raise UserError(f'{args.texts}:{r["_line"]}: needs "question" and "answer" text')
-    try:
-        gammas = [float(g) for g in args.gammas.split(",") if g.strip()]
-    except ValueError:
-        raise UserError(f"--gammas: {args.gammas!r} is not a comma-separated list of numbers") from None
+    gammas = parse_numbers(args.gammas, "--gammas")
     target, opp = load_pair(args.neurons, trait, pole)
     model = load_model(config_from(args, ModelConfig))
     result = retention(

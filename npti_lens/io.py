@@ -114,3 +114,14 @@ def parse_traits(spec: str, flag: str = "--traits") -> list[str]:
     if not traits:
         raise UserError(f"{flag}: no trait given; pass 'all' or a comma-separated list")
     return traits
+
+
+def parse_numbers(spec: str, flag: str, kind: type = float) -> list:
+    """'0.6,1,1.5' -> [0.6, 1.0, 1.5]; anything else is a one-line error naming the flag."""
+    try:
+        values = [kind(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{flag}: {spec!r} is not a comma-separated list of {kind.__name__}s") from None
+    if not values:
+        raise UserError(f"{flag}: no value given")
+    return values

@@ -183,6 +183,9 @@ def test_bad_inputs_give_one_line_errors(selected, tiny_dirs, tmp_path, capsys):
     ]
     assert "allow-other-model" in _fails(capsys, other)
     assert not (tmp_path / "o.jsonl").exists()
+    assert "--gammas: '1,x' is not a comma-separated list" in _fails(
+        capsys, ["demo", "--out", out, "--gammas", "1,x"]
+    )
 
 
 def test_persona_without_pole_and_run_guard(selected, tiny_dirs, tmp_path, capsys):

@@ -20,7 +20,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from npti_lens.constants import POLES, TRAITS, opposite, pole_name
 from npti_lens.generate import GenerateConfig, generate
 from npti_lens.induce import InduceConfig, induce, random_control
-from npti_lens.io import parse_traits, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from npti_lens.io import parse_numbers, parse_traits, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from npti_lens.model import load_model
 from npti_lens.neurons import NeuronSet
 from npti_lens.organism import corpus
@@ -98,7 +98,7 @@ def run_demo(
 ) -> DemoResult:
     out = Path(out)
     model = model or load_model("organism")
-    gammas = [float(g) for g in cfg.gammas.split(",") if g.strip()]
+    gammas = parse_numbers(cfg.gammas, "--gammas")
     gcfg = GenerateConfig(
         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, repetition_penalty=1.0, seed=cfg.seed
     )
