@@ -147,6 +147,48 @@ def _answer(args: argparse.Namespace, *, induction: bool) -> None:
     print(f"{len(rows)} answers -> {out}")
 
 
+def cmd_baseline(args: argparse.Namespace) -> None:
+    from npti_lens.data import draw_personas, load_personas, load_questions
+    from npti_lens.generate import GenerateConfig, generate
+    from npti_lens.io import check_pole, check_trait, write_jsonl_atomic
+    from npti_lens.model import ModelConfig, load_model
+    from npti_lens.prompts import BASELINES, build, p2_system, simple_system
+
+    if args.method not in BASELINES:
+        raise UserError(f"--method: unknown baseline {args.method!r}; choose simple or p2")
+    trait, pole = check_trait(args.trait), check_pole(args.pole)
+    out = _fresh_file(args.out, args.overwrite)
+    questions = load_questions(args.questions, limit=args.limit)
+    if args.method == "simple":
+        systems = [simple_system(trait, pole)] * len(questions)
+    else:
+        if not args.personas:
+            raise UserError("--personas: the p2 baseline needs a persona file (JSON lines per pole key)")
+        descs = load_personas(args.personas, [trait])[(trait, pole)]
+        systems = [
+            p2_system(d) for d in draw_personas(descs, len(questions), seed=args.seed, trait=trait, pole=pole)
+        ]
+    model = load_model(config_from(args, ModelConfig))
+    prompts = [build(model.tokenizer, q.text, s) for q, s in zip(questions, systems, strict=True)]
+    gens = generate(model, [p.token_ids for p in prompts], config_from(args, GenerateConfig), progress=True)
+    rows = [
+        {
+            "question": q.text,
+            "prompt": p.text,
+            "answer": g.text,
+            "trait": trait,
+            "pole": pole,
+            "gamma": None,
+            "method": args.method,
+            "n_answer_tokens": len(g.answer_ids),
+            "hit_eos": g.hit_eos,
+        }
+        for q, p, g in zip(questions, prompts, gens, strict=True)
+    ]
+    write_jsonl_atomic(out, rows)
+    print(f"{len(rows)} answers -> {out}")
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     _answer(args, induction=False)
 
@@ -478,6 +520,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the figures")
     p.add_argument("--neurons", default=None, help="neuron sets: layer distribution and overlap heatmap")
     p.add_argument("--demo", default=None, help="a npti demo folder: the gamma sweep")
+
+    p = command(
+        "baseline", cmd_baseline, "answer under a prompt baseline: simple (an adjective) or p2 (a persona)"
+    )
+    p.add_argument("--method", required=True, help="simple or p2")
+    p.add_argument("--trait", required=True, help="trait of the prompt")
+    p.add_argument("--pole", required=True, help="high or low")
+    p.add_argument("--questions", required=True, help="JSON-lines file of questions")
+    p.add_argument("--personas", default=None, help="p2: JSON-lines persona file (pole keys -> descriptions)")
+    p.add_argument("--out", required=True, help="JSON-lines output file")
+    p.add_argument("--limit", type=int, default=None, help="answer at most this many questions")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_config(p, ModelConfig)
+    add_config(p, GenerateConfig)
 
     p = command("import-npti", cmd_import_npti, "convert the reference's neuron_results folder")
     p.add_argument("dir", metavar="DIR", help="folder of {Trait}[_reversed]_dict.json[.gz] files")

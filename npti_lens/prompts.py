@@ -64,3 +64,31 @@ def build(tokenizer: Any, question: str, system: str = "") -> Prompt:
 
 def persona_system(description: str) -> str:
     return PERSONA_SYSTEM.format(description=description.strip())
+
+
+# The simple-prompt baseline: one adjective phrase per pole.
+SIMPLE_ADJECTIVES: dict[tuple[str, str], str] = {
+    ("Openness", "high"): "open and curious",
+    ("Openness", "low"): "conventional and closed-minded",
+    ("Conscientiousness", "high"): "conscientious",
+    ("Conscientiousness", "low"): "unconscientious and careless",
+    ("Extraversion", "high"): "extraverted",
+    ("Extraversion", "low"): "introverted",
+    ("Agreeableness", "high"): "agreeable",
+    ("Agreeableness", "low"): "disagreeable",
+    ("Neuroticism", "high"): "neurotic",
+    ("Neuroticism", "low"): "emotionally stable",
+}
+BASELINES = ("simple", "p2")
+
+
+def simple_system(trait: str, pole: str) -> str:
+    """The simple prompt: 'You are an introverted person.'"""
+    adj = SIMPLE_ADJECTIVES[(trait, pole)]
+    article = "an" if adj[0] in "aeiou" else "a"
+    return f"You are {article} {adj} person."
+
+
+def p2_system(description: str) -> str:
+    """P2 (personality prompting): a full persona description of the pole as the system message."""
+    return persona_system(description)

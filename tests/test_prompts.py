@@ -1,0 +1,63 @@
+"""Prompts: persona and neutral prompts, the two baselines, the baseline command."""
+
+from __future__ import annotations
+
+import json
+
+from npti_lens.cli import main
+from npti_lens.constants import POLES, TRAITS
+from npti_lens.prompts import SIMPLE_ADJECTIVES, p2_system, persona_system, simple_system
+from tests.conftest import write_data
+
+
+def test_baseline_prompts():
+    assert set(SIMPLE_ADJECTIVES) == {(t, p) for t in TRAITS for p in POLES}
+    assert simple_system("Extraversion", "low") == "You are an introverted person."
+    assert simple_system("Agreeableness", "high") == "You are an agreeable person."
+    assert p2_system("you love parties.") == persona_system("you love parties.")
+
+
+def test_baseline_command(tiny_dirs, tmp_path, capsys):
+    qdir, personas = write_data(tmp_path)
+    qfile = str(qdir / "Extraversion.json")
+    model = str(tiny_dirs["llama"])
+    common = [
+        "--model",
+        model,
+        "--trait",
+        "Extraversion",
+        "--pole",
+        "low",
+        "--questions",
+        qfile,
+        "--max-new-tokens",
+        "4",
+        "--limit",
+        "3",
+    ]
+    assert main(["baseline", "--method", "simple", *common, "--out", str(tmp_path / "s.jsonl")]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and rows[0]["method"] == "simple" and rows[0]["gamma"] is None
+    assert "<|system|> You are an introverted person." in rows[0]["prompt"]
+    assert (
+        main(
+            [
+                "baseline",
+                "--method",
+                "p2",
+                *common,
+                "--personas",
+                str(personas),
+                "--out",
+                str(tmp_path / "p.jsonl"),
+            ]
+        )
+        == 0
+    )
+    rows = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    descs = {json.loads(x)["Extraversion_reversed"] for x in personas.read_text().splitlines()}
+    assert all(any(d in r["prompt"] for d in descs) for r in rows)
+    assert main(["baseline", "--method", "p3", *common, "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert main(["baseline", "--method", "p2", *common, "--out", str(tmp_path / "x.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown baseline 'p3'" in err and "needs a persona file" in err
