@@ -72,3 +72,31 @@ def draw_personas(descriptions: list[str], n: int, *, seed: int, trait: str, pol
 
 def questions_fingerprint(questions: list[Question]) -> str:
     return fingerprint([q.text for q in questions])
+
+
+def load_personality_bench(
+    source: str | Path, split: str = "test", traits: list[str] | None = None
+) -> dict[str, list[dict]]:
+    """PersonalityBench questions per trait, through the `datasets` library.
+
+    `source` is a local folder in the reference layout (`search/` and `test/` of `{Trait}.json`
+    JSON lines; search lines may carry BFI, tag, facet, topic, sign) or a Hugging Face dataset id
+    whose configurations are the traits and whose splits are `search` / `test` (that route needs
+    the hub and is not exercised offline). Rows keep every field of the file.
+    """
+    import datasets
+
+    traits = traits or list(TRAITS)
+    if split not in ("search", "test"):
+        raise UserError(f"--split: {split!r} is not search or test")
+    folder = Path(source)
+    out: dict[str, list[dict]] = {}
+    for trait in traits:
+        if folder.exists():
+            path = trait_question_file(folder / split, trait)
+            load_questions(path)  # line-numbered errors for bad lines before datasets sees them
+            ds = datasets.load_dataset("json", data_files=str(path), split="train")
+        else:
+            ds = datasets.load_dataset(str(source), trait, split=split)
+        out[trait] = [dict(row) for row in ds]
+    return out
