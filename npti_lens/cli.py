@@ -8,6 +8,7 @@ import logging
 import sys
 import typing
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,7 @@ def _answer(args: argparse.Namespace, *, induction: bool) -> None:
     from npti_lens.data import load_questions
     from npti_lens.generate import GenerateConfig, generate
     from npti_lens.induce import InduceConfig, induce, load_pair
-    from npti_lens.io import check_pole, check_trait, write_jsonl_atomic
+    from npti_lens.io import check_pole, check_trait
     from npti_lens.model import ModelConfig, load_model
     from npti_lens.prompts import build
 
@@ -125,19 +126,24 @@ def _answer(args: argparse.Namespace, *, induction: bool) -> None:
         pairs = [load_pair(args.neurons, trait, pole)]
     model = load_model(config_from(args, ModelConfig))
     prompts = [build(model.tokenizer, q.text) for q in questions]
-    if induction:
-        with induce(model, pairs, icfg, allow_other_model=args.allow_other_model):
-            gens = generate(model, [p.token_ids for p in prompts], gcfg, progress=True)
-    else:
+    steer = (
+        induce(model, pairs, icfg, allow_other_model=args.allow_other_model) if induction else nullcontext()
+    )
+    with steer:
         gens = generate(model, [p.token_ids for p in prompts], gcfg, progress=True)
+    _write_answers(out, questions, prompts, gens, trait=trait, pole=pole, gamma=gamma)
+
+
+def _write_answers(out: Path, questions: list, prompts: list, gens: list, **fields: Any) -> None:
+    """The JSON-lines answers of generate / induce / baseline: the same fields for all three."""
+    from npti_lens.io import write_jsonl_atomic
+
     rows = [
         {
             "question": q.text,
             "prompt": p.text,
             "answer": g.text,
-            "trait": trait,
-            "pole": pole,
-            "gamma": gamma,
+            **fields,
             "n_answer_tokens": len(g.answer_ids),
             "hit_eos": g.hit_eos,
         }
@@ -150,7 +156,7 @@ def _answer(args: argparse.Namespace, *, induction: bool) -> None:
 def cmd_baseline(args: argparse.Namespace) -> None:
     from npti_lens.data import draw_personas, load_personas, load_questions
     from npti_lens.generate import GenerateConfig, generate
-    from npti_lens.io import check_pole, check_trait, write_jsonl_atomic
+    from npti_lens.io import check_pole, check_trait
     from npti_lens.model import ModelConfig, load_model
     from npti_lens.prompts import BASELINES, build, p2_system, simple_system
 
@@ -171,22 +177,7 @@ def cmd_baseline(args: argparse.Namespace) -> None:
     model = load_model(config_from(args, ModelConfig))
     prompts = [build(model.tokenizer, q.text, s) for q, s in zip(questions, systems, strict=True)]
     gens = generate(model, [p.token_ids for p in prompts], config_from(args, GenerateConfig), progress=True)
-    rows = [
-        {
-            "question": q.text,
-            "prompt": p.text,
-            "answer": g.text,
-            "trait": trait,
-            "pole": pole,
-            "gamma": None,
-            "method": args.method,
-            "n_answer_tokens": len(g.answer_ids),
-            "hit_eos": g.hit_eos,
-        }
-        for q, p, g in zip(questions, prompts, gens, strict=True)
-    ]
-    write_jsonl_atomic(out, rows)
-    print(f"{len(rows)} answers -> {out}")
+    _write_answers(out, questions, prompts, gens, trait=trait, pole=pole, gamma=None, method=args.method)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
