@@ -404,9 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def command(
-        name: str, fn: Callable[[argparse.Namespace], None], help_text: str
+        name: str, fn: Callable[[argparse.Namespace], None], help_text: str, under: Any = None
     ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        """A subcommand (of `npti`, or of the group `under`) whose help text is also its description."""
+        p = (under or sub).add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=fn)
         return p
 
@@ -456,12 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("organism", lambda a: None, "the shipped model organism")
     osub = p.add_subparsers(dest="organism_command", required=True, parser_class=_Parser)
-    p = osub.add_parser("train", help="train the organism from its corpus (CPU, fixed seed)")
-    p.set_defaults(func=cmd_organism_train)
+    p = command("train", cmd_organism_train, "train the organism from its corpus (CPU, fixed seed)", osub)
     p.add_argument("--out", required=True, help="folder for the weights and tokenizer")
     add_config(p, TrainConfig)
-    p = osub.add_parser("data", help="write the organism's questions and personas in the reference layout")
-    p.set_defaults(func=cmd_organism_data)
+    p = command(
+        "data", cmd_organism_data, "write the organism's questions and personas in the reference layout", osub
+    )
     p.add_argument("--out", required=True, help="folder for search/, test/ and personas.jsonl")
     p.add_argument("--n-search", type=int, default=DemoConfig.n_search, help="search questions per trait")
     p.add_argument("--seed", type=int, default=0, help="seed of the persona descriptions")
@@ -472,31 +473,27 @@ def build_parser() -> argparse.ArgumentParser:
         ("overlap", cmd_analyze_overlap, "shared neurons, Jaccard, overlap coefficient, significance"),
         ("layers", cmd_analyze_layers, "neurons per layer of every pole"),
     ):
-        p = asub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(func=fn)
+        p = command(name, fn, help_text, asub)
         p.add_argument("neurons", metavar="NEURONS", help="folder of neuron sets ({Trait}_{pole}/)")
         p.add_argument("--out", required=True, help="folder for the CSV tables and the figure")
 
     from npti_lens.ablation import AblationConfig
 
-    p = asub.add_parser(
+    p = command(
         "capability",
-        help="perplexity of reference answers with and without an induction",
-        description="perplexity of reference answers with and without an induction",
+        cmd_analyze_capability,
+        "perplexity of reference answers with and without an induction",
+        asub,
     )
-    p.set_defaults(func=cmd_analyze_capability)
     add_target_flags(p)
     p.add_argument("--texts", required=True, help="JSON lines with question and reference answer")
     p.add_argument("--gammas", default="0.6,1.0,1.5", help="comma-separated gammas (default: 0.6,1.0,1.5)")
     p.add_argument("--out", required=True, help="folder for capability.csv")
     add_config(p, ModelConfig)
 
-    p = asub.add_parser(
-        "ablation",
-        help="answer questions under every ablation of an induction",
-        description="answer questions under every ablation of an induction",
+    p = command(
+        "ablation", cmd_analyze_ablation, "answer questions under every ablation of an induction", asub
     )
-    p.set_defaults(func=cmd_analyze_ablation)
     add_target_flags(p)
     p.add_argument("--questions", required=True, help="JSON-lines file of questions")
     p.add_argument("--out", required=True, help="folder for generations.jsonl (and scores)")

@@ -185,7 +185,7 @@ def induce(
         pos = position_mask(post.shape)
         if pos is not None and not any_generated():
             return post
-        keep = plan.is_target.clone()
+        keep = plan.is_target
         if plan.n_keep < plan.n_target:
             scores = torch.rand(plan.idx.shape[0], generator=gen, device=device)
             scores = scores.masked_fill(~plan.is_target, 2.0)

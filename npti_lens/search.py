@@ -34,7 +34,6 @@ from npti_lens.io import (
     fingerprint,
     parse_traits,
     read_json,
-    read_jsonl,
     write_json_atomic,
     write_jsonl_atomic,
 )
@@ -255,7 +254,3 @@ def load_run_stats(run: str | Path, trait: str, pole: str) -> Stats:
             f"{path}: search of {pole_name(trait, pole)} is unfinished; finish it with npti search --resume"
         )
     return stats
-
-
-def read_answers(run: str | Path, trait: str, pole: str) -> list[dict]:
-    return read_jsonl(answers_path(run, trait, pole), what="answers of a search run")

@@ -8,7 +8,6 @@ and with the persona prompt as the upper reference. Scored by the organism judge
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -212,7 +211,3 @@ def summary_lines(result: DemoResult) -> list[str]:
             f"fluency {_mean(rs, 'fluency'):.3f}"
         )
     return lines
-
-
-def dumps(result: DemoResult) -> str:
-    return json.dumps(result.rows)
