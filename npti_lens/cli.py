@@ -218,9 +218,23 @@ def cmd_score(args: argparse.Namespace) -> None:
         from npti_lens.model import load_model
 
         kwargs["model"] = load_model("organism")
+    elif args.judge == "openai":
+        from npti_lens.llm import ChatConfig
+
+        kwargs.update(out=args.out, cfg=config_from(args, ChatConfig))
     judge = make_judge(args.judge, **kwargs)
-    scores, summary = write_scores(args.out, score_rows(rows, judge))
+    scored = score_rows(rows, judge)
+    scores, summary = write_scores(args.out, scored)
     print(f"{len(rows)} answers scored by the {judge.name} judge -> {scores}, {summary}")
+    report = getattr(judge, "report", None)
+    if report is not None:
+        print(report())
+    missing = sum(1 for r in scored if r.get("judge_error"))
+    if missing:
+        raise UserError(
+            f"{missing} of {len(rows)} answers lack a rating (see judge_error in {scores}); rerunning the "
+            "same command retries the failed requests only and resends nothing already answered"
+        )
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -393,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     from npti_lens import __version__
     from npti_lens.generate import GenerateConfig
     from npti_lens.induce import InduceConfig
+    from npti_lens.llm import ChatConfig
     from npti_lens.model import ModelConfig
     from npti_lens.neurons import REFERENCE_D_MLP, REFERENCE_MODEL, REFERENCE_N_LAYERS
     from npti_lens.search import SearchConfig
@@ -447,9 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("score", cmd_score, "score a generations file with a judge (scores.jsonl, summary.csv)")
     p.add_argument("generations", metavar="GEN.jsonl", help="output of npti generate / induce / baseline")
     p.add_argument("--out", required=True, help="folder for scores.jsonl and summary.csv")
-    p.add_argument("--judge", default="organism", help="organism (more judges: see the README)")
+    p.add_argument("--judge", default="organism", help="organism, or openai (an OpenAI-compatible LLM judge)")
     p.add_argument("--trait", default=None, help="judge every row against this trait (default: the row's)")
     p.add_argument("--pole", default=None, help="judge every row against this pole (default: the row's)")
+    add_config(p, ChatConfig)  # --judge openai only; the key comes from OPENAI_API_KEY
 
     p = command("demo", cmd_demo, "the whole method on the shipped organism, in minutes on a CPU")
     p.add_argument("--out", default="npti_demo", help="folder for the run, tables and figure")

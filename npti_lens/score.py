@@ -20,6 +20,7 @@ from npti_lens.io import write_jsonl_atomic, write_text_atomic
 SCORES_FILE = "scores.jsonl"
 SUMMARY_FILE = "summary.csv"
 GROUP_KEYS = ("trait", "pole", "condition", "gamma", "k", "layers")
+METRICS = ("trait_score", "fluency", "trait_score_expected", "fluency_expected")
 
 
 class Judge(Protocol):
@@ -47,10 +48,10 @@ def register_judge(name: str) -> Callable[[Callable[..., Judge]], Callable[..., 
 def make_judge(name: str, **kwargs: Any) -> Judge:
     if name == "organism":
         import npti_lens.organism.judge  # noqa: F401 - registers itself
+    elif name == "openai":
+        import npti_lens.judge  # noqa: F401 - registers itself
     if name not in _JUDGES:
-        raise UserError(
-            f"--judge: unknown judge {name!r}; choose one of {', '.join(sorted(_JUDGES) or ['organism'])}"
-        )
+        raise UserError(f"--judge: unknown judge {name!r}; choose organism or openai")
     return _JUDGES[name](**kwargs)
 
 
@@ -64,7 +65,11 @@ def score_rows(rows: list[dict[str, Any]], judge: Judge) -> list[dict[str, Any]]
 
 
 def summarize(scored: list[dict[str, Any]], keys: tuple[str, ...] = GROUP_KEYS) -> list[dict[str, Any]]:
-    """Mean, standard error and count of trait_score and fluency per group of `keys`."""
+    """Mean, standard error and count of trait_score and fluency (and their expected-rating
+    variants where a judge gives them) per group of `keys`; null scores are left out of a mean."""
+    metrics = [
+        m for m in METRICS if m in ("trait_score", "fluency") or any(r.get(m) is not None for r in scored)
+    ]
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in scored:
         groups[tuple(r.get(k) for k in keys)].append(r)
@@ -72,8 +77,9 @@ def summarize(scored: list[dict[str, Any]], keys: tuple[str, ...] = GROUP_KEYS) 
     for key, rs in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
         row: dict[str, Any] = dict(zip(keys, key, strict=True))
         row["n"] = len(rs)
-        for metric in ("trait_score", "fluency"):
+        for metric in metrics:
             vals = [float(r[metric]) for r in rs if r.get(metric) is not None]
+            row[f"{metric}_n"] = len(vals)
             mean = sum(vals) / len(vals) if vals else math.nan
             var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else math.nan
             row[f"{metric}_mean"] = mean
