@@ -388,6 +388,33 @@ def cmd_organism_data(args: argparse.Namespace) -> None:
     print(f"questions: {search}/ (search), {test}/ (held out); personas: {personas}")
 
 
+def cmd_data_build(args: argparse.Namespace) -> None:
+    from npti_lens.databuild import BuildConfig, build_questions
+    from npti_lens.llm import ChatConfig
+
+    res = build_questions(config_from(args, BuildConfig), config_from(args, ChatConfig), args.out)
+    for trait, qs in res.questions.items():
+        print(f"{trait:<18}{len(qs)} questions")
+    print(
+        f"{res.sent} requests sent ({res.retries} retries), {res.cached} replies from the ledger, "
+        f"{res.rejected} replies rejected as duplicates or without a question -> {args.out}"
+    )
+    for facet, n in res.short.items():
+        print(f"warning: {facet} is {n} questions short (its statement x topic pairs ran out; add --topics)")
+
+
+def cmd_data_sample(args: argparse.Namespace) -> None:
+    import shutil
+
+    from npti_lens.data import SAMPLE_DIR
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise UserError(f"--out: {out} is not empty; pass --overwrite or choose another folder")
+    shutil.copytree(SAMPLE_DIR, out, dirs_exist_ok=True)
+    print(f"questions: {out}/search/, {out}/test/ (Trait.json); personas: {out}/personas.jsonl")
+
+
 # ----- parser ----------------------------------------------------------------------------------
 
 
@@ -405,6 +432,7 @@ def add_target_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from npti_lens import __version__
+    from npti_lens.databuild import BuildConfig
     from npti_lens.generate import GenerateConfig
     from npti_lens.induce import InduceConfig
     from npti_lens.llm import ChatConfig
@@ -482,6 +510,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for search/, test/ and personas.jsonl")
     p.add_argument("--n-search", type=int, default=DemoConfig.n_search, help="search questions per trait")
     p.add_argument("--seed", type=int, default=0, help="seed of the persona descriptions")
+
+    p = command("data", lambda a: None, "question and persona data")
+    dsub = p.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    p = command("build", cmd_data_build, "make situational questions with an OpenAI-compatible model", dsub)
+    p.add_argument("--out", required=True, help="folder for search/, test/ and the build ledger")
+    add_config(p, BuildConfig)
+    add_config(p, ChatConfig)
+    p = command("sample", cmd_data_sample, "copy the shipped sample questions and personas", dsub)
+    p.add_argument("--out", required=True, help="folder for search/, test/ and personas.jsonl")
+    p.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
 
     p = command("analyze", lambda a: None, "analyses of neuron sets")
     asub = p.add_subparsers(dest="analyze_command", required=True, parser_class=_Parser)

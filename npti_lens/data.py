@@ -14,6 +14,12 @@ from npti_lens.constants import TRAITS, reference_key
 from npti_lens.errors import UserError
 from npti_lens.io import fingerprint, read_jsonl
 
+# The project's own sample set (written for it from the IPIP-NEO facet descriptions): 24
+# situational questions per trait (16 in search/, 8 in test/, each tagged with its facet) and
+# 10 persona descriptions per pole in personas.jsonl.
+SAMPLE_DIR = Path(__file__).parent / "data" / "sample"
+SAMPLE_PERSONAS = SAMPLE_DIR / "personas.jsonl"
+
 
 @dataclass(frozen=True)
 class Question:

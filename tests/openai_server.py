@@ -4,7 +4,7 @@ The reply to a prompt is `... Rating: [[n]]` with n fixed by a hash of the messa
 asked for, the rating position carries p(n) = 0.6, p(n % 5 + 1) = 0.3 and 0.1 on a non-digit.
 `fault(key, attempt)` picks what happens to a request: None (answer), "429", "500", "slow" (no
 reply before `slow_s`), "malformed" (200 with broken JSON), "drop" (connection closed, no reply)
-or "norating" (a reply without a rating). `paid` counts complete replies per prompt.
+or "norating" (a reply without a rating). `content(messages)`, when given, writes every reply. `paid` counts complete replies per prompt.
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ def expected_for(messages: list[dict]) -> float:
     return (0.6 * n + 0.3 * (n % 5 + 1)) / 0.9
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the default backlog of 5 drops connections under concurrency
+
+
 class FakeOpenAI:
     def __init__(
         self,
@@ -41,7 +45,9 @@ class FakeOpenAI:
         retry_after: dict[str, str] | None = None,
         delay_s: float = 0.0,
         hold_after: int | None = None,
+        content: Callable[[list[dict]], str] | None = None,
     ):
+        self.content = content
         self.fault = fault or (lambda key, attempt: None)
         self.slow_s, self.delay_s = slow_s, delay_s
         self.retry_after = retry_after if retry_after is not None else {"retry-after-ms": "20"}
@@ -56,7 +62,7 @@ class FakeOpenAI:
         self.max_in_flight = 0
         self.auth: set[str] = set()
         self.messages: dict[str, list[dict]] = {}
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -74,6 +80,13 @@ class FakeOpenAI:
         self._server.server_close()
 
     def _reply(self, messages: list[dict], body: dict, rating: bool) -> dict:
+        if self.content is not None:
+            text = self.content(messages)
+            return {
+                "choices": [
+                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                ]
+            }
         n = rating_for(messages)
         tokens = ["The answer shows the facets clearly.", "\n", "Rating", ":", " [["]
         tokens += [str(n), "]]"] if rating else ["none", "]]"]

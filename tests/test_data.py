@@ -41,3 +41,28 @@ def test_reference_test_split_and_personas():
     personas = load_personas(REFERENCE / "description.json.gz")
     assert len(personas) == 10 and all(len(v) == 80 for v in personas.values())
     assert json.dumps(personas[("Extraversion", "high")][0]).startswith('"You are an outgoing')
+
+
+def test_shipped_sample_set_loads_everywhere(tmp_path):
+    from npti_lens.cli import main
+    from npti_lens.constants import TRAITS
+    from npti_lens.data import SAMPLE_DIR, SAMPLE_PERSONAS
+    from npti_lens.inventory import load_inventory
+
+    search = load_personality_bench(SAMPLE_DIR, "search")
+    test = load_personality_bench(SAMPLE_DIR, "test")
+    facets = {(it.domain, it.facet_name) for it in load_inventory()}
+    every = [q["question"] for t in TRAITS for q in search[t] + test[t]]
+    assert len(every) == len(set(every))  # no question twice, across traits and splits
+    for t in TRAITS:
+        assert len(search[t]) == 16 and len(test[t]) == 8
+        # every question names one of its trait's six facets, and every facet has questions
+        assert {q["tag"] for q in search[t] + test[t]} == {f for d, f in facets if d == t}
+    personas = load_personas(SAMPLE_PERSONAS)
+    assert len(personas) == 10 and all(len(v) == 10 and len(set(v)) == 10 for v in personas.values())
+    assert main(["data", "sample", "--out", str(tmp_path / "s")]) == 0
+    assert load_personas(tmp_path / "s" / "personas.jsonl") == personas
+    assert (
+        load_questions(tmp_path / "s" / "test" / "Openness.json")[0].text == test["Openness"][0]["question"]
+    )
+    assert main(["data", "sample", "--out", str(tmp_path / "s")]) == 2  # never over earlier files

@@ -233,3 +233,57 @@ def test_missing_key_and_bad_ledger_are_one_line_errors(tmp_path, monkeypatch, c
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     assert main(_score_args(gen, tmp_path / "s", "http://127.0.0.1:9/v1")) == 2
     assert f"{LEDGER_FILE}:2: not a ledger line" in capsys.readouterr().err
+
+
+def _build_reply(messages: list[dict]) -> str:
+    text = messages[-1]["content"]
+    topic = re.search(r"about this topic: (.+)\.\n", text).group(1)
+    statement = re.search(r'the statement "(.+?)" would', text).group(1)
+    frame = {
+        "work": "Your manager drops a new assignment on your desk on Friday afternoon",
+        "travel": "Your manager drops a new assignment on your desk on Friday afternoon",  # a duplicate
+        "food": "A friend cooks you an unfamiliar dish and watches you taste it",
+    }[topic]
+    return f"Sure.\nQuestion: {frame}. How does it go, given that you {statement.lower()}?"
+
+
+def test_data_build_dedups_splits_and_resumes(tmp_path, api_key, capsys):
+    from npti_lens.data import load_personality_bench
+    from npti_lens.inventory import load_inventory
+
+    topics = tmp_path / "topics.txt"
+    topics.write_text("work\ntravel\nfood\n")
+    out = tmp_path / "built"
+    args = ["data", "build", "--out", str(out), "--topics", str(topics), "--per-facet", "4",
+            "--model", "fake-writer", "--timeout", "0.5", "--backoff", "0.01", "--max-retries", "0"]  # fmt: skip
+    failing = set()
+
+    def fault(key, attempt):  # the first run loses 10 requests for good (no retries allowed)
+        if len(failing) < 10 and key not in failing and _h(key, "b") % 3 == 0:
+            failing.add(key)
+        return "500" if key in failing else None
+
+    with FakeOpenAI(fault, content=_build_reply) as srv:
+        assert main([*args, "--base-url", srv.url]) == 2
+    assert "10 requests failed" in capsys.readouterr().err and not (out / "search").exists()
+    answered = len((out / "build_ledger.jsonl").read_text().splitlines())
+    with FakeOpenAI(content=_build_reply) as srv2:
+        assert main([*args, "--base-url", srv2.url]) == 0
+    assert not set(srv.paid) & set(srv2.paid) and answered == len(srv.paid)
+    # 30 facets x 2 statements x 3 topics; travel repeats work, so 4 questions per facet take
+    # pairs 1-2 (work), 3-4 (travel, thrown away), 5-6 (food): 6 requests per facet
+    assert len(set(srv.paid) | set(srv2.paid)) == 30 * 6
+    bench = load_personality_bench(out, "search")
+    test = load_personality_bench(out, "test")
+    inv = load_inventory()
+    for trait in TRAITS:
+        qs = bench[trait] + test[trait]
+        assert len(qs) == 6 * 4 and len(test[trait]) == 5  # 20% held out
+        assert len({q["question"] for q in qs}) == len(qs)
+        assert {q["tag"] for q in qs} == {it.facet_name for it in inv if it.domain == trait}
+        assert all(q["BFI"] == trait and q["topic"] in ("work", "food") and q["sign"] in "+-" for q in qs)
+    # a rerun pays for nothing and writes the same files
+    before = {p: p.read_text() for p in out.glob("*/*.json")}
+    with FakeOpenAI(content=_build_reply) as srv3:
+        assert main([*args, "--base-url", srv3.url]) == 0
+    assert srv3.requests == 0 and before == {p: p.read_text() for p in out.glob("*/*.json")}
