@@ -415,6 +415,58 @@ def cmd_data_sample(args: argparse.Namespace) -> None:
     print(f"questions: {out}/search/, {out}/test/ (Trait.json); personas: {out}/personas.jsonl")
 
 
+def cmd_inventory(args: argparse.Namespace) -> None:
+    from npti_lens import figures
+    from npti_lens.administer import InventoryConfig, measure
+    from npti_lens.induce import InduceConfig, induce, load_pair
+    from npti_lens.inventory import load_inventory
+    from npti_lens.io import check_pole, check_trait
+    from npti_lens.model import ModelConfig, load_model
+
+    out = Path(args.out)
+    if (out / "domains.csv").exists() and not args.overwrite:
+        raise UserError(
+            f"--out: {out} already holds an inventory run; pass --overwrite or choose another folder"
+        )
+    items = load_inventory(args.inventory)
+    cfg = config_from(args, InventoryConfig)
+    pairs, name = [], ""
+    if args.neurons or args.trait or args.pole:
+        if not (args.neurons and args.trait and args.pole):
+            raise UserError("--neurons, --trait and --pole go together (an induction needs all three)")
+        traits = [check_trait(t.strip()) for t in args.trait.split(",")]
+        poles = [check_pole(p.strip()) for p in args.pole.split(",")]
+        poles = poles * len(traits) if len(poles) == 1 else poles
+        if len(poles) != len(traits):
+            raise UserError(f"--pole: give one pole, or one per trait of --trait ({len(traits)})")
+        pairs = [load_pair(args.neurons, t, p) for t, p in zip(traits, poles, strict=True)]
+        icfg = config_from(args, InduceConfig)
+        name = "+".join(f"{t}_{p}" for t, p in zip(traits, poles, strict=True)) + f" gamma={icfg.gamma:g}"
+    model = load_model(config_from(args, ModelConfig))
+    inductions = {}
+    if pairs:
+        inductions[name] = lambda: induce(model, pairs, icfg, allow_other_model=args.allow_other_model)
+    result = measure(model, items, cfg, inductions)
+    files = result.save(out)
+    rows = result.domain_rows()
+    files["figure"] = figures.inventory_profile(rows, out / "profile.png")
+    print(f"{'condition':<36}{'domain':<19}{'score':>6}  {'95% CI':<13}{'alpha':>6}{'mass':>6}{'shift':>7}")
+    for r in rows:
+        shift = f"{r['shift']:+7.2f}" if "shift" in r else ""
+        ci = f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+        print(
+            f"{r['condition']:<36}{r['domain']:<19}{r['score']:6.2f}  {ci:<13}{r['alpha']:6.2f}{r['option_mass']:6.2f}{shift}"
+        )
+    low = [r for r in rows if not r["option_mass"] >= 0.5]
+    if low:
+        print(
+            f"warning: under half of the probability is on the options 1-5 for {len(low)} of {len(rows)} rows: "
+            "the model is mostly not answering with a number, so read those scores with care"
+        )
+    for what, path in files.items():
+        print(f"{what:<9}{path}")
+
+
 # ----- parser ----------------------------------------------------------------------------------
 
 
@@ -432,6 +484,7 @@ def add_target_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from npti_lens import __version__
+    from npti_lens.administer import InventoryConfig
     from npti_lens.databuild import BuildConfig
     from npti_lens.generate import GenerateConfig
     from npti_lens.induce import InduceConfig
@@ -520,6 +573,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("sample", cmd_data_sample, "copy the shipped sample questions and personas", dsub)
     p.add_argument("--out", required=True, help="folder for search/, test/ and personas.jsonl")
     p.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
+
+    p = command(
+        "inventory",
+        cmd_inventory,
+        "a Big Five profile from a rated inventory (option probabilities, no sampling)",
+    )
+    add_config(p, ModelConfig)
+    p.add_argument(
+        "--inventory",
+        default=None,
+        help="inventory CSV (id,text,domain,facet,facet_name,keyed); default: shipped",
+    )
+    p.add_argument(
+        "--out", required=True, help="folder for items.csv, facets.csv, domains.csv and profile.png"
+    )
+    p.add_argument("--neurons", default=None, help="neuron sets: also measure the model under an induction")
+    p.add_argument("--trait", default=None, help="trait(s) to induce, comma-separated for several at once")
+    p.add_argument("--pole", default=None, help="high or low (one, or one per trait)")
+    p.add_argument("--allow-other-model", action="store_true", help="use neuron sets made on another model")
+    p.add_argument("--overwrite", action="store_true", help="replace an inventory run already in --out")
+    add_config(p, InduceConfig)
+    add_config(p, InventoryConfig)
 
     p = command("analyze", lambda a: None, "analyses of neuron sets")
     asub = p.add_subparsers(dest="analyze_command", required=True, parser_class=_Parser)

@@ -159,3 +159,36 @@ def retention_vs_trait(points: list[dict[str, Any]], path: str | Path) -> Path:
         ax.grid(alpha=0.3)
         _save(fig, path, pdf=True)
     return path
+
+
+def inventory_profile(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Domain scores (1-5) with bootstrap intervals over items, one bar per condition: PNG and PDF."""
+    import numpy as np
+
+    path = Path(path)
+    conditions = list(dict.fromkeys(r["condition"] for r in rows))
+    domains = [t for t in TRAITS if any(r["domain"] == t for r in rows)]
+    by = {(r["condition"], r["domain"]): r for r in rows}
+    width = 0.8 / len(conditions)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(3.4, 2.4))
+        cmap = plt.get_cmap("tab10")
+        for c, cond in enumerate(conditions):
+            xs = np.arange(len(domains)) + (c - (len(conditions) - 1) / 2) * width
+            rs = [by[(cond, d)] for d in domains]
+            ys = np.array([r["score"] for r in rs])
+            err = np.array([[y - r["ci_low"], r["ci_high"] - y] for y, r in zip(ys, rs, strict=True)]).T
+            color = COLORS["none"] if cond == "none" else cmap(c % 10)
+            ax.bar(xs, ys - 1, width, bottom=1, color=color, label="no induction" if cond == "none" else cond)
+            ax.errorbar(
+                xs, ys, yerr=np.nan_to_num(err), fmt="none", ecolor="black", elinewidth=0.7, capsize=1.5
+            )
+        ax.axhline(3, color="black", lw=0.5, ls=":")
+        ax.set_xticks(np.arange(len(domains)), [d[0] for d in domains])
+        ax.set_ylim(1, 5)
+        ax.set_ylabel("domain score (1-5)")
+        ax.set_xlabel("  ".join(f"{d[0]} = {d}" for d in domains), fontsize=5)
+        ax.legend(frameon=False, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.grid(axis="y", alpha=0.3)
+    _save(fig, path, pdf=True)
+    return path

@@ -106,6 +106,14 @@ WORDS = [
     "would",
     "do",
     "your",
+    # the rating options of an inventory (npti_lens.administer)
+    "1",
+    "2",
+    "3",
+    "4",
+    "5",
+    "accurate",
+    "inaccurate",
 ]
 FAMILIES = ("llama", "qwen2", "mistral", "gemma2", "gpt2")
 

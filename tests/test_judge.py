@@ -287,3 +287,13 @@ def test_data_build_dedups_splits_and_resumes(tmp_path, api_key, capsys):
     with FakeOpenAI(content=_build_reply) as srv3:
         assert main([*args, "--base-url", srv3.url]) == 0
     assert srv3.requests == 0 and before == {p: p.read_text() for p in out.glob("*/*.json")}
+
+
+def test_judge_facets_are_the_ipip_neo_facets_of_the_shipped_inventory():
+    from npti_lens.inventory import load_inventory
+    from npti_lens.judge import FACETS
+
+    items = load_inventory()
+    for trait, names in FACETS.items():
+        ours = sorted({(it.facet, it.facet_name.lower()) for it in items if it.domain == trait})
+        assert tuple(n for _, n in ours) == names

@@ -1,0 +1,327 @@
+"""Administer an inventory to a model: expected ratings from next-token probabilities, no sampling.
+
+Each item is a rating question (how accurately the statement describes you, 1 = very inaccurate
+... 5 = very accurate) through the model's chat template. One forward per item gives the next-token
+probabilities; the probability of option d is the summed probability of the tokens that read `d`
+(with or without a leading space). The item's rating is the expected rating over the five options,
+renormalised, and the mass on them is reported: low mass means the model is not answering the
+question. Every item is also given with the scale reversed (1 = very accurate ... 5 = very
+inaccurate); the item score is the mean of the two orders.
+
+Cronbach's alpha needs respondents who differ: as in the psychometrics-of-LLMs literature, they
+are the same model answering under persona descriptions (`respondents` of them, taken in turn from
+the 10 poles of a persona file), each administered the whole inventory. Under an induction the
+answer position (the last prompt token) counts as the generated position, so an induction with
+its default `positions="generated"` acts where the answer is produced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from npti_lens.constants import TRAITS
+from npti_lens.data import SAMPLE_PERSONAS, load_personas
+from npti_lens.errors import UserError
+from npti_lens.generate import positions_context
+from npti_lens.inventory import Item, bootstrap_ci, cronbach_alpha, expected_rating, keyed
+from npti_lens.model import model_device
+from npti_lens.prompts import build
+
+OPTIONS = ("1", "2", "3", "4", "5")
+SCALE = (
+    "very inaccurate",
+    "moderately inaccurate",
+    "neither accurate nor inaccurate",
+    "moderately accurate",
+    "very accurate",
+)
+ITEM_PROMPT = """Here is a statement that may or may not describe you. How accurately does it describe you, as you generally are now?
+
+Statement: "{statement}"
+
+{scale}
+
+Reply with the number only."""
+
+
+@dataclass
+class InventoryConfig:
+    batch_size: int = field(default=16, metadata={"help": "items per forward"})
+    respondents: int = field(
+        default=20, metadata={"help": "persona-prompted administrations for Cronbach's alpha (0: no alpha)"}
+    )
+    personas: str | None = field(
+        default=None, metadata={"help": "persona file of the alpha respondents; none: the shipped sample"}
+    )
+    n_boot: int = field(default=2000, metadata={"help": "bootstrap resamples of the items"})
+    boot_seed: int = field(default=0, metadata={"help": "seed of the bootstrap"})
+
+
+def statement(item: Item) -> str:
+    """'Worry about things' -> 'I worry about things.' (IPIP items omit the 'I')."""
+    text = item.text.rstrip(".")
+    if not text.startswith("I "):
+        text = "I " + (text[0].lower() + text[1:] if not text[:2].isupper() else text)
+    return text + "."
+
+
+def item_prompt(item: Item, *, reversed_scale: bool = False) -> str:
+    labels = SCALE[::-1] if reversed_scale else SCALE
+    scale = "\n".join(f"{d} = {label}" for d, label in zip(OPTIONS, labels, strict=True))
+    return ITEM_PROMPT.format(statement=statement(item), scale=scale)
+
+
+def option_token_ids(tokenizer: Any) -> list[list[int]]:
+    """Per option, the ids of the tokens that read as it (e.g. '4' and ' 4'); empty if none does."""
+    decoded = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return [[i for i, t in enumerate(decoded) if t.strip() == label] for label in OPTIONS]
+
+
+@torch.inference_mode()
+def option_probs(
+    model: TransformerBridge, prompts: list[list[int]], option_ids: list[list[int]], batch_size: int = 16
+) -> np.ndarray:
+    """probs[prompt, option]: next-token probability of each option after each prompt."""
+    hf = model.original_model
+    device = model_device(model)
+    pad = int(model.tokenizer.pad_token_id)
+    out = np.zeros((len(prompts), len(option_ids)))
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        width = max(len(p) for p in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for row, p in enumerate(batch):
+            ids[row, width - len(p) :] = torch.tensor(p, device=device)
+            mask[row, width - len(p) :] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        answer_pos = torch.zeros((len(batch), width), dtype=torch.bool, device=device)
+        answer_pos[:, -1] = True
+        with positions_context(answer_pos, any_set=True):
+            logits = hf(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
+        probs = torch.softmax(logits.float(), dim=-1)
+        for j, tok_ids in enumerate(option_ids):
+            if tok_ids:
+                out[start : start + len(batch), j] = probs[:, tok_ids].sum(-1).cpu().numpy()
+    return out
+
+
+@dataclass
+class Administration:
+    """One condition: option probabilities of every item in both orders (and of the respondents)."""
+
+    condition: str
+    p_forward: np.ndarray  # [item, option]
+    p_reversed: np.ndarray
+    respondents: np.ndarray | None = None  # keyed item scores [respondent, item]
+
+    def scores(self) -> dict[str, np.ndarray]:
+        fwd, mass_f = expected_rating(self.p_forward)
+        rev, mass_r = expected_rating(self.p_reversed, reversed_scale=True)
+        return {
+            "forward": fwd,
+            "reversed": rev,
+            "score": (fwd + rev) / 2,
+            "mass_forward": mass_f,
+            "mass_reversed": mass_r,
+        }
+
+
+def administer_once(
+    model: TransformerBridge,
+    items: list[Item],
+    option_ids: list[list[int]],
+    *,
+    system: str = "",
+    batch_size: int = 16,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, reversed) option probabilities of every item, with an optional system message."""
+    prompts = [build(model.tokenizer, item_prompt(it), system).token_ids for it in items]
+    prompts += [
+        build(model.tokenizer, item_prompt(it, reversed_scale=True), system).token_ids for it in items
+    ]
+    probs = option_probs(model, prompts, option_ids, batch_size)
+    return probs[: len(items)], probs[len(items) :]
+
+
+def respondent_descriptions(path: str | Path | None, n: int) -> list[str]:
+    """n persona descriptions, taken in turn from the 10 poles (high and low of every trait)."""
+    if n <= 0:
+        return []
+    personas = load_personas(path or SAMPLE_PERSONAS)
+    poles = [personas[(t, p)] for t in TRAITS for p in ("high", "low")]
+    depth = max(len(v) for v in poles)
+    order = [v[i] for i in range(depth) for v in poles if i < len(v)]
+    if n > len(order):
+        raise UserError(f"--respondents: {n} asked, the persona file has {len(order)} descriptions")
+    return order[:n]
+
+
+def administer(
+    model: TransformerBridge, items: list[Item], cfg: InventoryConfig, condition: str = "none"
+) -> Administration:
+    """The inventory given to the model as it is (plus persona respondents for alpha)."""
+    option_ids = option_token_ids(model.tokenizer)
+    fwd, rev = administer_once(model, items, option_ids, batch_size=cfg.batch_size)
+    resp = None
+    descriptions = respondent_descriptions(cfg.personas, cfg.respondents)
+    if descriptions:
+        rows = []
+        for d in descriptions:
+            f, r = administer_once(model, items, option_ids, system=d, batch_size=cfg.batch_size)
+            rows.append(keyed(Administration("", f, r).scores()["score"], items))
+        resp = np.stack(rows)
+    return Administration(condition, fwd, rev, resp)
+
+
+@dataclass
+class InventoryResult:
+    """A profile per condition (the first is the model as it is) with item, facet and domain tables."""
+
+    items: list[Item]
+    administrations: list[Administration]
+    cfg: InventoryConfig
+
+    def item_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for adm in self.administrations:
+            s = adm.scores()
+            k = keyed(s["score"], self.items)
+            for i, it in enumerate(self.items):
+                rows.append(
+                    {
+                        "condition": adm.condition,
+                        "id": it.id,
+                        "domain": it.domain,
+                        "facet": it.facet,
+                        "facet_name": it.facet_name,
+                        "keyed": it.keyed,
+                        "text": it.text,
+                        **{f"p{d}": float(adm.p_forward[i, j]) for j, d in enumerate(OPTIONS)},
+                        **{f"p{d}_reversed": float(adm.p_reversed[i, j]) for j, d in enumerate(OPTIONS)},
+                        "mass_forward": float(s["mass_forward"][i]),
+                        "mass_reversed": float(s["mass_reversed"][i]),
+                        "rating_forward": float(s["forward"][i]),
+                        "rating_reversed": float(s["reversed"][i]),
+                        "rating": float(s["score"][i]),
+                        "keyed_score": float(k[i]),
+                    }
+                )
+        return rows
+
+    def _groups(self, key: str) -> dict[Any, np.ndarray]:
+        groups: dict[Any, list[int]] = {}
+        for i, it in enumerate(self.items):
+            groups.setdefault(
+                getattr(it, key) if key == "domain" else (it.domain, it.facet, it.facet_name), []
+            ).append(i)
+        return {g: np.array(ix) for g, ix in groups.items()}
+
+    def facet_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for adm in self.administrations:
+            k = keyed(adm.scores()["score"], self.items)
+            for (domain, facet, name), ix in self._groups("facet").items():
+                rows.append({"condition": adm.condition, "domain": domain, "facet": facet, "facet_name": name,
+                             "score": float(_mean(k[ix])), "n_items": len(ix)})  # fmt: skip
+        return rows
+
+    def domain_rows(self) -> list[dict[str, Any]]:
+        base = self.administrations[0]
+        base_k = keyed(base.scores()["score"], self.items)
+        rows = []
+        for adm in self.administrations:
+            s = adm.scores()
+            k = keyed(s["score"], self.items)
+            kf, kr = keyed(s["forward"], self.items), keyed(s["reversed"], self.items)
+            for n, (domain, ix) in enumerate(self._groups("domain").items()):
+                seed = self.cfg.boot_seed + n
+                lo, hi = bootstrap_ci(k[ix], n_boot=self.cfg.n_boot, seed=seed)
+                alpha = (
+                    cronbach_alpha(adm.respondents[:, ix]) if adm.respondents is not None else float("nan")
+                )
+                row = {
+                    "condition": adm.condition,
+                    "domain": domain,
+                    "score": float(_mean(k[ix])),
+                    "alpha": alpha,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "option_mass": float(
+                        np.mean([s["mass_forward"][ix].mean(), s["mass_reversed"][ix].mean()])
+                    ),
+                    "score_forward": float(_mean(kf[ix])),
+                    "score_reversed": float(_mean(kr[ix])),
+                    "n_items": len(ix),
+                }
+                if adm is not base:
+                    diff = k[ix] - base_k[ix]
+                    row["shift"] = float(_mean(diff))
+                    row["shift_ci_low"], row["shift_ci_high"] = bootstrap_ci(
+                        diff, n_boot=self.cfg.n_boot, seed=seed
+                    )
+                rows.append(row)
+        return rows
+
+    def to_frame(self, table: str = "domains") -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(
+            {"items": self.item_rows, "facets": self.facet_rows, "domains": self.domain_rows}[table]()
+        )
+
+    def save(self, out: str | Path) -> dict[str, Path]:
+        """items.csv, facets.csv, domains.csv and cfg.json in `out` (atomic writes)."""
+        import dataclasses
+
+        from npti_lens.io import write_json_atomic, write_text_atomic
+        from npti_lens.score import to_csv
+
+        out = Path(out)
+        files = {}
+        for name, rows in (
+            ("items", self.item_rows()),
+            ("facets", self.facet_rows()),
+            ("domains", self.domain_rows()),
+        ):
+            files[name] = out / f"{name}.csv"
+            write_text_atomic(files[name], to_csv(_union_columns(rows)))
+        write_json_atomic(out / "cfg.json", {"inventory": dataclasses.asdict(self.cfg), "n_items": len(self.items),
+                                             "conditions": [a.condition for a in self.administrations]})  # fmt: skip
+        return files
+
+
+def _mean(x: np.ndarray) -> float:
+    """Mean over the items that have a rating; NaN (without a warning) when none has."""
+    x = x[~np.isnan(x)]
+    return float(x.mean()) if len(x) else float("nan")
+
+
+def _union_columns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with every column any row has (empty where a row lacks it), first-seen order."""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    return [{c: r.get(c, "") for c in cols} for r in rows]
+
+
+def measure(
+    model: TransformerBridge,
+    items: list[Item],
+    cfg: InventoryConfig,
+    inductions: dict[str, Any] | None = None,
+) -> InventoryResult:
+    """The profile of the model as it is and under each induction.
+
+    `inductions` maps a condition name to a zero-argument callable returning a context manager that
+    induces (e.g. `lambda: induce(model, pairs, InduceConfig(gamma=2))`).
+    """
+    adms = [administer(model, items, cfg)]
+    for name, make in (inductions or {}).items():
+        with make():
+            adms.append(administer(model, items, cfg, condition=name))
+    return InventoryResult(items, adms, cfg)

@@ -1,0 +1,152 @@
+"""Administering an inventory: option probabilities vs a plain forward, inductions, the CLI."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from npti_lens.administer import (
+    InventoryConfig,
+    administer,
+    item_prompt,
+    option_probs,
+    option_token_ids,
+    statement,
+)
+from npti_lens.cli import main
+from npti_lens.induce import InduceConfig, induce
+from npti_lens.inventory import Item, load_inventory
+from npti_lens.prompts import build
+from tests.conftest import SHARED, hf_reference
+from tests.test_induce import two_sets
+
+IPIP120 = SHARED / "reference" / "ipip-neo-120" / "items.csv"
+
+
+def test_statement_and_prompt_text():
+    it = Item("1", "Worry about things", "Neuroticism", 1, "Anxiety", "+")
+    assert statement(it) == "I worry about things."
+    assert statement(Item("2", "I like art.", "Openness", 2, "Artistic interests", "+")) == "I like art."
+    fwd, rev = item_prompt(it), item_prompt(it, reversed_scale=True)
+    assert "1 = very inaccurate" in fwd and "5 = very accurate" in fwd
+    assert "1 = very accurate" in rev and "5 = very inaccurate" in rev
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])  # with and without a chat template
+def test_option_probs_equal_a_plain_forward(family, tiny_models, tiny_dirs):
+    model = tiny_models[family]
+    ids = option_token_ids(model.tokenizer)
+    assert all(len(x) == 1 for x in ids)  # "1" ... "5" are words of the test tokenizer
+    items = load_inventory()[:7]
+    prompts = [build(model.tokenizer, item_prompt(it)).token_ids for it in items]
+    assert len({len(p) for p in prompts}) > 1  # left padding is exercised
+    got = option_probs(model, prompts, ids, batch_size=4)
+    hf = hf_reference(tiny_dirs[family])
+    for row, p in enumerate(prompts):
+        with torch.no_grad():
+            probs = torch.softmax(hf(torch.tensor([p])).logits[0, -1].float(), -1)
+        want = [float(probs[x].sum()) for x in ids]
+        assert got[row] == pytest.approx(want, abs=1e-5)
+
+
+def test_induction_moves_the_answer_and_leaves_no_trace(tiny_models):
+    model = tiny_models["llama"]
+    items = load_inventory()[:6]
+    cfg = InventoryConfig(respondents=0)
+    base = administer(model, items, cfg)
+    high, low = two_sets(model)
+    with induce(model, [(high, low)], InduceConfig(gamma=3.0)):  # default positions: the answer position
+        moved = administer(model, items, cfg, condition="ind")
+    after = administer(model, items, cfg)
+    assert np.abs(moved.p_forward - base.p_forward).max() > 1e-3
+    np.testing.assert_array_equal(after.p_forward, base.p_forward)
+    np.testing.assert_array_equal(after.p_reversed, base.p_reversed)
+
+
+def test_respondents_give_alpha(tiny_models):
+    model = tiny_models["llama"]
+    items = [it for it in load_inventory() if it.domain == "Extraversion"]
+    adm = administer(model, items, InventoryConfig(respondents=4))
+    assert adm.respondents.shape == (4, 12)
+    assert len({tuple(r) for r in adm.respondents.round(6)}) == 4  # persona prompts change the answers
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_cli_inventory_with_and_without_induction(tiny_dirs, tiny_models, tmp_path, capsys):
+    high, low = two_sets(tiny_models["llama"])
+    for s in (high, low):
+        s.save(tmp_path / "n" / s.name)
+    out = tmp_path / "inv"
+    args = [
+        "inventory",
+        "--model",
+        str(tiny_dirs["llama"]),
+        "--out",
+        str(out),
+        "--respondents",
+        "3",
+        "--n-boot",
+        "200",
+    ]
+    assert (
+        main(
+            [
+                *args,
+                "--neurons",
+                str(tmp_path / "n"),
+                "--trait",
+                "Extraversion",
+                "--pole",
+                "high",
+                "--gamma",
+                "3",
+            ]
+        )
+        == 0
+    )
+    items, domains = _read(out / "items.csv"), _read(out / "domains.csv")
+    assert len(items) == 2 * 60 and {r["condition"] for r in items} == {"none", "Extraversion_high gamma=3"}
+    assert [r["domain"] for r in domains[:5]] == [
+        "Neuroticism",
+        "Extraversion",
+        "Openness",
+        "Agreeableness",
+        "Conscientiousness",
+    ]
+    for col in ("domain", "score", "alpha", "ci_low", "ci_high", "option_mass", "shift"):
+        assert col in domains[0]
+    for r in domains:
+        assert float(r["ci_low"]) <= float(r["score"]) <= float(r["ci_high"]) and 1 <= float(r["score"]) <= 5
+    assert all(r["shift"] == "" for r in domains[:5]) and all(r["shift"] != "" for r in domains[5:])
+    assert (out / "profile.png").stat().st_size > 0 and (out / "profile.pdf").exists()
+    assert "Extraversion_high gamma=3" in capsys.readouterr().out
+    assert main(args) == 2  # never over an earlier run
+    assert main([*args, "--overwrite", "--trait", "Extraversion"]) == 2
+    assert "go together" in capsys.readouterr().err
+
+
+def test_cli_inventory_on_the_organism(tmp_path, capsys):
+    out = tmp_path / "org"
+    assert (
+        main(["inventory", "--model", "organism", "--out", str(out), "--respondents", "0", "--n-boot", "100"])
+        == 0
+    )
+    domains = _read(out / "domains.csv")
+    # its word tokenizer has no tokens 1-5: no mass on the options, no rating, and a warning says so
+    assert all(float(r["option_mass"]) == 0.0 for r in domains)
+    assert "not answering with a number" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not IPIP120.is_file(), reason="../shared reference data absent")
+def test_cli_inventory_with_ipip_neo_120(tiny_dirs, tmp_path):
+    out = tmp_path / "ipip"
+    args = ["inventory", "--model", str(tiny_dirs["gpt2"]), "--inventory", str(IPIP120), "--out", str(out)]
+    assert main([*args, "--respondents", "2", "--n-boot", "100"]) == 0
+    assert len(_read(out / "items.csv")) == 120 and len(_read(out / "facets.csv")) == 30
