@@ -79,11 +79,11 @@ def summarize(scored: list[dict[str, Any]], keys: tuple[str, ...] = GROUP_KEYS) 
         row["n"] = len(rs)
         for metric in metrics:
             vals = [float(r[metric]) for r in rs if r.get(metric) is not None]
-            row[f"{metric}_n"] = len(vals)
             mean = sum(vals) / len(vals) if vals else math.nan
             var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else math.nan
             row[f"{metric}_mean"] = mean
             row[f"{metric}_sem"] = math.sqrt(var / len(vals)) if len(vals) > 1 else math.nan
+            row[f"{metric}_n"] = len(vals)
         out.append(row)
     return out
 
