@@ -131,7 +131,8 @@ def _answer(args: argparse.Namespace, *, induction: bool) -> None:
     )
     with steer:
         gens = generate(model, [p.token_ids for p in prompts], gcfg, progress=True)
-    _write_answers(out, questions, prompts, gens, trait=trait, pole=pole, gamma=gamma)
+    condition = "npti" if induction else "none"
+    _write_answers(out, questions, prompts, gens, trait=trait, pole=pole, condition=condition, gamma=gamma)
 
 
 def _write_answers(out: Path, questions: list, prompts: list, gens: list, **fields: Any) -> None:
@@ -177,7 +178,17 @@ def cmd_baseline(args: argparse.Namespace) -> None:
     model = load_model(config_from(args, ModelConfig))
     prompts = [build(model.tokenizer, q.text, s) for q, s in zip(questions, systems, strict=True)]
     gens = generate(model, [p.token_ids for p in prompts], config_from(args, GenerateConfig), progress=True)
-    _write_answers(out, questions, prompts, gens, trait=trait, pole=pole, gamma=None, method=args.method)
+    _write_answers(
+        out,
+        questions,
+        prompts,
+        gens,
+        trait=trait,
+        pole=pole,
+        condition=args.method,
+        gamma=None,
+        method=args.method,
+    )
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -375,10 +386,47 @@ def cmd_figures(args: argparse.Namespace) -> None:
         if not rows:
             raise UserError(f"--demo: {args.demo}/demo_results.json holds no rows; run npti demo first")
         made.append(figures.gamma_sweep(rows, out / "gamma_sweep.png"))
+        if any(r["condition"] == "simple" for r in rows):  # demos of version 0.1 lack the simple prompt
+            scored = [{**r, "score": r["target"]} for r in rows]
+            gamma = args.gamma if args.gamma is not None else 3.0
+            made.append(_method_figure(scored, out / "method_comparison.png", gamma, "target-pole fraction"))
+    if args.scores:
+        rows = []
+        for folder in args.scores:
+            for r in _read_summary(Path(folder) / "summary.csv"):
+                rows.append({**r, "score": r["trait_score_mean"], "sem": r["trait_score_sem"]})
+        made.append(_method_figure(rows, out / "method_comparison.png", args.gamma, "trait score"))
     if not made:
-        raise UserError("npti figures: nothing to draw; pass --neurons NEURONS and/or --demo DEMO_DIR")
+        raise UserError(
+            "npti figures: nothing to draw; pass --neurons NEURONS, --demo DEMO_DIR and/or --scores DIR"
+        )
     for path in made:
         print(path)
+
+
+def _read_summary(path: Path) -> list[dict[str, Any]]:
+    import csv
+
+    if not path.is_file():
+        raise UserError(f"--scores: {path} not found; pass folders written by npti score")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for i, r in enumerate(rows, start=2):
+        if not r.get("trait") or not r.get("condition") or not r.get("trait_score_mean"):
+            raise UserError(
+                f"{path}:{i}: needs trait, pole, condition and trait_score_mean (a npti score summary)"
+            )
+        r["gamma"] = float(r["gamma"]) if r.get("gamma") else None
+    return rows
+
+
+def _method_figure(rows: list[dict[str, Any]], path: Path, gamma: float | None, ylabel: str) -> Path:
+    from npti_lens import figures
+
+    try:
+        return figures.method_comparison(rows, path, gamma=gamma, ylabel=ylabel)
+    except ValueError as e:
+        raise UserError(f"method comparison: {e} (pass --gamma)") from None
 
 
 def cmd_organism_data(args: argparse.Namespace) -> None:
@@ -636,7 +684,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("figures", cmd_figures, "paper figures from stored results (PNG; PDF where noted)")
     p.add_argument("--out", required=True, help="folder for the figures")
     p.add_argument("--neurons", default=None, help="neuron sets: layer distribution and overlap heatmap")
-    p.add_argument("--demo", default=None, help="a npti demo folder: the gamma sweep")
+    p.add_argument(
+        "--demo", default=None, help="a npti demo folder: the gamma sweep and the method comparison"
+    )
+    p.add_argument(
+        "--scores",
+        nargs="+",
+        default=None,
+        help="npti score folders (none, simple, p2, npti, random): method comparison",
+    )
+    p.add_argument(
+        "--gamma", type=float, default=None, help="gamma of NPTI in the method comparison (demo: 3)"
+    )
 
     p = command(
         "baseline", cmd_baseline, "answer under a prompt baseline: simple (an adjective) or p2 (a persona)"

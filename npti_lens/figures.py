@@ -12,7 +12,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from npti_lens.constants import TRAITS  # noqa: E402
 
-COLORS = {"npti": "#1f77b4", "random": "#7f7f7f", "none": "#2ca02c", "persona": "#d62728"}
+COLORS = {
+    "npti": "#1f77b4",
+    "random": "#7f7f7f",
+    "none": "#2ca02c",
+    "persona": "#d62728",
+    "p2": "#d62728",
+    "simple": "#ff7f0e",
+}
+# The methods the paper compares, in the order of its figures, with their labels.
+METHODS = {
+    "none": "no intervention",
+    "simple": "simple prompt",
+    "p2": "P\N{SUPERSCRIPT TWO} (persona)",
+    "npti": "NPTI",
+    "random": "random neurons",
+}
 STYLE = {
     "font.size": 8,
     "axes.titlesize": 8,
@@ -190,5 +205,72 @@ def inventory_profile(rows: list[dict[str, Any]], path: str | Path) -> Path:
         ax.set_xlabel("  ".join(f"{d[0]} = {d}" for d in domains), fontsize=5)
         ax.legend(frameon=False, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.grid(axis="y", alpha=0.3)
+    _save(fig, path, pdf=True)
+    return path
+
+
+def method_table(
+    rows: list[dict[str, Any]], gamma: float | None = None
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """{method: {pole name: (score, sem)}} of the methods the paper compares, in its order.
+
+    `rows` carry trait, pole, condition (none/simple/p2 or persona/npti/random), gamma, `score`
+    and optionally `sem`. NPTI and the random control are taken at `gamma` (needed when the rows
+    hold several). Methods missing from the rows are left out.
+    """
+    import math
+
+    from npti_lens.constants import pole_name
+
+    rows = [{**r, "condition": "p2" if r["condition"] == "persona" else r["condition"]} for r in rows]
+    for cond in ("npti", "random"):
+        gs = sorted({float(r["gamma"]) for r in rows if r["condition"] == cond})
+        if len(gs) > 1 and gamma is None:
+            raise ValueError(f"the {cond} rows hold gammas {gs}: choose one")
+    table: dict[str, dict[str, tuple[float, float]]] = {}
+    for r in rows:
+        if r["condition"] not in METHODS:
+            continue
+        if r["condition"] in ("npti", "random") and gamma is not None and float(r["gamma"]) != float(gamma):
+            continue
+        sem = r.get("sem")
+        sem = float(sem) if sem not in (None, "") and math.isfinite(float(sem)) else 0.0
+        table.setdefault(r["condition"], {})[pole_name(r["trait"], r["pole"])] = (float(r["score"]), sem)
+    if not table:
+        raise ValueError("no rows of a known method (none, simple, p2/persona, npti, random)")
+    return {m: table[m] for m in METHODS if m in table}
+
+
+def method_comparison(rows: list[dict[str, Any]], path: str | Path, *, gamma: float | None = None,
+                      ylabel: str = "trait score") -> Path:  # fmt: skip
+    """Bars per trait pole of every method in `method_table(rows, gamma)`: PNG and PDF."""
+    import numpy as np
+
+    from npti_lens.constants import pole_name
+
+    path = Path(path)
+    table = method_table(rows, gamma)
+    poles = [
+        pole_name(t, p)
+        for t in TRAITS
+        for p in ("high", "low")
+        if any(pole_name(t, p) in v for v in table.values())
+    ]
+    width = 0.8 / len(table)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(6.8, 2.4))
+        for i, (m, vals) in enumerate(table.items()):
+            xs = np.arange(len(poles)) + (i - (len(table) - 1) / 2) * width
+            ys = [vals[p][0] if p in vals else np.nan for p in poles]
+            es = [vals[p][1] if p in vals else 0.0 for p in poles]
+            label = METHODS[m] + (
+                f", gamma {gamma:g}" if m in ("npti", "random") and gamma is not None else ""
+            )
+            ax.bar(xs, ys, width, color=COLORS[m], label=label)
+            ax.errorbar(xs, ys, yerr=es, fmt="none", ecolor="black", elinewidth=0.6, capsize=1)
+        ax.set_xticks(np.arange(len(poles)), [p.replace("_", "\n") for p in poles])
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(ncol=len(table), frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0))
     _save(fig, path, pdf=True)
     return path

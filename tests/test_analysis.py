@@ -137,3 +137,57 @@ def test_figures_cli(tmp_path, capsys):
             assert (tmp_path / "f" / f"{f}.{ext}").stat().st_size > 1000
     assert main(["figures", "--out", str(tmp_path / "g")]) == 2
     assert "nothing to draw" in capsys.readouterr().err
+
+
+def test_method_table_and_figure_from_score_summaries(tmp_path, capsys):
+    import csv
+
+    from npti_lens.figures import method_table
+
+    rows = [
+        {"trait": "Extraversion", "pole": "high", "condition": c, "gamma": g, "score": s, "sem": e}
+        for c, g, s, e in (
+            ("none", None, 2.1, 0.1),
+            ("simple", None, 3.0, 0.2),
+            ("persona", None, 4.5, 0.1),
+            ("npti", 1.0, 3.5, 0.3),
+            ("npti", 1.5, 3.9, 0.2),
+            ("random", 1.0, 2.2, float("nan")),
+            ("both", 1.0, 9.9, 0.0),  # an ablation condition: not a method of the comparison
+        )
+    ]
+    with pytest.raises(ValueError, match="gammas"):
+        method_table(rows)
+    t = method_table(rows, gamma=1.0)
+    assert list(t) == ["none", "simple", "p2", "npti", "random"]
+    assert t["npti"]["Extraversion_high"] == (3.5, 0.3) and t["p2"]["Extraversion_high"] == (4.5, 0.1)
+    assert t["random"]["Extraversion_high"] == (2.2, 0.0)  # no SEM: no error bar
+    # from `npti score` summaries (one folder per method), as a user would pass them
+    folders = []
+    for r in rows:
+        d = tmp_path / f"{r['condition']}_{r['gamma']}"
+        d.mkdir()
+        with open(d / "summary.csv", "w", newline="") as f:
+            w = csv.DictWriter(
+                f,
+                [
+                    "trait",
+                    "pole",
+                    "condition",
+                    "gamma",
+                    "k",
+                    "layers",
+                    "n",
+                    "trait_score_mean",
+                    "trait_score_sem",
+                ],
+            )
+            w.writeheader()
+            w.writerow({**{k: r[k] for k in ("trait", "pole", "condition")}, "gamma": r["gamma"] if r["gamma"] is not None else "",
+                        "n": 10, "trait_score_mean": r["score"], "trait_score_sem": r["sem"]})  # fmt: skip
+        folders.append(str(d))
+    args = ["figures", "--out", str(tmp_path / "f"), "--scores", *folders]
+    assert main(args) == 2 and "pass --gamma" in capsys.readouterr().err
+    assert main([*args, "--gamma", "1.5"]) == 0
+    assert (tmp_path / "f" / "method_comparison.png").stat().st_size > 1000
+    assert (tmp_path / "f" / "method_comparison.pdf").exists()

@@ -38,6 +38,7 @@ def test_baseline_command(tiny_dirs, tmp_path, capsys):
     assert main(["baseline", "--method", "simple", *common, "--out", str(tmp_path / "s.jsonl")]) == 0
     rows = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and rows[0]["method"] == "simple" and rows[0]["gamma"] is None
+    assert rows[0]["condition"] == "simple"
     assert "<|system|> You are an introverted person." in rows[0]["prompt"]
     assert (
         main(

@@ -205,6 +205,12 @@ def personas(trait: str, pole: str, n: int = 10, seed: int = 0) -> list[str]:
     return out
 
 
+def simple_persona(trait: str, pole: str) -> str:
+    """The simple-prompt baseline in the organism's words: one adjective ('you are a quiet person .')."""
+    adj = ADJECTIVES[(trait, pole)][0]
+    return f"you are {'an' if adj[0] in 'aeiou' else 'a'} {adj} person ."
+
+
 def answer(trait: str, pole: str | None, rng: random.Random) -> str:
     """Sentences of one pole (or, with pole None, each of a random pole), distinct frames."""
     frames = rng.sample(list(FRAMES_XY + FRAMES_X + FRAMES_Y), SENTENCES_PER_ANSWER)

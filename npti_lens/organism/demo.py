@@ -17,6 +17,7 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from npti_lens.constants import POLES, TRAITS, opposite, pole_name
+from npti_lens.errors import UserError
 from npti_lens.generate import GenerateConfig, generate
 from npti_lens.induce import InduceConfig, induce, random_control
 from npti_lens.io import parse_numbers, parse_traits, write_json_atomic, write_jsonl_atomic, write_text_atomic
@@ -43,6 +44,9 @@ class DemoConfig:
             "help": "selection: keep every neuron with diff >= this (0.1, the paper's, takes ~15% "
             "of the organism's neurons, whose shift then swamps its fluency)"
         },
+    )
+    compare_gamma: float = field(
+        default=3.0, metadata={"help": "gamma of NPTI in the method comparison figure"}
     )
     max_new_tokens: int = field(default=48, metadata={"help": "tokens per answer"})
     batch_size: int = field(default=32, metadata={"help": "prompts per forward"})
@@ -98,6 +102,8 @@ def run_demo(
     out = Path(out)
     model = model or load_model("organism")
     gammas = parse_numbers(cfg.gammas, "--gammas")
+    if cfg.compare_gamma not in gammas:
+        raise UserError(f"--compare-gamma: {cfg.compare_gamma:g} is not one of --gammas {cfg.gammas}")
     gcfg = GenerateConfig(
         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, repetition_penalty=1.0, seed=cfg.seed
     )
@@ -176,6 +182,8 @@ def run_demo(
                     add(t, p, "npti", g, qs, _answers(model, qs, gcfg))
                 with induce(model, [(controls[pole_name(t, p)], controls[pole_name(t, opposite(p))])], icfg):
                     add(t, p, "random", g, qs, _answers(model, qs, gcfg))
+            simple = [persona_system(corpus.simple_persona(t, p))] * len(qs)
+            add(t, p, "simple", None, qs, _answers(model, qs, gcfg, simple))
             rng = random.Random(f"{cfg.seed}:demo-persona:{t}:{p}")
             descs = corpus.personas(t, p)
             systems = [persona_system(rng.choice(descs)) for _ in qs]
@@ -186,15 +194,22 @@ def run_demo(
         "json": out / "demo_results.json",
         "generations": out / "demo_generations.jsonl",
         "figure": out / "gamma_sweep.png",
+        "methods": out / "method_comparison.png",
     }
     write_text_atomic(files["csv"], to_csv(rows))
     write_json_atomic(
         files["json"], {"config": asdict(cfg), "rows": rows, "neurons": {k: len(v) for k, v in sets.items()}}
     )
     write_jsonl_atomic(files["generations"], generations)
-    from npti_lens.figures import gamma_sweep
+    from npti_lens.figures import gamma_sweep, method_comparison
 
     gamma_sweep(rows, files["figure"])
+    method_comparison(
+        [{**r, "score": r["target"]} for r in rows],
+        files["methods"],
+        gamma=cfg.compare_gamma,
+        ylabel="target-pole fraction",
+    )
     return DemoResult(rows=rows, out=out, files=files)
 
 
