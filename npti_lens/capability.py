@@ -1,9 +1,11 @@
-"""Capability retention: what an induction costs the model on neutral text.
+"""Capability retention: what an induction costs the model on neutral text and on a test.
 
-The perplexity of reference answers given their prompts, with and without the induction, the
-induction acting at the answer positions exactly as it does during generation. (Accuracy on a
-multiple-choice benchmark, e.g. through lm-eval, is left to the caller: wrap its model calls in
-`induce(..., InduceConfig(positions="all"))`.)
+The perplexity of reference answers given their prompts, and the accuracy on multiple-choice
+items (each choice scored by its log-likelihood after the question, as lm-eval does: `accuracy`
+by the summed log-likelihood, `accuracy_norm` by it per character), with and without the
+induction, which acts at the answer (choice) positions exactly as it does during generation.
+A full lm-eval harness run can be wrapped the same way: `with induce(model, pairs,
+InduceConfig(positions="all")): ...` around its model calls.
 """
 
 from __future__ import annotations
@@ -35,37 +37,108 @@ class Retention:
         return pd.DataFrame(self.rows)
 
 
-@torch.inference_mode()
 def answer_nll(
     model: TransformerBridge, pairs: Sequence[tuple[str, str]], batch_size: int = 16
 ) -> tuple[float, int]:
     """Summed negative log-likelihood of every answer token (and EOS) given its question, and the count."""
+    per = pair_nlls(model, pairs, batch_size)
+    return sum(n for n, _ in per), sum(c for _, c in per)
+
+
+@dataclass(frozen=True)
+class ChoiceItem:
+    question: str
+    choices: tuple[str, ...]
+    answer: int  # index of the right choice
+
+
+def load_choice_items(path: str) -> list[ChoiceItem]:
+    """JSON lines {"question": ..., "choices": [...], "answer": index of the right choice}."""
+    from npti_lens.errors import UserError
+    from npti_lens.io import read_jsonl
+
+    items = []
+    for r in read_jsonl(path, what='JSON lines like {"question": "...", "choices": ["..."], "answer": 0}'):
+        q, ch, a = r.get("question"), r.get("choices"), r.get("answer")
+        ok = (
+            isinstance(q, str)
+            and isinstance(ch, list)
+            and len(ch) >= 2
+            and all(isinstance(c, str) for c in ch)
+        )
+        if not ok or not isinstance(a, int) or not 0 <= a < len(ch):
+            raise UserError(
+                f'{path}:{r["_line"]}: needs "question" text, "choices" (2 or more strings) and '
+                '"answer" (the index of the right choice)'
+            )
+        items.append(ChoiceItem(q, tuple(ch), a))
+    return items
+
+
+def choice_accuracy(
+    model: TransformerBridge, items: Sequence[ChoiceItem], batch_size: int = 16
+) -> dict[str, float]:
+    """Accuracy (summed log-likelihood) and per-character accuracy (`accuracy_norm`) on the items.
+
+    Under an induction the position that predicts the first choice token is edited too: the
+    choice is the model's answer, produced there.
+    """
+    pairs = [(it.question, " " + c.strip()) for it in items for c in it.choices]
+    nll = iter(pair_nlls(model, pairs, batch_size, eos=False, edit_last_prompt=True))
+    hits = hits_norm = 0
+    for it in items:
+        ll = [-next(nll)[0] for _ in it.choices]
+        norm = [v / max(1, len(c.strip()) + 1) for v, c in zip(ll, it.choices, strict=True)]
+        hits += int(max(range(len(ll)), key=ll.__getitem__) == it.answer)
+        hits_norm += int(max(range(len(norm)), key=norm.__getitem__) == it.answer)
+    return {"accuracy": hits / len(items), "accuracy_norm": hits_norm / len(items), "n_items": len(items)}
+
+
+@torch.inference_mode()
+def pair_nlls(
+    model: TransformerBridge,
+    pairs: Sequence[tuple[str, str]],
+    batch_size: int = 16,
+    *,
+    eos: bool = True,
+    edit_last_prompt: bool = False,
+) -> list[tuple[float, int]]:
+    """(negative log-likelihood, tokens) of each answer (with EOS when `eos`) given its question.
+
+    An induction acts at the answer positions; with `edit_last_prompt` also at the last prompt
+    position, which predicts the first answer token (else a one-token answer could not move).
+    """
     tok = model.tokenizer
     device = model_device(model)
     seqs = []
     for question, answer in pairs:
         prompt = build(tok, question).token_ids
-        seqs.append((prompt, tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]))
-    total, count = 0.0, 0
+        seqs.append(
+            (prompt, tok(answer, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if eos else []))
+        )
+    out: list[tuple[float, int]] = []
     for start in range(0, len(seqs), batch_size):
         batch = seqs[start : start + batch_size]
         width = max(len(p) + len(a) for p, a in batch)
         ids = torch.full((len(batch), width), int(tok.pad_token_id), dtype=torch.long)
         attn = torch.zeros_like(ids)
         target = torch.zeros((len(batch), width), dtype=torch.bool)  # positions whose token is scored
+        edited = torch.zeros((len(batch), width), dtype=torch.bool)
         for row, (p, a) in enumerate(batch):
             ids[row, : len(p) + len(a)] = torch.tensor(p + a)
             attn[row, : len(p) + len(a)] = 1
             target[row, len(p) : len(p) + len(a)] = True
-        ids, attn, target = ids.to(device), attn.to(device), target.to(device)
-        # The induction edits positions holding answer tokens (as in generation); the first answer
-        # token is predicted from the last prompt position, which stays untouched, as it would.
-        with positions_context(target, any_set=True):
+            edited[row, len(p) - int(edit_last_prompt) : len(p) + len(a)] = True
+        ids, attn, target, edited = ids.to(device), attn.to(device), target.to(device), edited.to(device)
+        # The induction edits positions holding answer tokens (as in generation); by default the
+        # first answer token is predicted from the last prompt position, untouched, as it would be.
+        with positions_context(edited, any_set=True):
             logits = model.original_model(input_ids=ids, attention_mask=attn).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        total -= float(logp[target[:, 1:]].sum())
-        count += int(target.sum())
-    return total, count
+        logp = torch.where(target[:, 1:], logp, torch.zeros_like(logp))
+        for row in range(len(batch)):
+            out.append((-float(logp[row].sum()), int(target[row].sum())))
+    return out
 
 
 def retention(
@@ -77,32 +150,30 @@ def retention(
     *,
     seed: int = 0,
     allow_other_model: bool = False,
+    choices: Sequence[ChoiceItem] = (),
 ) -> Retention:
-    """Perplexity of the reference answers with no intervention and with the induction at each gamma."""
-    base_nll, n = answer_nll(model, pairs)
-    rows = [
-        {
-            "trait": target.trait,
-            "pole": target.pole,
-            "gamma": None,
-            "perplexity": math.exp(base_nll / n),
-            "delta_nll_per_token": 0.0,
-            "n_tokens": n,
-        }
-    ]
+    """Perplexity of the reference answers (and accuracy on `choices`, if any) with no intervention
+    and with the induction at each gamma."""
+    base_nll = None
+
+    def row(gamma: float | None) -> dict[str, Any]:
+        nonlocal base_nll
+        r: dict[str, Any] = {"trait": target.trait, "pole": target.pole, "gamma": gamma}
+        if pairs:
+            nll, n = answer_nll(model, pairs)
+            base_nll = nll if base_nll is None else base_nll
+            r.update(perplexity=math.exp(nll / n), delta_nll_per_token=(nll - base_nll) / n, n_tokens=n)
+        if choices:
+            r.update(choice_accuracy(model, choices))
+        return r
+
+    rows = [row(None)]
     for g in gammas:
         with induce(
             model, [(target, opposite)], InduceConfig(gamma=g, seed=seed), allow_other_model=allow_other_model
         ):
-            nll, _ = answer_nll(model, pairs)
-        rows.append(
-            {
-                "trait": target.trait,
-                "pole": target.pole,
-                "gamma": g,
-                "perplexity": math.exp(nll / n),
-                "delta_nll_per_token": (nll - base_nll) / n,
-                "n_tokens": n,
-            }
-        )
+            rows.append(row(g))
+    if choices:
+        for r in rows:
+            r["delta_accuracy"] = r["accuracy"] - rows[0]["accuracy"]
     return Retention(rows)

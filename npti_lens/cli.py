@@ -341,17 +341,22 @@ def cmd_analyze_ablation(args: argparse.Namespace) -> None:
 
 
 def cmd_analyze_capability(args: argparse.Namespace) -> None:
-    from npti_lens.capability import retention
+    from npti_lens.capability import load_choice_items, retention
     from npti_lens.induce import load_pair
     from npti_lens.io import check_pole, check_trait, parse_numbers, read_jsonl, write_text_atomic
     from npti_lens.model import ModelConfig, load_model
     from npti_lens.score import to_csv
 
     trait, pole = check_trait(args.trait), check_pole(args.pole)
-    rows = read_jsonl(args.texts, what='JSON lines like {"question": "...", "answer": "..."}')
+    if not args.texts and not args.choices:
+        raise UserError("npti analyze capability: pass --texts (perplexity) and/or --choices (accuracy)")
+    rows = []
+    if args.texts:
+        rows = read_jsonl(args.texts, what='JSON lines like {"question": "...", "answer": "..."}')
     for r in rows:
         if not isinstance(r.get("question"), str) or not isinstance(r.get("answer"), str):
             raise UserError(f'{args.texts}:{r["_line"]}: needs "question" and "answer" text')
+    choices = load_choice_items(args.choices) if args.choices else []
     gammas = parse_numbers(args.gammas, "--gammas")
     target, opp = load_pair(args.neurons, trait, pole)
     model = load_model(config_from(args, ModelConfig))
@@ -362,6 +367,7 @@ def cmd_analyze_capability(args: argparse.Namespace) -> None:
         [(r["question"], r["answer"]) for r in rows],
         gammas,
         allow_other_model=args.allow_other_model,
+        choices=choices,
     )
     write_text_atomic(Path(args.out) / "capability.csv", to_csv(result.rows))
     print(result.to_frame().to_string(index=False))
@@ -663,7 +669,10 @@ def build_parser() -> argparse.ArgumentParser:
         asub,
     )
     add_target_flags(p)
-    p.add_argument("--texts", required=True, help="JSON lines with question and reference answer")
+    p.add_argument("--texts", default=None, help="JSON lines with question and reference answer (perplexity)")
+    p.add_argument(
+        "--choices", default=None, help="JSON lines with question, choices and answer index (accuracy)"
+    )
     p.add_argument("--gammas", default="0.6,1.0,1.5", help="comma-separated gammas (default: 0.6,1.0,1.5)")
     p.add_argument("--out", required=True, help="folder for capability.csv")
     add_config(p, ModelConfig)
