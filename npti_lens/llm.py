@@ -241,5 +241,18 @@ def complete_all(requests: list[ChatRequest], cfg: ChatConfig, ledger: Ledger) -
             todo[key] = req
     run.cached = len(run.replies)
     if todo:
-        asyncio.run(_complete(todo, cfg, run, ledger))
+        _run_sync(lambda: _complete(todo, cfg, run, ledger))
     return run
+
+
+def _run_sync(make_coro: Any) -> None:
+    """Run a coroutine to the end, also from inside a running event loop (a Jupyter notebook)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(make_coro())
+        return
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, make_coro()).result()

@@ -297,3 +297,23 @@ def test_judge_facets_are_the_ipip_neo_facets_of_the_shipped_inventory():
     for trait, names in FACETS.items():
         ours = sorted({(it.facet, it.facet_name.lower()) for it in items if it.domain == trait})
         assert tuple(n for _, n in ours) == names
+
+
+def test_judge_runs_inside_a_running_event_loop(tmp_path, api_key):
+    """As in a Jupyter notebook, where an event loop is already running."""
+    import asyncio
+
+    from npti_lens.judge import OpenAIJudge
+    from npti_lens.llm import ChatConfig
+
+    rows = _answers(tmp_path / "gen.jsonl", 3)
+    with FakeOpenAI() as srv:
+        judge = OpenAIJudge(tmp_path / "s", ChatConfig(model="fake-judge", base_url=srv.url, timeout=2))
+
+        async def in_loop():
+            return judge.score(rows)
+
+        scored = asyncio.run(in_loop())
+    assert [s["trait_rating"] for s in scored] == [
+        rating_for(_messages(trait_messages(r["trait"], r["question"], r["answer"]))) for r in rows
+    ]
