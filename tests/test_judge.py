@@ -124,7 +124,8 @@ def test_200_answers_with_20_percent_faults_are_all_scored(tmp_path, api_key, ca
     assert "400 from the ledger" in capsys.readouterr().out
 
 
-def test_kill_then_rerun_scores_every_answer_exactly_once(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_kill_then_rerun_scores_every_answer_exactly_once(tmp_path, sig):
     gen = tmp_path / "gen.jsonl"
     _answers(gen, 60)
     out = tmp_path / "s"
@@ -144,13 +145,13 @@ def test_kill_then_rerun_scores_every_answer_exactly_once(tmp_path):
                 time.sleep(0.05)
             else:
                 pytest.fail("the scoring run never reached the hold point")
-            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(sig)
             proc.wait(timeout=30)
         finally:
             if proc.poll() is None:
                 proc.kill()
         first_paid = sum(srv.paid.values())
-    assert proc.returncode == -signal.SIGKILL
+    assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130)  # 130: Ctrl-C, caught
     assert not (out / "scores.jsonl").exists()
     assert len(ledger.read_text().splitlines()) == first_paid
     with open(ledger, "a") as f:  # as if the kill had landed in the middle of a write
