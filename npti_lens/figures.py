@@ -268,7 +268,11 @@ def method_comparison(rows: list[dict[str, Any]], path: str | Path, *, gamma: fl
             )
             ax.bar(xs, ys, width, color=COLORS[m], label=label)
             ax.errorbar(xs, ys, yerr=es, fmt="none", ecolor="black", elinewidth=0.6, capsize=1)
-        ax.set_xticks(np.arange(len(poles)), [p.replace("_", "\n") for p in poles])
+        short = {"Openness": "Open.", "Conscientiousness": "Consc.", "Extraversion": "Extra.",
+                 "Agreeableness": "Agree.", "Neuroticism": "Neuro."}  # fmt: skip
+        ax.set_xticks(
+            np.arange(len(poles)), [short[p.rsplit("_", 1)[0]] + "\n" + p.rsplit("_", 1)[1] for p in poles]
+        )
         ax.set_ylabel(ylabel)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(ncol=len(table), frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0))
