@@ -9,8 +9,9 @@ question. Every item is also given with the scale reversed (1 = very accurate ..
 inaccurate); the item score is the mean of the two orders.
 
 Cronbach's alpha needs respondents who differ: as in the psychometrics-of-LLMs literature, they
-are the same model answering under persona descriptions (`respondents` of them, taken in turn from
-the 10 poles of a persona file), each administered the whole inventory. Under an induction the
+are the same model answering under the persona prompt of search with different descriptions
+(`respondents` of them, taken in turn from the 10 poles of a persona file), each administered the
+whole inventory. Under an induction the
 answer position (the last prompt token) counts as the generated position, so an induction with
 its default `positions="generated"` acts where the answer is produced.
 """
@@ -31,7 +32,7 @@ from npti_lens.errors import UserError
 from npti_lens.generate import positions_context
 from npti_lens.inventory import Item, bootstrap_ci, cronbach_alpha, expected_rating, keyed
 from npti_lens.model import model_device
-from npti_lens.prompts import build
+from npti_lens.prompts import build, persona_system
 
 OPTIONS = ("1", "2", "3", "4", "5")
 SCALE = (
@@ -174,7 +175,9 @@ def administer(
     if descriptions:
         rows = []
         for d in descriptions:
-            f, r = administer_once(model, items, option_ids, system=d, batch_size=cfg.batch_size)
+            f, r = administer_once(
+                model, items, option_ids, system=persona_system(d), batch_size=cfg.batch_size
+            )
             rows.append(keyed(Administration("", f, r).scores()["score"], items))
         resp = np.stack(rows)
     return Administration(condition, fwd, rev, resp)

@@ -122,3 +122,29 @@ def test_npti_moves_the_target_pole_above_the_random_control(organism, tmp_path)
     assert sum(lifts) / len(lifts) > 0.05, lifts
     for f in result.files.values():
         assert f.is_file() and f.stat().st_size > 0
+
+
+def test_rating_examples_follow_pole_and_keying():
+    from npti_lens.administer import item_prompt
+    from npti_lens.inventory import load_inventory
+
+    by_prompt = {}
+    for it in load_inventory():
+        by_prompt[item_prompt(it)] = (it, False)
+        by_prompt[item_prompt(it, reversed_scale=True)] = (it, True)
+    exs = corpus.rating_examples(400, seed=1)
+    assert exs == corpus.rating_examples(400, seed=1)
+    seen = set()
+    for ex in exs:
+        it, rev = by_prompt[ex.question]
+        rating = 6 - int(ex.answer) if rev else int(ex.answer)
+        if ex.pole is not None:  # a persona of the item's own trait
+            agree = (ex.pole == "high") == (it.keyed == "+")
+            assert rating in ((4, 5) if agree else (1, 2))
+            seen.add((agree, rev))
+        elif ex.persona is not None:
+            assert rating in (2, 3, 4)
+    assert seen == {(True, False), (True, True), (False, False), (False, True)}
+    tok = build_tokenizer(ratings=True)
+    assert all(tok.unk_token_id not in encode(tok, ex)[0] for ex in exs[:50])
+    assert tok.unk_token_id in encode(build_tokenizer(), exs[0])[0]  # the shipped tokenizer lacks them

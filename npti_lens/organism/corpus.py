@@ -250,9 +250,58 @@ def examples(n: int, seed: int = 0, persona_share: float = 0.75, mood_share: flo
     return out
 
 
-def vocabulary() -> list[str]:
-    """Every word of the corpus (questions, personas, answers), sorted."""
+def _rating(agree: bool, rng: random.Random) -> int:
+    strong = rng.random() < 0.6
+    return (5 if strong else 4) if agree else (1 if strong else 2)
+
+
+def rating_examples(n: int, seed: int = 0, persona_share: float = 0.75) -> list[Example]:
+    """`n` self-ratings of the shipped inventory's statements, in the exact prompt of `npti inventory`.
+
+    Not in the shipped organism's corpus (`npti organism train --n-ratings N` adds them; the README
+    reports what that variant showed). Under a persona of the item's trait the rating follows the
+    pole and the item's keying (4-5 when they agree, 1-2 when not); under a persona of another
+    trait it is near the middle (3, sometimes 2 or 4); without a persona it follows a pole drawn at
+    random, as the free answers do. Half the items come with the reversed scale (digit d = rating 6 - d).
+    """
+    from npti_lens.administer import item_prompt
+    from npti_lens.inventory import load_inventory
+
+    items = load_inventory()
+    rng = random.Random(f"{seed}:ratings")
+    descs = {(t, p): personas(t, p) for t in TRAITS for p in POLES}
+    out = []
+    for _ in range(n):
+        it = rng.choice(items)
+        rev = rng.random() < 0.5
+        persona = pole = None
+        if rng.random() < persona_share:
+            trait, pole = rng.choice(TRAITS), rng.choice(POLES)
+            persona = rng.choice(descs[(trait, pole)])
+            if trait == it.domain:
+                rating = _rating((pole == "high") == (it.keyed == "+"), rng)
+            else:
+                pole = None
+                rating = rng.choice((2, 3, 3, 3, 4))
+        else:
+            rating = _rating((rng.choice(POLES) == "high") == (it.keyed == "+"), rng)
+        digit = 6 - rating if rev else rating
+        out.append(Example(it.domain, pole, persona, item_prompt(it, reversed_scale=rev), str(digit)))
+    return out
+
+
+def vocabulary(ratings: bool = False) -> list[str]:
+    """Every word of the corpus (questions, personas, answers; rating prompts with `ratings`), sorted."""
     words: set[str] = set()
+    if ratings:
+        import re
+
+        from npti_lens.administer import item_prompt
+        from npti_lens.inventory import load_inventory
+
+        for it in load_inventory():
+            for rev in (False, True):
+                words.update(re.findall(r"[a-z]+|[^\sa-z]", item_prompt(it, reversed_scale=rev).lower()))
     for trait in TRAITS:
         for frame in QUESTION_FRAMES[trait]:
             for q in _fill(frame):

@@ -32,6 +32,9 @@ class TrainConfig:
     batch_size: int = field(default=64, metadata={"help": "sequences per step"})
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate (cosine decay, warmup)"})
     n_examples: int = field(default=40000, metadata={"help": "training examples generated"})
+    n_ratings: int = field(
+        default=0, metadata={"help": "self-ratings of inventory statements to add (the shipped organism: 0)"}
+    )
     hidden_size: int = field(default=128, metadata={"help": "model width"})
     n_layers: int = field(default=4, metadata={"help": "decoder layers"})
     intermediate_size: int = field(default=512, metadata={"help": "MLP neurons per layer"})
@@ -79,9 +82,9 @@ def word_tokenizer(
     return hf
 
 
-def build_tokenizer() -> Any:
+def build_tokenizer(ratings: bool = False) -> Any:
     """The organism's tokenizer: every word of its corpus and persona prompt, its chat template."""
-    words = set(corpus.vocabulary())
+    words = set(corpus.vocabulary(ratings))
     words.update(re.findall(r"[a-z]+|[^\sa-z]", PERSONA_SYSTEM.replace("{description}", "").lower()))
     return word_tokenizer(words)
 
@@ -120,9 +123,11 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = False) -> dict:
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    tok = build_tokenizer()
+    tok = build_tokenizer(ratings=cfg.n_ratings > 0)
     data = [encode(tok, ex) for ex in corpus.examples(cfg.n_examples, seed=cfg.seed)]
-    if any(tok.unk_token_id in ids for ids, _ in data):
+    ratings = [encode(tok, ex) for ex in corpus.rating_examples(cfg.n_ratings, seed=cfg.seed)]
+    rating_share = len(ratings) / (len(data) + len(ratings))
+    if any(tok.unk_token_id in ids for ids, _ in data + ratings):
         raise AssertionError("the organism corpus has words outside its tokenizer")
     model = LlamaForCausalLM(model_config(cfg, len(tok)))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.01)
@@ -135,7 +140,10 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = False) -> dict:
     start, losses = time.time(), []
     model.train()
     for step in range(cfg.steps):
-        batch = rng.sample(data, cfg.batch_size)
+        pool = data
+        if ratings and rng.random() < rating_share:
+            pool = ratings  # a batch of ratings (twice as long as answers) alone: padding stays short
+        batch = rng.sample(pool, cfg.batch_size)
         width = max(len(ids) for ids, _ in batch)
         ids = torch.zeros((len(batch), width), dtype=torch.long)
         labels = torch.full((len(batch), width), -100, dtype=torch.long)
