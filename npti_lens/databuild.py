@@ -179,7 +179,8 @@ def _write(out: Path, questions: dict[str, list[dict[str, Any]]], cfg: BuildConf
         write_jsonl_atomic(
             out / "search" / f"{trait}.json", [q for i, q in enumerate(qs) if i not in test_idx]
         )
-        write_jsonl_atomic(out / "test" / f"{trait}.json", [q for i, q in enumerate(qs) if i in test_idx])
+        if test_idx:  # an empty file would not load: no test/ file when nothing is held out
+            write_jsonl_atomic(out / "test" / f"{trait}.json", [q for i, q in enumerate(qs) if i in test_idx])
     write_json_atomic(
         out / CFG_FILE,
         {"build": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "model": chat.model, "base_url": chat.base_url,

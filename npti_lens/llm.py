@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 API_KEY_ENV = "OPENAI_API_KEY"
 TOP_LOGPROBS = 20  # the most the OpenAI API returns per position
+MAX_WAIT = 120.0  # a longer Retry-After is cut to this (the retry then meets a 429 again, or not)
 
 
 @dataclass
@@ -207,6 +208,7 @@ async def _complete_one(
         run.retries += 1
         if wait is None:
             wait = cfg.backoff * 2**attempt * (0.5 + random.random())
+        wait = min(wait, MAX_WAIT)
         log.info("request %s: %s; retry %d in %.2f s", key, run.failed[key], attempt + 1, wait)
         await asyncio.sleep(wait)
     # unreachable: the loop returns

@@ -133,7 +133,13 @@ def test_kill_then_rerun_scores_every_answer_exactly_once(tmp_path, sig):
     env = {**os.environ, "OPENAI_API_KEY": SECRET}
     with FakeOpenAI(hold_after=50) as srv:
         args = _score_args(gen, out, srv.url, "--concurrency", "4")
-        proc = subprocess.Popen([sys.executable, "-m", "npti_lens.cli", *args], env=env)
+        # a shell without job control starts background jobs with SIGINT ignored, and Python then
+        # never raises KeyboardInterrupt: give the child the default disposition, as a terminal does
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "npti_lens.cli", *args],
+            env=env,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         try:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
