@@ -63,6 +63,12 @@ class InventoryConfig:
     n_boot: int = field(default=2000, metadata={"help": "bootstrap resamples of the items"})
     boot_seed: int = field(default=0, metadata={"help": "seed of the bootstrap"})
 
+    def check(self) -> None:
+        for flag, value, least in (("--batch-size", self.batch_size, 1), ("--n-boot", self.n_boot, 1),
+                                   ("--respondents", self.respondents, 0)):  # fmt: skip
+            if value < least:
+                raise UserError(f"{flag}: {value} must be at least {least}")
+
 
 def statement(item: Item) -> str:
     """'Worry about things' -> 'I worry about things.' (IPIP items omit the 'I')."""
@@ -218,19 +224,20 @@ class InventoryResult:
                 )
         return rows
 
-    def _groups(self, key: str) -> dict[Any, np.ndarray]:
+    def _groups(self, key: Any) -> dict[Any, np.ndarray]:
+        """Item indices per value of key(item), in first-seen order."""
         groups: dict[Any, list[int]] = {}
         for i, it in enumerate(self.items):
-            groups.setdefault(
-                getattr(it, key) if key == "domain" else (it.domain, it.facet, it.facet_name), []
-            ).append(i)
+            groups.setdefault(key(it), []).append(i)
         return {g: np.array(ix) for g, ix in groups.items()}
 
     def facet_rows(self) -> list[dict[str, Any]]:
         rows = []
         for adm in self.administrations:
             k = keyed(adm.scores()["score"], self.items)
-            for (domain, facet, name), ix in self._groups("facet").items():
+            for (domain, facet, name), ix in self._groups(
+                lambda it: (it.domain, it.facet, it.facet_name)
+            ).items():
                 rows.append({"condition": adm.condition, "domain": domain, "facet": facet, "facet_name": name,
                              "score": float(_mean(k[ix])), "n_items": len(ix)})  # fmt: skip
         return rows
@@ -243,7 +250,7 @@ class InventoryResult:
             s = adm.scores()
             k = keyed(s["score"], self.items)
             kf, kr = keyed(s["forward"], self.items), keyed(s["reversed"], self.items)
-            for n, (domain, ix) in enumerate(self._groups("domain").items()):
+            for n, (domain, ix) in enumerate(self._groups(lambda it: it.domain).items()):
                 seed = self.cfg.boot_seed + n
                 lo, hi = bootstrap_ci(k[ix], n_boot=self.cfg.n_boot, seed=seed)
                 alpha = (
@@ -323,6 +330,7 @@ def measure(
     `inductions` maps a condition name to a zero-argument callable returning a context manager that
     induces (e.g. `lambda: induce(model, pairs, InduceConfig(gamma=2))`).
     """
+    cfg.check()
     adms = [administer(model, items, cfg)]
     for name, make in (inductions or {}).items():
         with make():

@@ -18,8 +18,10 @@ from typing import Any
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from npti_lens.errors import UserError
 from npti_lens.generate import positions_context
 from npti_lens.induce import InduceConfig, induce
+from npti_lens.io import read_jsonl
 from npti_lens.model import model_device
 from npti_lens.neurons import NeuronSet
 from npti_lens.prompts import build
@@ -54,9 +56,6 @@ class ChoiceItem:
 
 def load_choice_items(path: str) -> list[ChoiceItem]:
     """JSON lines {"question": ..., "choices": [...], "answer": index of the right choice}."""
-    from npti_lens.errors import UserError
-    from npti_lens.io import read_jsonl
-
     items = []
     for r in read_jsonl(path, what='JSON lines like {"question": "...", "choices": ["..."], "answer": 0}'):
         q, ch, a = r.get("question"), r.get("choices"), r.get("answer")

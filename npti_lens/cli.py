@@ -59,6 +59,14 @@ def _fresh_file(path: str, overwrite: bool, flag: str = "--out") -> Path:
     return p
 
 
+def _fresh_dir(path: str, overwrite: bool) -> Path:
+    """An output folder that is empty or absent, unless --overwrite says to write into it."""
+    out = Path(path)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"--out: {out} is not empty; pass --overwrite or choose another folder")
+    return out
+
+
 # ----- subcommands -----------------------------------------------------------------------------
 
 
@@ -89,9 +97,7 @@ def cmd_select(args: argparse.Namespace) -> None:
     from npti_lens.select import SelectConfig, select_neurons
 
     cfg = config_from(args, SelectConfig)
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise UserError(f"--out: {out} is not empty; pass --overwrite or choose another folder")
+    out = _fresh_dir(args.out, args.overwrite)
     done = 0
     for trait in TRAITS:
         if not all(stats_path(args.run, trait, p).is_file() for p in POLES):
@@ -202,9 +208,7 @@ def cmd_induce(args: argparse.Namespace) -> None:
 def cmd_import_npti(args: argparse.Namespace) -> None:
     from npti_lens.neurons import import_reference
 
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise UserError(f"--out: {out} is not empty; pass --overwrite or choose another folder")
+    out = _fresh_dir(args.out, args.overwrite)
     sets = import_reference(args.dir, model=args.model_name, n_layers=args.n_layers, d_mlp=args.d_mlp)
     for name, ns in sets.items():
         ns.save(out / name)
@@ -388,13 +392,14 @@ def cmd_figures(args: argparse.Namespace) -> None:
         made.append(figures.layer_distribution(layer_distribution(sets), out / "layers.png"))
         made.append(figures.overlap_heatmap(overlap(sets), out / "overlap_jaccard.png"))
     if args.demo:
-        rows = read_json(Path(args.demo) / "demo_results.json").get("rows")
+        demo = read_json(Path(args.demo) / "demo_results.json")
+        rows = demo.get("rows")
         if not rows:
             raise UserError(f"--demo: {args.demo}/demo_results.json holds no rows; run npti demo first")
         made.append(figures.gamma_sweep(rows, out / "gamma_sweep.png"))
         if any(r["condition"] == "simple" for r in rows):  # demos of version 0.1 lack the simple prompt
             scored = [{**r, "score": r["target"]} for r in rows]
-            gamma = args.gamma if args.gamma is not None else 3.0
+            gamma = args.gamma if args.gamma is not None else demo.get("config", {}).get("compare_gamma", 3.0)
             made.append(_method_figure(scored, out / "method_comparison.png", gamma, "target-pole fraction"))
     if args.scores:
         rows = []
@@ -432,7 +437,7 @@ def _method_figure(rows: list[dict[str, Any]], path: Path, gamma: float | None, 
     try:
         return figures.method_comparison(rows, path, gamma=gamma, ylabel=ylabel)
     except ValueError as e:
-        raise UserError(f"method comparison: {e} (pass --gamma)") from None
+        raise UserError(f"method comparison: {e}; choose it with --gamma") from None
 
 
 def cmd_organism_data(args: argparse.Namespace) -> None:
@@ -462,9 +467,7 @@ def cmd_data_sample(args: argparse.Namespace) -> None:
 
     from npti_lens.data import SAMPLE_DIR
 
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise UserError(f"--out: {out} is not empty; pass --overwrite or choose another folder")
+    out = _fresh_dir(args.out, args.overwrite)
     shutil.copytree(SAMPLE_DIR, out, dirs_exist_ok=True)
     print(f"questions: {out}/search/, {out}/test/ (Trait.json); personas: {out}/personas.jsonl")
 
@@ -484,6 +487,7 @@ def cmd_inventory(args: argparse.Namespace) -> None:
         )
     items = load_inventory(args.inventory)
     cfg = config_from(args, InventoryConfig)
+    cfg.check()
     pairs, name = [], ""
     if args.neurons or args.trait or args.pole:
         if not (args.neurons and args.trait and args.pole):

@@ -227,6 +227,10 @@ def method_table(
         gs = sorted({float(r["gamma"]) for r in rows if r["condition"] == cond})
         if len(gs) > 1 and gamma is None:
             raise ValueError(f"the {cond} rows hold gammas {gs}: choose one")
+    npti_gammas = sorted({float(r["gamma"]) for r in rows if r["condition"] == "npti"})
+    if gamma is not None and npti_gammas and float(gamma) not in npti_gammas:
+        # a random control run at other gammas is simply left out at this one
+        raise ValueError(f"the npti rows have no gamma {gamma:g} (they hold {npti_gammas})")
     table: dict[str, dict[str, tuple[float, float]]] = {}
     for r in rows:
         if r["condition"] not in METHODS:

@@ -233,6 +233,8 @@ def complete_all(requests: list[ChatRequest], cfg: ChatConfig, ledger: Ledger) -
     """Answer every distinct request once: from the ledger if it has it, else from the server."""
     if cfg.concurrency < 1:
         raise UserError(f"--concurrency: {cfg.concurrency} must be at least 1")
+    if cfg.max_retries < 0:
+        raise UserError(f"--max-retries: {cfg.max_retries} must be 0 or more")
     run = ChatRun(replies={})
     todo: dict[str, ChatRequest] = {}
     for req in requests:

@@ -128,6 +128,9 @@ def test_cli_inventory_with_and_without_induction(tiny_dirs, tiny_models, tmp_pa
     assert (out / "profile.png").stat().st_size > 0 and (out / "profile.pdf").exists()
     assert "Extraversion_high gamma=3" in capsys.readouterr().out
     assert main(args) == 2  # never over an earlier run
+    for flag in ("--n-boot", "--batch-size"):
+        assert main([*args, "--overwrite", flag, "0"]) == 2
+        assert f"{flag}: 0 must be at least 1" in capsys.readouterr().err
     assert main([*args, "--overwrite", "--trait", "Extraversion"]) == 2
     assert "go together" in capsys.readouterr().err
 

@@ -158,6 +158,8 @@ def test_method_table_and_figure_from_score_summaries(tmp_path, capsys):
     ]
     with pytest.raises(ValueError, match="gammas"):
         method_table(rows)
+    with pytest.raises(ValueError, match="no gamma 2"):
+        method_table(rows, gamma=2.0)
     t = method_table(rows, gamma=1.0)
     assert list(t) == ["none", "simple", "p2", "npti", "random"]
     assert t["npti"]["Extraversion_high"] == (3.5, 0.3) and t["p2"]["Extraversion_high"] == (4.5, 0.1)
@@ -187,7 +189,8 @@ def test_method_table_and_figure_from_score_summaries(tmp_path, capsys):
                         "n": 10, "trait_score_mean": r["score"], "trait_score_sem": r["sem"]})  # fmt: skip
         folders.append(str(d))
     args = ["figures", "--out", str(tmp_path / "f"), "--scores", *folders]
-    assert main(args) == 2 and "pass --gamma" in capsys.readouterr().err
+    assert main(args) == 2 and "choose it with --gamma" in capsys.readouterr().err
+    assert main([*args, "--gamma", "2"]) == 2 and "no gamma 2" in capsys.readouterr().err
     assert main([*args, "--gamma", "1.5"]) == 0
     assert (tmp_path / "f" / "method_comparison.png").stat().st_size > 1000
     assert (tmp_path / "f" / "method_comparison.pdf").exists()

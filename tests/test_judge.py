@@ -240,6 +240,9 @@ def test_missing_key_and_bad_ledger_are_one_line_errors(tmp_path, monkeypatch, c
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     assert main(_score_args(gen, tmp_path / "s", "http://127.0.0.1:9/v1")) == 2
     assert f"{LEDGER_FILE}:2: not a ledger line" in capsys.readouterr().err
+    (tmp_path / "s" / LEDGER_FILE).unlink()
+    assert main([*_score_args(gen, tmp_path / "s", "http://127.0.0.1:9/v1"), "--max-retries", "-1"]) == 2
+    assert "--max-retries: -1 must be 0 or more" in capsys.readouterr().err
 
 
 def _build_reply(messages: list[dict]) -> str:
