@@ -707,7 +707,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="npti score folders (none, simple, p2, npti, random): method comparison",
     )
     p.add_argument(
-        "--gamma", type=float, default=None, help="gamma of NPTI in the method comparison (demo: 3)"
+        "--gamma",
+        type=float,
+        default=None,
+        help="gamma of NPTI in the method comparison (demo: its --compare-gamma)",
     )
 
     p = command(
