@@ -41,7 +41,7 @@ class FakeOpenAI:
         self,
         fault: Callable[[str, int], str | None] | None = None,
         *,
-        slow_s: float = 1.5,
+        slow_s: float = 3.0,
         retry_after: dict[str, str] | None = None,
         delay_s: float = 0.0,
         hold_after: int | None = None,

@@ -22,6 +22,9 @@ from npti_lens.judge import LEDGER_FILE, expected_rating, fluency_messages, pars
 from npti_lens.llm import retry_after
 
 SECRET = "sk-test-do-not-write-4f1c9e"
+# Long enough that a healthy reply never times out on a loaded CI machine (a timed-out reply the
+# server did send would count as paid twice); the server's "slow" fault waits longer still.
+TIMEOUT = 2.0
 
 
 def _messages(req) -> list[dict]:
@@ -52,7 +55,7 @@ def _h(key: str, salt: str) -> int:
 def _score_args(gen: Path, out: Path, url: str, *extra: str) -> list[str]:
     return [
         "score", str(gen), "--out", str(out), "--judge", "openai", "--model", "fake-judge",
-        "--base-url", url, "--timeout", "0.5", "--backoff", "0.01", *extra,
+        "--base-url", url, "--timeout", str(TIMEOUT), "--backoff", "0.01", *extra,
     ]  # fmt: skip
 
 
@@ -265,7 +268,7 @@ def test_data_build_dedups_splits_and_resumes(tmp_path, api_key, capsys):
     topics.write_text("work\ntravel\nfood\n")
     out = tmp_path / "built"
     args = ["data", "build", "--out", str(out), "--topics", str(topics), "--per-facet", "4",
-            "--model", "fake-writer", "--timeout", "0.5", "--backoff", "0.01", "--max-retries", "0"]  # fmt: skip
+            "--model", "fake-writer", "--timeout", str(TIMEOUT), "--backoff", "0.01", "--max-retries", "0"]  # fmt: skip
     failing = set()
 
     def fault(key, attempt):  # the first run loses 10 requests for good (no retries allowed)
