@@ -7,6 +7,8 @@ not used in training: seed 1) under the induction. Mean over the 10 trait poles.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from _sources import OUT, ROOT
 
@@ -14,11 +16,12 @@ from npti_lens.capability import retention
 from npti_lens.constants import POLES, TRAITS
 from npti_lens.figures import retention_vs_trait
 from npti_lens.generate import GenerateConfig, generate
-from npti_lens.induce import InduceConfig, induce, load_pair
+from npti_lens.induce import induce, load_pair
 from npti_lens.model import load_model
 from npti_lens.organism import corpus
 from npti_lens.organism.judge import attribute
 from npti_lens.prompts import build
+from npti_lens.protocol import ORGANISM, load_protocol
 
 GAMMAS = [1.0, 3.0, 5.0]
 
@@ -27,6 +30,7 @@ def main() -> None:
     torch.set_num_threads(2)
     model = load_model("organism")
     gcfg = GenerateConfig(max_new_tokens=48, batch_size=32, repetition_penalty=1.0)
+    rules = load_protocol(ORGANISM).induce_config()  # the keep rule and clamp the demo uses
     split = corpus.question_split()
     neutral = [e for e in corpus.examples(3000, seed=1) if e.persona is None]
     rows = []
@@ -35,12 +39,12 @@ def main() -> None:
         prompts = [build(model.tokenizer, q).token_ids for q in split[trait]["test"]]
         for pole in POLES:
             target, opp = load_pair(ROOT / "neuron_results" / "organism", trait, pole)
-            ppl = {r["gamma"]: r for r in retention(model, target, opp, texts, GAMMAS).rows}
+            ppl = {r["gamma"]: r for r in retention(model, target, opp, texts, GAMMAS, rules=rules).rows}
             for g in [None, *GAMMAS]:
                 if g is None:
                     gens = generate(model, prompts, gcfg)
                 else:
-                    with induce(model, [(target, opp)], InduceConfig(gamma=g)):
+                    with induce(model, [(target, opp)], replace(rules, gamma=g)):
                         gens = generate(model, prompts, gcfg)
                 score = sum(attribute(x.text, trait, pole)["target_fraction"] for x in gens) / len(gens)
                 rows.append(

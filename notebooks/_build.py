@@ -51,12 +51,13 @@ NOTEBOOKS = {
         ("md", "## 3. Induce each pole on held-out questions and score the answers"),
         (
             "code",
-            "from npti_lens.prompts import build\n\nquestions = corpus.question_split()['Agreeableness']['test']\n"
-            "prompts = [build(model.tokenizer, q).token_ids for q in questions]\nrows = []\n"
+            "# the organism's protocol: its prompts, and the keep rule and clamp the demo uses\n"
+            "proto = nl.load_protocol('organism')\nquestions = corpus.question_split()['Agreeableness']['test']\n"
+            "prompts = [proto.prompt(model.tokenizer, 'neutral', question=q).token_ids for q in questions]\nrows = []\n"
             "for pole, pair in (('high', (high, low)), ('low', (low, high))):\n"
             "    for gamma in (None, 1.0, 3.0):\n"
             "        if gamma is None:\n            gens = nl.generate(model, prompts, gcfg)\n"
-            "        else:\n            with nl.induce(model, [pair], nl.InduceConfig(gamma=gamma)):\n"
+            "        else:\n            with nl.induce(model, [pair], proto.induce_config(gamma=gamma)):\n"
             "                gens = nl.generate(model, prompts, gcfg)\n"
             "        score = sum(attribute(g.text, 'Agreeableness', pole)['target_fraction'] for g in gens) / len(gens)\n"
             "        rows.append({'pole': pole, 'gamma': gamma, 'target_fraction': round(score, 3)})\n"
@@ -64,7 +65,7 @@ NOTEBOOKS = {
         ),
         (
             "code",
-            "with nl.induce(model, [(high, low)], nl.InduceConfig(gamma=3.0)):\n"
+            "with nl.induce(model, [(high, low)], proto.induce_config(gamma=3.0)):\n"
             "    print(nl.generate(model, prompts[:1], gcfg)[0].text)\nprint(nl.generate(model, prompts[:1], gcfg)[0].text)",
         ),
         ("md", "## 4. A figure: target-pole fraction against gamma"),

@@ -23,7 +23,7 @@ from npti_lens.generate import GenerateConfig, generate
 from npti_lens.induce import InduceConfig, induce, random_control
 from npti_lens.io import parse_numbers
 from npti_lens.neurons import NeuronSet
-from npti_lens.prompts import build
+from npti_lens.protocol import Protocol, protocol_for
 
 
 @dataclass
@@ -44,9 +44,14 @@ def layer_bands(n_layers: int) -> dict[str, list[int]]:
     }
 
 
-def conditions(target: NeuronSet, opp: NeuronSet, cfg: AblationConfig) -> list[dict[str, Any]]:
-    """(name, sets, induce config, extra fields) of every ablation condition, in a fixed order."""
-    base = InduceConfig(gamma=cfg.gamma, seed=cfg.seed)
+def conditions(
+    target: NeuronSet, opp: NeuronSet, cfg: AblationConfig, rules: InduceConfig | None = None
+) -> list[dict[str, Any]]:
+    """(name, sets, induce config, extra fields) of every ablation condition, in a fixed order.
+
+    `rules` gives the keep rule and clamp (a protocol's); its gamma and seed are replaced by cfg's.
+    """
+    base = replace(rules or InduceConfig(), gamma=cfg.gamma, seed=cfg.seed)
     out: list[dict[str, Any]] = [
         {"condition": "none", "pairs": None, "icfg": None},
         {"condition": "both", "pairs": [(target, opp)], "icfg": base},
@@ -80,13 +85,18 @@ def run_ablation(
     cfg: AblationConfig,
     gcfg: GenerateConfig,
     *,
+    protocol: Protocol | str | None = None,
     allow_other_model: bool = False,
 ) -> list[dict[str, Any]]:
-    """Answer `questions` under every condition; one row per (condition, question)."""
-    prompts = [build(model.tokenizer, q) for q in questions]
+    """Answer `questions` under every condition; one row per (condition, question).
+
+    Prompts, keep rule and clamp come from `protocol` (default: the model's, see `protocol_for`).
+    """
+    proto = protocol_for(model, protocol)
+    prompts = [proto.prompt(model.tokenizer, "neutral", question=q) for q in questions]
     ids = [p.token_ids for p in prompts]
     rows = []
-    for c in conditions(target, opp, cfg):
+    for c in conditions(target, opp, cfg, proto.induce_config()):
         if c["pairs"] is None:
             gens = generate(model, ids, gcfg)
         else:
@@ -108,6 +118,7 @@ def run_ablation(
                     "layers": c.get("layers"),
                     "n_shifted": n_shifted if not c["icfg"] or c["icfg"].activate else 0,
                     "n_clamped": n_clamped if not c["icfg"] or c["icfg"].deactivate else 0,
+                    **proto.record(),
                 }
             )
     return rows

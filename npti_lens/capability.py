@@ -10,6 +10,7 @@ InduceConfig(positions="all")): ...` around its model calls.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -150,9 +151,10 @@ def retention(
     seed: int = 0,
     allow_other_model: bool = False,
     choices: Sequence[ChoiceItem] = (),
+    rules: InduceConfig | None = None,
 ) -> Retention:
     """Perplexity of the reference answers (and accuracy on `choices`, if any) with no intervention
-    and with the induction at each gamma."""
+    and with the induction at each gamma; `rules` gives the keep rule and clamp (a protocol's)."""
     base_nll = None
 
     def row(gamma: float | None) -> dict[str, Any]:
@@ -169,7 +171,10 @@ def retention(
     rows = [row(None)]
     for g in gammas:
         with induce(
-            model, [(target, opposite)], InduceConfig(gamma=g, seed=seed), allow_other_model=allow_other_model
+            model,
+            [(target, opposite)],
+            dataclasses.replace(rules or InduceConfig(), gamma=g, seed=seed),
+            allow_other_model=allow_other_model,
         ):
             rows.append(row(g))
     if choices:

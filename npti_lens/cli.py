@@ -22,8 +22,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def add_config(parser: argparse.ArgumentParser, cls: type, *, required: Sequence[str] = ()) -> None:
-    """Add a --flag for every field of dataclass `cls`; help text is the field's metadata."""
+# Settings a protocol gives unless a flag says otherwise (the flags default to None).
+FROM_PROTOCOL = ("max_new_tokens", "repetition_penalty", "temperature", "keep", "clamp_order", "clamp_layers")
+PROTOCOL_HELP = (
+    "npti (the paper's released code: templates, sampling, judge prompts, keep rule; the default), "
+    "lens (npti_lens 0.1's own prompts), organism (the default with --model organism), or a JSON file "
+    "of the same layout"
+)
+
+
+def add_config(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    required: Sequence[str] = (),
+    from_protocol: Sequence[str] = (),
+) -> None:
+    """Add a --flag for every field of dataclass `cls`; help text is the field's metadata.
+
+    Fields named in `from_protocol` default to None: the run's protocol fills them.
+    """
     hints = typing.get_type_hints(cls)
     existing = {a.dest for a in parser._actions}
     for f in dataclasses.fields(cls):
@@ -42,6 +60,10 @@ def add_config(parser: argparse.ArgumentParser, cls: type, *, required: Sequence
             )
         elif f.name in required or f.default is dataclasses.MISSING:
             parser.add_argument(flag, dest=f.name, type=kind, required=True, help=help_text)
+        elif f.name in from_protocol:
+            parser.add_argument(
+                flag, dest=f.name, type=kind, default=None, help=f"{help_text} (default: the protocol's)"
+            )
         else:
             parser.add_argument(
                 flag, dest=f.name, type=kind, default=default, help=f"{help_text} (default: {default})"
@@ -50,6 +72,38 @@ def add_config(parser: argparse.ArgumentParser, cls: type, *, required: Sequence
 
 def config_from(args: argparse.Namespace, cls: type) -> Any:
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def add_protocol_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--protocol", default=None, help=PROTOCOL_HELP)
+
+
+def protocol_of(args: argparse.Namespace) -> Any:
+    """The run's protocol: --protocol, else organism for --model organism, else npti."""
+    from npti_lens.protocol import load_protocol
+
+    return load_protocol(args.protocol, model=getattr(args, "model", None))
+
+
+def generate_config(args: argparse.Namespace, proto: Any, stage: str) -> Any:
+    from npti_lens.generate import GenerateConfig
+
+    return proto.generate_config(
+        stage, **{f.name: getattr(args, f.name) for f in dataclasses.fields(GenerateConfig)}
+    )
+
+
+def induce_config(args: argparse.Namespace, proto: Any) -> Any:
+    from npti_lens.induce import InduceConfig
+
+    return proto.induce_config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(InduceConfig)})
+
+
+def load_model_for(args: argparse.Namespace, proto: Any) -> Any:
+    """The model of --model/--device/--dtype; --dtype auto: the protocol's dtype on a GPU, else float32."""
+    from npti_lens.model import ModelConfig, load_model
+
+    return load_model(config_from(args, ModelConfig), gpu_dtype=proto.gpu_dtype)
 
 
 def _fresh_file(path: str, overwrite: bool, flag: str = "--out") -> Path:
@@ -71,24 +125,25 @@ def _fresh_dir(path: str, overwrite: bool) -> Path:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    from npti_lens.generate import GenerateConfig
-    from npti_lens.model import ModelConfig, load_model
     from npti_lens.search import SearchConfig, run_search
 
-    model = load_model(config_from(args, ModelConfig))
+    proto = protocol_of(args)
+    gcfg = generate_config(args, proto, "search")
+    model = load_model_for(args, proto)
     stats = run_search(
         model,
         args.questions,
         args.personas,
         args.out,
         config_from(args, SearchConfig),
-        config_from(args, GenerateConfig),
+        gcfg,
+        protocol=proto,
         resume=args.resume,
         progress=True,
     )
     for name, s in stats.items():
         print(f"{name}: {s.meta.get('n_questions', 0)} questions, {s.n_tokens} answer tokens")
-    print(f"statistics and answers in {args.out}")
+    print(f"statistics and answers in {args.out} (protocol {proto.name})")
 
 
 def cmd_select(args: argparse.Namespace) -> None:
@@ -114,31 +169,40 @@ def cmd_select(args: argparse.Namespace) -> None:
 
 def _answer(args: argparse.Namespace, *, induction: bool) -> None:
     from npti_lens.data import load_questions
-    from npti_lens.generate import GenerateConfig, generate
-    from npti_lens.induce import InduceConfig, induce, load_pair
+    from npti_lens.generate import generate
+    from npti_lens.induce import induce, load_pair
     from npti_lens.io import check_pole, check_trait
-    from npti_lens.model import ModelConfig, load_model
-    from npti_lens.prompts import build
 
     out = _fresh_file(args.out, args.overwrite)
     questions = load_questions(args.questions, limit=args.limit)
-    gcfg = config_from(args, GenerateConfig)
+    proto = protocol_of(args)
+    gcfg = generate_config(args, proto, "neutral")
     trait = pole = gamma = None
     pairs = []
     if induction:
         trait, pole = check_trait(args.trait), check_pole(args.pole)
-        icfg = config_from(args, InduceConfig)
+        icfg = induce_config(args, proto)
         gamma = icfg.gamma
         pairs = [load_pair(args.neurons, trait, pole)]
-    model = load_model(config_from(args, ModelConfig))
-    prompts = [build(model.tokenizer, q.text) for q in questions]
+    model = load_model_for(args, proto)
+    prompts = [proto.prompt(model.tokenizer, "neutral", question=q.text) for q in questions]
     steer = (
         induce(model, pairs, icfg, allow_other_model=args.allow_other_model) if induction else nullcontext()
     )
     with steer:
         gens = generate(model, [p.token_ids for p in prompts], gcfg, progress=True)
     condition = "npti" if induction else "none"
-    _write_answers(out, questions, prompts, gens, trait=trait, pole=pole, condition=condition, gamma=gamma)
+    _write_answers(
+        out,
+        questions,
+        prompts,
+        gens,
+        trait=trait,
+        pole=pole,
+        condition=condition,
+        gamma=gamma,
+        **proto.record(),
+    )
 
 
 def _write_answers(out: Path, questions: list, prompts: list, gens: list, **fields: Any) -> None:
@@ -160,30 +224,36 @@ def _write_answers(out: Path, questions: list, prompts: list, gens: list, **fiel
     print(f"{len(rows)} answers -> {out}")
 
 
+BASELINES = ("simple", "p2", "p2-as-written")
+
+
 def cmd_baseline(args: argparse.Namespace) -> None:
     from npti_lens.data import draw_personas, load_personas, load_questions
-    from npti_lens.generate import GenerateConfig, generate
+    from npti_lens.generate import generate
     from npti_lens.io import check_pole, check_trait
-    from npti_lens.model import ModelConfig, load_model
-    from npti_lens.prompts import BASELINES, build, p2_system, simple_system
 
     if args.method not in BASELINES:
-        raise UserError(f"--method: unknown baseline {args.method!r}; choose simple or p2")
+        raise UserError(f"--method: unknown baseline {args.method!r}; choose {', '.join(BASELINES)}")
     trait, pole = check_trait(args.trait), check_pole(args.pole)
     out = _fresh_file(args.out, args.overwrite)
     questions = load_questions(args.questions, limit=args.limit)
+    proto = protocol_of(args)
+    gcfg = generate_config(args, proto, args.method)  # a stage the protocol lacks fails here
     if args.method == "simple":
-        systems = [simple_system(trait, pole)] * len(questions)
+        personalities = [proto.adjective(trait, pole)] * len(questions)
     else:
         if not args.personas:
-            raise UserError("--personas: the p2 baseline needs a persona file (JSON lines per pole key)")
+            raise UserError(
+                f"--personas: the {args.method} baseline needs a persona file (JSON lines per pole key)"
+            )
         descs = load_personas(args.personas, [trait])[(trait, pole)]
-        systems = [
-            p2_system(d) for d in draw_personas(descs, len(questions), seed=args.seed, trait=trait, pole=pole)
-        ]
-    model = load_model(config_from(args, ModelConfig))
-    prompts = [build(model.tokenizer, q.text, s) for q, s in zip(questions, systems, strict=True)]
-    gens = generate(model, [p.token_ids for p in prompts], config_from(args, GenerateConfig), progress=True)
+        personalities = draw_personas(descs, len(questions), seed=args.seed, trait=trait, pole=pole)
+    model = load_model_for(args, proto)
+    prompts = [
+        proto.prompt(model.tokenizer, args.method, personality=d, question=q.text)
+        for q, d in zip(questions, personalities, strict=True)
+    ]
+    gens = generate(model, [p.token_ids for p in prompts], gcfg, progress=True)
     _write_answers(
         out,
         questions,
@@ -194,6 +264,7 @@ def cmd_baseline(args: argparse.Namespace) -> None:
         condition=args.method,
         gamma=None,
         method=args.method,
+        **proto.record(),
     )
 
 
@@ -209,8 +280,11 @@ def cmd_import_npti(args: argparse.Namespace) -> None:
     from npti_lens.neurons import import_reference
 
     out = _fresh_dir(args.out, args.overwrite)
+    from npti_lens.protocol import load_protocol
+
     sets = import_reference(args.dir, model=args.model_name, n_layers=args.n_layers, d_mlp=args.d_mlp)
     for name, ns in sets.items():
+        ns.provenance = load_protocol("npti").record()  # made by the released code
         ns.save(out / name)
         print(f"{name}: {len(ns)} neurons")
     print(f"{len(sets)} neuron sets -> {out}")
@@ -235,8 +309,9 @@ def cmd_score(args: argparse.Namespace) -> None:
         kwargs["model"] = load_model("organism")
     elif args.judge == "openai":
         from npti_lens.llm import ChatConfig
+        from npti_lens.protocol import load_protocol
 
-        kwargs.update(out=args.out, cfg=config_from(args, ChatConfig))
+        kwargs.update(out=args.out, cfg=config_from(args, ChatConfig), protocol=load_protocol(args.protocol))
     judge = make_judge(args.judge, **kwargs)
     scored = score_rows(rows, judge)
     scores, summary = write_scores(args.out, scored)
@@ -302,10 +377,8 @@ def cmd_analyze_layers(args: argparse.Namespace) -> None:
 def cmd_analyze_ablation(args: argparse.Namespace) -> None:
     from npti_lens.ablation import AblationConfig, run_ablation
     from npti_lens.data import load_questions
-    from npti_lens.generate import GenerateConfig
     from npti_lens.induce import load_pair
     from npti_lens.io import check_pole, check_trait, write_jsonl_atomic
-    from npti_lens.model import ModelConfig, load_model
     from npti_lens.score import make_judge, score_rows, summarize, write_scores
 
     out = Path(args.out)
@@ -315,14 +388,17 @@ def cmd_analyze_ablation(args: argparse.Namespace) -> None:
     questions = [q.text for q in load_questions(args.questions, limit=args.limit)]
     target, opp = load_pair(args.neurons, trait, pole)
     judge = make_judge(args.judge) if args.judge else None  # an unknown judge fails before generating
-    model = load_model(config_from(args, ModelConfig))
+    proto = protocol_of(args)
+    gcfg = generate_config(args, proto, "neutral")
+    model = load_model_for(args, proto)
     rows = run_ablation(
         model,
         target,
         opp,
         questions,
         config_from(args, AblationConfig),
-        config_from(args, GenerateConfig),
+        gcfg,
+        protocol=proto,
         allow_other_model=args.allow_other_model,
     )
     write_jsonl_atomic(out / "generations.jsonl", rows)
@@ -348,7 +424,6 @@ def cmd_analyze_capability(args: argparse.Namespace) -> None:
     from npti_lens.capability import load_choice_items, retention
     from npti_lens.induce import load_pair
     from npti_lens.io import check_pole, check_trait, parse_numbers, read_jsonl, write_text_atomic
-    from npti_lens.model import ModelConfig, load_model
     from npti_lens.score import to_csv
 
     trait, pole = check_trait(args.trait), check_pole(args.pole)
@@ -363,7 +438,8 @@ def cmd_analyze_capability(args: argparse.Namespace) -> None:
     choices = load_choice_items(args.choices) if args.choices else []
     gammas = parse_numbers(args.gammas, "--gammas")
     target, opp = load_pair(args.neurons, trait, pole)
-    model = load_model(config_from(args, ModelConfig))
+    proto = protocol_of(args)
+    model = load_model_for(args, proto)
     result = retention(
         model,
         target,
@@ -372,6 +448,7 @@ def cmd_analyze_capability(args: argparse.Namespace) -> None:
         gammas,
         allow_other_model=args.allow_other_model,
         choices=choices,
+        rules=proto.induce_config(),
     )
     write_text_atomic(Path(args.out) / "capability.csv", to_csv(result.rows))
     print(result.to_frame().to_string(index=False))
@@ -475,10 +552,9 @@ def cmd_data_sample(args: argparse.Namespace) -> None:
 def cmd_inventory(args: argparse.Namespace) -> None:
     from npti_lens import figures
     from npti_lens.administer import InventoryConfig, measure
-    from npti_lens.induce import InduceConfig, induce, load_pair
+    from npti_lens.induce import induce, load_pair
     from npti_lens.inventory import load_inventory
     from npti_lens.io import check_pole, check_trait
-    from npti_lens.model import ModelConfig, load_model
 
     out = Path(args.out)
     if (out / "domains.csv").exists() and not args.overwrite:
@@ -488,6 +564,7 @@ def cmd_inventory(args: argparse.Namespace) -> None:
     items = load_inventory(args.inventory)
     cfg = config_from(args, InventoryConfig)
     cfg.check()
+    proto = protocol_of(args)  # the inventory's own item prompt; the protocol's induction rules
     pairs, name = [], ""
     if args.neurons or args.trait or args.pole:
         if not (args.neurons and args.trait and args.pole):
@@ -498,9 +575,9 @@ def cmd_inventory(args: argparse.Namespace) -> None:
         if len(poles) != len(traits):
             raise UserError(f"--pole: give one pole, or one per trait of --trait ({len(traits)})")
         pairs = [load_pair(args.neurons, t, p) for t, p in zip(traits, poles, strict=True)]
-        icfg = config_from(args, InduceConfig)
+        icfg = induce_config(args, proto)
         name = "+".join(f"{t}_{p}" for t, p in zip(traits, poles, strict=True)) + f" gamma={icfg.gamma:g}"
-    model = load_model(config_from(args, ModelConfig))
+    model = load_model_for(args, proto)
     inductions = {}
     if pairs:
         inductions[name] = lambda: induce(model, pairs, icfg, allow_other_model=args.allow_other_model)
@@ -571,8 +648,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder (answers/ and stats/)")
     p.add_argument("--resume", action="store_true", help="continue the run already in --out")
     add_config(p, ModelConfig)
+    add_protocol_flag(p)
     add_config(p, SearchConfig)
-    add_config(p, GenerateConfig)
+    add_config(p, GenerateConfig, from_protocol=FROM_PROTOCOL)
 
     p = command("select", cmd_select, "select the neurons of every trait pole of a search run")
     p.add_argument("run", metavar="RUN", help="run folder written by npti search")
@@ -591,9 +669,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
         if name == "induce":
             add_target_flags(p)
-            add_config(p, InduceConfig)
+            add_config(p, InduceConfig, from_protocol=FROM_PROTOCOL)
         add_config(p, ModelConfig)
-        add_config(p, GenerateConfig)
+        add_protocol_flag(p)
+        add_config(p, GenerateConfig, from_protocol=FROM_PROTOCOL)
 
     from npti_lens.organism.demo import DemoConfig
     from npti_lens.organism.train import TrainConfig
@@ -605,6 +684,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trait", default=None, help="judge every row against this trait (default: the row's)")
     p.add_argument("--pole", default=None, help="judge every row against this pole (default: the row's)")
     add_config(p, ChatConfig)  # --judge openai only; the key comes from OPENAI_API_KEY
+    p.add_argument(
+        "--protocol",
+        default=None,
+        help="--judge openai: the judge prompts of this protocol; " + PROTOCOL_HELP,
+    )
 
     p = command("demo", cmd_demo, "the whole method on the shipped organism, in minutes on a CPU")
     p.add_argument("--out", default="npti_demo", help="folder for the run, tables and figure")
@@ -638,6 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a Big Five profile from a rated inventory (option probabilities, no sampling)",
     )
     add_config(p, ModelConfig)
+    add_protocol_flag(p)
     p.add_argument(
         "--inventory",
         default=None,
@@ -651,7 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pole", default=None, help="high or low (one, or one per trait)")
     p.add_argument("--allow-other-model", action="store_true", help="use neuron sets made on another model")
     p.add_argument("--overwrite", action="store_true", help="replace an inventory run already in --out")
-    add_config(p, InduceConfig)
+    add_config(p, InduceConfig, from_protocol=FROM_PROTOCOL)
     add_config(p, InventoryConfig)
 
     p = command("analyze", lambda a: None, "analyses of neuron sets")
@@ -680,6 +765,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gammas", default="0.6,1.0,1.5", help="comma-separated gammas (default: 0.6,1.0,1.5)")
     p.add_argument("--out", required=True, help="folder for capability.csv")
     add_config(p, ModelConfig)
+    add_protocol_flag(p)
 
     p = command(
         "ablation", cmd_analyze_ablation, "answer questions under every ablation of an induction", asub
@@ -692,7 +778,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an ablation already in --out")
     add_config(p, AblationConfig)
     add_config(p, ModelConfig)
-    add_config(p, GenerateConfig)
+    add_protocol_flag(p)
+    add_config(p, GenerateConfig, from_protocol=FROM_PROTOCOL)
 
     p = command("figures", cmd_figures, "paper figures from stored results (PNG; PDF where noted)")
     p.add_argument("--out", required=True, help="folder for the figures")
@@ -716,7 +803,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "baseline", cmd_baseline, "answer under a prompt baseline: simple (an adjective) or p2 (a persona)"
     )
-    p.add_argument("--method", required=True, help="simple or p2")
+    p.add_argument(
+        "--method",
+        required=True,
+        help="simple (an adjective phrase), p2 (a persona description, as the released code ran P2) or "
+        "p2-as-written (the released TEMPLATE_p2, which its loop never used)",
+    )
     p.add_argument("--trait", required=True, help="trait of the prompt")
     p.add_argument("--pole", required=True, help="high or low")
     p.add_argument("--questions", required=True, help="JSON-lines file of questions")
@@ -725,7 +817,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="answer at most this many questions")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_config(p, ModelConfig)
-    add_config(p, GenerateConfig)
+    add_protocol_flag(p)
+    add_config(p, GenerateConfig, from_protocol=FROM_PROTOCOL)
 
     p = command("import-npti", cmd_import_npti, "convert the reference's neuron_results folder")
     p.add_argument("dir", metavar="DIR", help="folder of {Trait}[_reversed]_dict.json[.gz] files")

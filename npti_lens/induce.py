@@ -1,14 +1,20 @@
 """Stage 6: induce a pole while the model runs, as a context manager over TransformerLens hooks.
 
 Toward pole P, on every forward: for a random `keep_prob` share of P's neurons (a fresh draw per
-forward and layer) a += gamma * q95 * sigmoid(10 * (diff - 0.15)); for every neuron of the opposite
-pole Q, a = min(a, 0). By default only at positions holding generated tokens (the prompt is left
-alone, as in the published method); `positions="all"` edits every position.
+forward and layer, shared across the batch) a += gamma * q95 * sigmoid(10 * (diff - 0.15)); for
+every neuron of the opposite pole Q, a = min(a, 0). By default only at positions holding generated
+tokens (the prompt is left alone, as in the published method); `positions="all"` edits every position.
+
+The released code's rules are the defaults: each target neuron kept with probability `keep_prob`
+(`keep="bernoulli"`), and Q clamped before the shift, only in layers that hold target neurons
+(`clamp_order="before"`, `clamp_layers="targets"`). npti_lens 0.1 shifted exactly
+floor(keep_prob * n) neurons (`keep="exact"`) and clamped after the shift in every layer
+(`"after"`, `"all"`); the protocol (`npti_lens.protocol`) says which a run uses.
 
 For gated MLPs the edit is written into hook_post as a' * up with a = act_fn(hook_pre) and up from
 hook_pre_linear of the same forward (exactly what editing act(gate) in the HF module gives); for
 non-gated MLPs hook_post is a itself. Several traits can be induced at once; where sets overlap,
-shifts add up and the clamp of an opposite pole is applied last.
+shifts add up, and the clamp of an opposite pole comes first or last as `clamp_order` says.
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ from npti_lens.neurons import NeuronSet
 from npti_lens.sites import MLPSites, hooks_added, mlp_sites
 
 POSITIONS = ("generated", "all")
+KEEP_RULES = ("bernoulli", "exact")
+CLAMP_ORDERS = ("before", "after")
+CLAMP_LAYERS = ("targets", "all")
 
 
 @dataclass
@@ -39,6 +48,16 @@ class InduceConfig:
     gamma: float = field(default=1.0, metadata={"help": "shift strength (the paper sweeps 0.6-1.5)"})
     keep_prob: float = field(
         default=0.9, metadata={"help": "share of the target neurons shifted on each forward"}
+    )
+    keep: str = field(
+        default="bernoulli",
+        metadata={"help": "bernoulli: each target neuron kept with keep_prob; exact: floor(keep_prob * n)"},
+    )
+    clamp_order: str = field(
+        default="before", metadata={"help": "clamp the opposite pole before or after the shift"}
+    )
+    clamp_layers: str = field(
+        default="targets", metadata={"help": "clamp in layers holding target neurons only, or in all"}
     )
     positions: str = field(
         default="generated", metadata={"help": "edit generated-token positions only, or all"}
@@ -116,10 +135,12 @@ def _plan(
     plans = {}
     for layer in range(sites.n_layers):
         sl = slice(layer * sites.d_mlp, (layer + 1) * sites.d_mlp)
+        n_t = int(target[sl].sum())
+        if n_t == 0 and cfg.clamp_layers == "targets":
+            continue  # the released code clamps only where it also shifts
         idx = (target[sl] | clamp[sl]).nonzero().squeeze(-1)
         if idx.numel() == 0:
             continue
-        n_t = int(target[sl].sum())
         plans[layer] = _LayerPlan(
             idx=idx.to(device),
             delta=delta[sl][idx].to(device=device, dtype=dtype),
@@ -149,6 +170,13 @@ def induce(
         raise UserError(f"--positions: {cfg.positions!r} is not one of {', '.join(POSITIONS)}")
     if not 0.0 <= cfg.keep_prob <= 1.0:
         raise UserError(f"--keep-prob: {cfg.keep_prob} is not between 0 and 1")
+    for flag, value, allowed in (
+        ("--keep", cfg.keep, KEEP_RULES),
+        ("--clamp-order", cfg.clamp_order, CLAMP_ORDERS),
+        ("--clamp-layers", cfg.clamp_layers, CLAMP_LAYERS),
+    ):
+        if value not in allowed:
+            raise UserError(f"{flag}: {value!r} is not one of {', '.join(allowed)}")
     if not math.isfinite(cfg.gamma):
         raise UserError(f"--gamma: {cfg.gamma} is not a finite number")
     sites = mlp_sites(model)
@@ -186,13 +214,19 @@ def induce(
         if pos is not None and not any_generated():
             return post
         keep = plan.is_target
-        if plan.n_keep < plan.n_target:
+        if cfg.keep == "bernoulli" and cfg.keep_prob < 1.0:
+            # as released: torch.rand(n) <= p per target neuron, new per forward and layer
+            keep = keep & (torch.rand(plan.idx.shape[0], generator=gen, device=device) <= cfg.keep_prob)
+        elif cfg.keep == "exact" and plan.n_keep < plan.n_target:
             scores = torch.rand(plan.idx.shape[0], generator=gen, device=device)
             scores = scores.masked_fill(~plan.is_target, 2.0)
             keep = torch.zeros_like(keep)
             keep[scores.argsort()[: plan.n_keep]] = True
+        if cfg.clamp_order == "before":
+            a = torch.where(plan.clamp, a.clamp(max=0), a)
         a = a + plan.delta * keep
-        a = torch.where(plan.clamp, a.clamp(max=0), a)
+        if cfg.clamp_order == "after":
+            a = torch.where(plan.clamp, a.clamp(max=0), a)
         new = a * up if up is not None else a
         if pos is not None:
             new = torch.where(pos[..., None], new, post[..., plan.idx])

@@ -1,104 +1,39 @@
 """The LLM judge (`npti score --judge openai`): trait expression and fluency, each rated 1-5.
 
-The trait prompt names the trait's six IPIP-NEO facets as the things to look for. Each reply is a
-short explanation and then `Rating: [[n]]`. Where the server returns logprobs, the judge also gives
-the expected rating under the probabilities of the tokens 1-5 at the rating position, which is
-steadier than the sampled digit.
+The prompts and how a rating is read come from the protocol (`npti_lens.protocol`). Under `npti`
+(the default) they are the released code's, byte for byte: one user message per prompt, the trait
+template with the trait's factor list, the fluency template with the answer only; the rating is the
+n of the last `[[n]]`. Under `lens`, npti_lens 0.1's anchored rubric behind a system message.
+Where the server returns logprobs, the judge also gives the expected rating under the probabilities
+of the tokens 1-5 at the rating position, which is steadier than the sampled digit.
 
-`trait_rating` is the level of the trait (1 = very low, 5 = very high). `trait_score` is the same
-rating turned toward the row's pole (6 - rating for a low pole), so that for every judge a higher
-`trait_score` means more of the pole asked for.
+`trait_rating` is the level of the trait (1 = very low, 5 = very high), as released, and the raw
+reply is kept beside it. `trait_score` is derived: the rating turned toward the row's pole
+(6 - rating for a low pole), so that for every judge a higher `trait_score` means more of the pole.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any
 
+from npti_lens.constants import TRAITS
 from npti_lens.errors import UserError
 from npti_lens.llm import ChatConfig, ChatRequest, ChatRun, Ledger, complete_all
+from npti_lens.protocol import JudgePrompts, Protocol, load_protocol
 from npti_lens.score import register_judge
 
 LEDGER_FILE = "judge_ledger.jsonl"
 
-FACETS: dict[str, tuple[str, ...]] = {
-    "Openness": (
-        "imagination",
-        "artistic interests",
-        "emotionality",
-        "adventurousness",
-        "intellect",
-        "liberalism",
-    ),
-    "Conscientiousness": (
-        "self-efficacy",
-        "orderliness",
-        "dutifulness",
-        "achievement-striving",
-        "self-discipline",
-        "cautiousness",
-    ),
-    "Extraversion": (
-        "friendliness",
-        "gregariousness",
-        "assertiveness",
-        "activity level",
-        "excitement-seeking",
-        "cheerfulness",
-    ),
-    "Agreeableness": ("trust", "morality", "altruism", "cooperation", "modesty", "sympathy"),
-    "Neuroticism": ("anxiety", "anger", "depression", "self-consciousness", "immoderation", "vulnerability"),
-}
 
-JUDGE_SYSTEM = "You are a careful psychologist who rates written answers against a rubric. You follow the output format exactly."
-
-TRAIT_PROMPT = """Someone was asked the question below and gave the answer below. Judge how much {trait}, the Big Five personality trait, the answer reveals in the person who wrote it.
-
-Look at these six facets of {trait}, and at how strongly the answer shows each of them or its opposite: {facets}.
-
-Scale:
-1 = very low {trait}: the answer clearly shows the opposite of most of these facets
-2 = rather low {trait}
-3 = neither: the answer says nothing about {trait}, or points both ways
-4 = rather high {trait}
-5 = very high {trait}: the answer clearly shows most of these facets
-
-Judge only the personality the answer expresses, not its quality, length or grammar.
-
-[Question]
-{question}
-
-[Answer]
-{answer}
-
-Write two or three sentences on which facets the answer shows and in which direction. Then give your rating on a line of its own, in exactly this form: Rating: [[n]]"""
-
-FLUENCY_PROMPT = """Judge how fluent the answer below is: whether it reads as natural, grammatical, coherent text that responds to the question. Ignore what personality it shows and whether you agree with it.
-
-Scale:
-1 = unreadable: broken words, repetition loops or gibberish
-2 = hard to read: many errors or it loses the thread
-3 = understandable, with clear flaws
-4 = fluent, with minor slips
-5 = fully fluent and coherent
-
-[Question]
-{question}
-
-[Answer]
-{answer}
-
-Write one or two sentences on the answer's language, then give your rating on a line of its own, in exactly this form: Rating: [[n]]"""
-
-_RATING = re.compile(r"Rating:\s*\**\s*\[\[\s*([1-5])\s*\]\]", re.IGNORECASE)
+def _prompts(prompts: JudgePrompts | None) -> JudgePrompts:
+    return prompts if prompts is not None else load_protocol().judge
 
 
-def parse_rating(reply: str) -> int | None:
-    """The last `Rating: [[n]]` (n in 1-5) in a reply, or None."""
-    found = _RATING.findall(reply or "")
-    return int(found[-1]) if found else None
+def parse_rating(reply: str, prompts: JudgePrompts | None = None) -> int | None:
+    """The rating a reply gives, read as the protocol says (npti: the last `[[n]]`, n in 1-5), or None."""
+    return _prompts(prompts).rating(reply)
 
 
 def expected_rating(top_logprobs: dict[str, float] | None) -> float | None:
@@ -114,14 +49,22 @@ def expected_rating(top_logprobs: dict[str, float] | None) -> float | None:
     return sum(n * p for n, p in mass.items()) / total if total > 0 else None
 
 
-def trait_messages(trait: str, question: str, answer: str) -> ChatRequest:
-    text = TRAIT_PROMPT.format(trait=trait, facets=", ".join(FACETS[trait]), question=question, answer=answer)
-    return ChatRequest(messages=(("system", JUDGE_SYSTEM), ("user", text)))
+def _request(prompts: JudgePrompts, text: str) -> ChatRequest:
+    if prompts.system is None:
+        return ChatRequest(messages=(("user", text),))
+    return ChatRequest(messages=(("system", prompts.system), ("user", text)))
 
 
-def fluency_messages(question: str, answer: str) -> ChatRequest:
-    text = FLUENCY_PROMPT.format(question=question, answer=answer)
-    return ChatRequest(messages=(("system", JUDGE_SYSTEM), ("user", text)))
+def trait_messages(
+    trait: str, question: str, answer: str, prompts: JudgePrompts | None = None
+) -> ChatRequest:
+    p = _prompts(prompts)
+    return _request(p, p.trait.format(BFI=trait, factors=p.factors[trait], question=question, answer=answer))
+
+
+def fluency_messages(question: str, answer: str, prompts: JudgePrompts | None = None) -> ChatRequest:
+    p = _prompts(prompts)
+    return _request(p, p.fluency.format(question=question, answer=answer))
 
 
 def _toward(rating: float | None, pole: str | None) -> float | None:
@@ -142,7 +85,10 @@ class OpenAIJudge:
         cfg: ChatConfig | None = None,
         trait: str | None = None,
         pole: str | None = None,
+        protocol: Protocol | str | None = None,
     ):
+        self.protocol = load_protocol(protocol)
+        self.prompts = self.protocol.judge  # a protocol without judge prompts fails here
         self.cfg = cfg or ChatConfig()
         self.ledger = Ledger(Path(out) / LEDGER_FILE)
         self.trait, self.pole = trait, pole
@@ -153,15 +99,15 @@ class OpenAIJudge:
         jobs = []
         for r in rows:
             trait = self.trait or r.get("trait")
-            if trait not in FACETS:
+            if trait not in TRAITS:
                 raise UserError(
                     f"line {r.get('_line', '?')}: no trait to judge against; pass --trait or score rows that carry one"
                 )
             jobs.append(
                 (
                     trait,
-                    trait_messages(trait, r["question"], r["answer"]),
-                    fluency_messages(r["question"], r["answer"]),
+                    trait_messages(trait, r["question"], r["answer"], self.prompts),
+                    fluency_messages(r["question"], r["answer"], self.prompts),
                 )
             )
         run = complete_all([req for _, t, f in jobs for req in (t, f)], self.cfg, self.ledger)
@@ -169,18 +115,23 @@ class OpenAIJudge:
         out = []
         for r, (trait, treq, freq) in zip(rows, jobs, strict=True):
             pole = self.pole or r.get("pole")
-            row: dict[str, Any] = {"judge_model": self.cfg.model, "judged_trait": trait}
+            row: dict[str, Any] = {
+                "judge_model": self.cfg.model,
+                "judged_trait": trait,
+                "judge_protocol": self.protocol.name,
+                "judge_protocol_hash": self.protocol.hash,
+            }
             errors = []
             for name, req in (("trait", treq), ("fluency", freq)):
                 key = req.key(self.cfg)
                 entry = run.replies.get(key)
-                rating = parse_rating(entry["reply"]) if entry else None
+                rating = self.prompts.rating(entry["reply"]) if entry else None
                 expected = expected_rating(entry.get("rating_logprobs")) if entry else None
                 if entry is None:
                     errors.append(f"{name}: {run.failed.get(key, 'no reply')}")
                 elif rating is None:
                     self.unparsed += 1
-                    errors.append(f"{name}: reply has no 'Rating: [[n]]'")
+                    errors.append(f"{name}: reply has no rating ({self.prompts.rating_pattern})")
                 row[f"{name}_reply"] = entry["reply"] if entry else None
                 row[f"{name}_rating"] = rating
                 row[f"{name}_rating_expected"] = expected

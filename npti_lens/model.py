@@ -29,7 +29,12 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 class ModelConfig:
     model: str = field(metadata={"help": "Hugging Face model id, local folder of HF weights, or organism"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:1, mps, or auto"})
-    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16"})
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "float32, bfloat16, float16, or auto: the protocol's on a GPU (npti: bfloat16), else float32"
+        },
+    )
 
 
 def resolve_device(device: str) -> str:
@@ -38,22 +43,31 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def resolve_dtype(dtype: str, device: str, gpu_dtype: str = "bfloat16") -> torch.dtype:
+    """`auto`: `gpu_dtype` on CUDA (the released code ran bfloat16 there), float32 elsewhere."""
+    if dtype == "auto":
+        dtype = gpu_dtype if device.startswith("cuda") else "float32"
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype: unknown dtype {dtype!r}; choose auto or one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
 def load_model(
     cfg: ModelConfig | str,
     *,
     hf_model: Any | None = None,
     tokenizer: Any | None = None,
+    gpu_dtype: str = "bfloat16",
 ) -> TransformerBridge:
     """Load `cfg.model` (or wrap `hf_model` + `tokenizer`) as an eval-mode TransformerBridge.
 
     With `hf_model`, pass `tokenizer` too: without one TransformerLens looks it up on the hub.
+    `dtype="auto"` loads `gpu_dtype` on CUDA and float32 elsewhere.
     """
     if isinstance(cfg, str):
         cfg = ModelConfig(model=cfg)
-    if cfg.dtype not in DTYPES:
-        raise UserError(f"--dtype: unknown dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
-    dtype = DTYPES[cfg.dtype]
     device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device, gpu_dtype)
     if hf_model is not None:
         if tokenizer is None:
             raise UserError("load_model: with hf_model= pass tokenizer= too (else the hub is asked)")

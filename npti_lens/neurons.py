@@ -57,6 +57,8 @@ class NeuronSet:
     q: Float[Tensor, " n"] | None = None
     method: str = "npti"
     params: dict[str, Any] = field(default_factory=dict)
+    # the protocol of the search behind the set: {"protocol": name, "protocol_hash": hash}
+    provenance: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = self.layer.shape[0]
@@ -116,6 +118,7 @@ class NeuronSet:
             "d_mlp": self.d_mlp,
             "method": self.method,
             "params": self.params,
+            **self.provenance,
             "n_neurons": len(self),
             "per_layer": self.per_layer().tolist(),
             "npti_lens_version": _version(),
@@ -155,6 +158,7 @@ class NeuronSet:
             d_mlp=int(cfg["d_mlp"]),
             method=cfg.get("method", "npti"),
             params=cfg.get("params", {}),
+            provenance={k: cfg[k] for k in ("protocol", "protocol_hash") if k in cfg},
             **{c: t[c] for c in COLUMNS},
         )
 

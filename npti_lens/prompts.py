@@ -1,8 +1,9 @@
-"""Prompts: the persona prompt of search, the neutral prompt of induction, chat templates, BOS.
+"""Prompts: chat templates, the plain-text layout, BOS handling; the protocol's templates render here.
 
 The exact text given to the model is kept (it goes into every output line as `prompt`) and is
 tokenized without adding special tokens when a chat template already wrote them, so no prompt ever
-starts with two BOS tokens.
+starts with two BOS tokens. Which templates a stage uses is the protocol's business
+(`npti_lens.protocol`); this module only turns (system, user) into the model's text.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-# Persona prompt used for search: the pole's description is the system message.
+# npti_lens 0.1's persona prompt (the `lens` and `organism` protocols' search stage, the organism's
+# training prompt, and the inventory's respondents).
 PERSONA_SYSTEM = "{description} Answer the question below as this person would, in your own words."
-# Plain-text layout for models without a chat template.
-PLAIN_WITH_SYSTEM = "{system}\n\nQuestion: {question}\nAnswer:"
-PLAIN_NO_SYSTEM = "Question: {question}\nAnswer:"
-# Neutral prompt used for generate / induce: the question alone.
-NEUTRAL_SYSTEM = ""
+# Plain-text layout for models without a chat template (the `lens` protocol's).
+PLAIN_WITH_SYSTEM = "{system}\n\nQuestion: {user}\nAnswer:"
+PLAIN_NO_SYSTEM = "Question: {user}\nAnswer:"
 
 
 @dataclass(frozen=True)
@@ -29,13 +29,22 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def render(tokenizer: Any, question: str, system: str = "") -> str:
-    """The prompt text for a question, with an optional system message, chat template applied."""
+def render_messages(
+    tokenizer: Any,
+    user: str,
+    system: str = "",
+    *,
+    plain: tuple[str, str] = (PLAIN_WITH_SYSTEM, PLAIN_NO_SYSTEM),
+) -> str:
+    """The model's text for one user message and an optional system message.
+
+    With a chat template: the template with the generation prompt. A template that refuses a
+    system role (Gemma) gets the system text in front of the user's. Without one: `plain`
+    (with-system, without-system layouts filling {system} and {user}).
+    """
     if not has_chat_template(tokenizer):
-        if system:
-            return PLAIN_WITH_SYSTEM.format(system=system, question=question)
-        return PLAIN_NO_SYSTEM.format(question=question)
-    messages = [{"role": "user", "content": question}]
+        return plain[0].format(system=system, user=user) if system else plain[1].format(user=user)
+    messages = [{"role": "user", "content": user}]
     if system:
         messages.insert(0, {"role": "system", "content": system})
     try:
@@ -43,9 +52,14 @@ def render(tokenizer: Any, question: str, system: str = "") -> str:
     except Exception:  # noqa: BLE001 - templates (Gemma) that refuse a system role raise many types
         if not system:
             raise
-        merged = [{"role": "user", "content": f"{system}\n\n{question}"}]
+        merged = [{"role": "user", "content": f"{system}\n\n{user}"}]
         text = tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
     return str(text)
+
+
+def render(tokenizer: Any, question: str, system: str = "") -> str:
+    """npti_lens 0.1's layout: the question as the user message, an optional system message."""
+    return render_messages(tokenizer, question, system)
 
 
 def tokenize(tokenizer: Any, text: str) -> list[int]:
@@ -64,31 +78,3 @@ def build(tokenizer: Any, question: str, system: str = "") -> Prompt:
 
 def persona_system(description: str) -> str:
     return PERSONA_SYSTEM.format(description=description.strip())
-
-
-# The simple-prompt baseline: one adjective phrase per pole.
-SIMPLE_ADJECTIVES: dict[tuple[str, str], str] = {
-    ("Openness", "high"): "open and curious",
-    ("Openness", "low"): "conventional and closed-minded",
-    ("Conscientiousness", "high"): "conscientious",
-    ("Conscientiousness", "low"): "unconscientious and careless",
-    ("Extraversion", "high"): "extraverted",
-    ("Extraversion", "low"): "introverted",
-    ("Agreeableness", "high"): "agreeable",
-    ("Agreeableness", "low"): "disagreeable",
-    ("Neuroticism", "high"): "neurotic",
-    ("Neuroticism", "low"): "emotionally stable",
-}
-BASELINES = ("simple", "p2")
-
-
-def simple_system(trait: str, pole: str) -> str:
-    """The simple prompt: 'You are an introverted person.'"""
-    adj = SIMPLE_ADJECTIVES[(trait, pole)]
-    article = "an" if adj[0] in "aeiou" else "a"
-    return f"You are {article} {adj} person."
-
-
-def p2_system(description: str) -> str:
-    """P2 (personality prompting): a full persona description of the pole as the system message."""
-    return persona_system(description)

@@ -38,7 +38,7 @@ from npti_lens.io import (
     write_jsonl_atomic,
 )
 from npti_lens.model import model_id
-from npti_lens.prompts import PERSONA_SYSTEM, build, persona_system
+from npti_lens.protocol import Protocol, protocol_for
 from npti_lens.record import Stats, record_batch
 from npti_lens.sites import mlp_sites
 
@@ -62,14 +62,14 @@ def answers_path(run: str | Path, trait: str, pole: str) -> Path:
 
 
 def _run_identity(
-    model: TransformerBridge, personas_fp: str, gcfg: GenerateConfig, scfg: SearchConfig
+    model: TransformerBridge, personas_fp: str, gcfg: GenerateConfig, scfg: SearchConfig, proto: Protocol
 ) -> dict[str, Any]:
     sites = mlp_sites(model)
     return {
         "model": model_id(model),
         "n_layers": sites.n_layers,
         "d_mlp": sites.d_mlp,
-        "prompt_template": PERSONA_SYSTEM,
+        **proto.record(),
         "personas_fingerprint": personas_fp,
         "generate": asdict(gcfg),
         "seed": scfg.seed,
@@ -135,8 +135,10 @@ def search_pole(
     gcfg: GenerateConfig,
     scfg: SearchConfig,
     progress: bool = False,
+    protocol: Protocol | str | None = None,
 ) -> Stats:
     """Answer and record one trait pole, continuing from its checkpoint when there is one."""
+    proto = protocol_for(model, protocol)
     sites = mlp_sites(model)
     tok = model.tokenizer
     spath, apath = stats_path(run, trait, pole), answers_path(run, trait, pole)
@@ -146,7 +148,7 @@ def search_pole(
         "d_mlp": sites.d_mlp,
         "trait": trait,
         "pole": pole,
-        "prompt_template": PERSONA_SYSTEM,
+        **proto.record(),
         "dataset_fingerprint": fingerprint(questions, personas),
         "n_questions_total": len(questions),
     }
@@ -171,7 +173,7 @@ def search_pole(
         for start in tqdm(starts, desc=pole_name(trait, pole), disable=not progress, unit="batch"):
             end = min(start + gcfg.batch_size, len(questions))
             prompts = [
-                build(tok, q, persona_system(d))
+                proto.prompt(tok, "search", personality=d, question=q)
                 for q, d in zip(questions[start:end], personas[start:end], strict=True)
             ]
             if len(kept) >= end:
@@ -191,6 +193,7 @@ def search_pole(
                                 "trait": trait,
                                 "pole": pole,
                                 "gamma": None,
+                                **proto.record(),
                             },
                             ensure_ascii=False,
                         )
@@ -220,16 +223,23 @@ def run_search(
     scfg: SearchConfig | None = None,
     gcfg: GenerateConfig | None = None,
     *,
+    protocol: Protocol | str | None = None,
     resume: bool = False,
     progress: bool = False,
 ) -> dict[str, Stats]:
-    """Search every requested trait and pole into the run folder `out`; returns the statistics."""
-    scfg, gcfg = scfg or SearchConfig(), gcfg or GenerateConfig()
+    """Search every requested trait and pole into the run folder `out`; returns the statistics.
+
+    Prompts come from `protocol`'s search stage (default: the model's, see `protocol_for`), and so
+    does sampling when `gcfg` is None.
+    """
+    proto = protocol_for(model, protocol)
+    proto.stage("search")  # a protocol without a search stage fails before any work
+    scfg, gcfg = scfg or SearchConfig(), gcfg or proto.generate_config("search")
     traits = parse_traits(scfg.traits)
     questions = {t: load_questions(trait_question_file(questions_dir, t), limit=scfg.limit) for t in traits}
     personas = load_personas(personas_file, traits)
     run = Path(out)
-    _claim_run(run, _run_identity(model, fingerprint(sorted(personas.items())), gcfg, scfg), resume)
+    _claim_run(run, _run_identity(model, fingerprint(sorted(personas.items())), gcfg, scfg, proto), resume)
     result = {}
     for trait in traits:
         texts = [q.text for q in questions[trait]]
@@ -239,7 +249,7 @@ def run_search(
         for pole in POLES:
             drawn = draw_personas(personas[(trait, pole)], len(texts), seed=scfg.seed, trait=trait, pole=pole)
             result[pole_name(trait, pole)] = search_pole(
-                model, run, trait, pole, texts, drawn, gcfg, scfg, progress=progress
+                model, run, trait, pole, texts, drawn, gcfg, scfg, progress=progress, protocol=proto
             )
     return result
 

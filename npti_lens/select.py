@@ -136,4 +136,5 @@ def select_neurons(
         q=q[kept],
         method=cfg.method,
         params=asdict(cfg),
+        provenance={k: str(stats_p.meta[k]) for k in ("protocol", "protocol_hash") if k in stats_p.meta},
     )

@@ -62,6 +62,7 @@ class FakeOpenAI:
         self.max_in_flight = 0
         self.auth: set[str] = set()
         self.messages: dict[str, list[dict]] = {}
+        self.bodies: dict[str, dict] = {}  # the last request body per prompt
         self._server = _Server(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -145,6 +146,7 @@ class FakeOpenAI:
                     srv.attempts[key] += 1
                     srv.times[key].append(time.monotonic())
                     srv.messages[key] = messages
+                    srv.bodies[key] = body
                     srv.in_flight += 1
                     srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
                     srv.auth.add(self.headers.get("Authorization", ""))

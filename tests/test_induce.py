@@ -117,14 +117,15 @@ def test_exact_neurons_and_amounts_in_layer0(family, tiny_models):
     assert changed == list(range(20)) + clamped
 
 
-def test_keep_prob_draws_a_fresh_90_percent_each_forward(tiny_models):
+def test_exact_keep_draws_a_fresh_90_percent_each_forward(tiny_models):
+    """The `exact` keep rule (lens, organism): floor(0.9 n) neurons, a new choice each forward."""
     model = tiny_models["gpt2"]  # non-gated: hook_post is a itself, so shifts are read off directly
     sites = mlp_sites(model)
     tgt = make_set(model, "high", list(range(sites.d_mlp)))  # every neuron of layer 0
     ids = torch.tensor([build(model.tokenizer, QUESTIONS[0]).token_ids])
     with torch.no_grad():
         _, cache = model.run_with_cache(ids, names_filter=lambda n: n == sites.post(0))
-        with induce(model, [(tgt, None)], InduceConfig(keep_prob=0.9, positions="all", seed=5)):
+        with induce(model, [(tgt, None)], InduceConfig(keep_prob=0.9, keep="exact", positions="all", seed=5)):
             seen: list[torch.Tensor] = []
             with hooks_added(model, [(sites.post(0), lambda x, hook: seen.append(x.clone()))]):
                 for _ in range(3):

@@ -201,7 +201,7 @@ def test_retries_stop_and_unrated_replies_are_kept(tmp_path, api_key, capsys):
     assert scored[0]["trait_rating"] is None and "HTTP 500" in scored[0]["judge_error"]
     assert scored[0]["fluency"] is not None
     assert scored[1]["fluency"] is None and scored[1]["fluency_reply"].endswith("[[none]]")
-    assert "no 'Rating: [[n]]'" in scored[1]["judge_error"]
+    assert "reply has no rating" in scored[1]["judge_error"]
     assert all(s["judge_error"] is None for s in scored[2:])
 
     # the rerun retries only the failed request; the unrated reply was paid for and is not resent
@@ -302,14 +302,14 @@ def test_data_build_dedups_splits_and_resumes(tmp_path, api_key, capsys):
     assert srv3.requests == 0 and before == {p: p.read_text() for p in out.glob("*/*.json")}
 
 
-def test_judge_facets_are_the_ipip_neo_facets_of_the_shipped_inventory():
+def test_lens_judge_facets_are_the_ipip_neo_facets_of_the_shipped_inventory():
     from npti_lens.inventory import load_inventory
-    from npti_lens.judge import FACETS
+    from npti_lens.protocol import load_protocol
 
     items = load_inventory()
-    for trait, names in FACETS.items():
+    for trait, names in load_protocol("lens").judge.factors.items():
         ours = sorted({(it.facet, it.facet_name.lower()) for it in items if it.domain == trait})
-        assert tuple(n for _, n in ours) == names
+        assert ", ".join(n for _, n in ours) == names
 
 
 def test_judge_runs_inside_a_running_event_loop(tmp_path, api_key):

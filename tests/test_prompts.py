@@ -1,4 +1,4 @@
-"""Prompts: persona and neutral prompts, the two baselines, the baseline command."""
+"""Prompts: the lens protocol's persona and neutral prompts, the baselines, the baseline command."""
 
 from __future__ import annotations
 
@@ -6,15 +6,27 @@ import json
 
 from npti_lens.cli import main
 from npti_lens.constants import POLES, TRAITS
-from npti_lens.prompts import SIMPLE_ADJECTIVES, p2_system, persona_system, simple_system
+from npti_lens.prompts import PERSONA_SYSTEM, persona_system
+from npti_lens.protocol import load_protocol
 from tests.conftest import write_data
 
 
 def test_baseline_prompts():
-    assert set(SIMPLE_ADJECTIVES) == {(t, p) for t in TRAITS for p in POLES}
-    assert simple_system("Extraversion", "low") == "You are an introverted person."
-    assert simple_system("Agreeableness", "high") == "You are an agreeable person."
-    assert p2_system("you love parties.") == persona_system("you love parties.")
+    lens = load_protocol("lens")
+    assert all(lens.adjective(t, p) for t in TRAITS for p in POLES)
+    simple = lens.stage("simple").system
+    assert (
+        simple.format(personality=lens.adjective("Extraversion", "low")) == "You are an introverted person."
+    )
+    assert (
+        simple.format(personality=lens.adjective("Agreeableness", "high")) == "You are an agreeable person."
+    )
+    # the persona prompt of lens and the organism is npti_lens 0.1's, which the organism was trained on
+    for name in ("lens", "organism"):
+        for stage in ("search", "p2"):
+            system = load_protocol(name).stage(stage).system
+            assert system == PERSONA_SYSTEM.replace("{description}", "{personality}")
+    assert persona_system(" you love parties. ") == PERSONA_SYSTEM.format(description="you love parties.")
 
 
 def test_baseline_command(tiny_dirs, tmp_path, capsys):
@@ -34,6 +46,8 @@ def test_baseline_command(tiny_dirs, tmp_path, capsys):
         "4",
         "--limit",
         "3",
+        "--protocol",
+        "lens",
     ]
     assert main(["baseline", "--method", "simple", *common, "--out", str(tmp_path / "s.jsonl")]) == 0
     rows = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
@@ -62,3 +76,4 @@ def test_baseline_command(tiny_dirs, tmp_path, capsys):
     assert main(["baseline", "--method", "p2", *common, "--out", str(tmp_path / "x.jsonl")]) == 2
     err = capsys.readouterr().err
     assert "unknown baseline 'p3'" in err and "needs a persona file" in err
+    assert {r["protocol"] for r in rows} == {"lens"}

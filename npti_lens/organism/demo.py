@@ -19,13 +19,13 @@ from transformer_lens.model_bridge import TransformerBridge
 from npti_lens.constants import POLES, TRAITS, opposite, pole_name
 from npti_lens.errors import UserError
 from npti_lens.generate import GenerateConfig, generate
-from npti_lens.induce import InduceConfig, induce, random_control
+from npti_lens.induce import induce, random_control
 from npti_lens.io import parse_numbers, parse_traits, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from npti_lens.model import load_model
 from npti_lens.neurons import NeuronSet
 from npti_lens.organism import corpus
 from npti_lens.organism.judge import attribute
-from npti_lens.prompts import build, persona_system
+from npti_lens.protocol import ORGANISM, load_protocol
 from npti_lens.score import to_csv
 from npti_lens.search import SearchConfig, run_search
 from npti_lens.select import SelectConfig, select_neurons
@@ -85,10 +85,19 @@ def write_data(folder: Path, n_search: int, seed: int) -> tuple[Path, Path, Path
 
 
 def _answers(
-    model: TransformerBridge, questions: list[str], gcfg: GenerateConfig, systems: list[str] | None = None
+    model: TransformerBridge,
+    questions: list[str],
+    gcfg: GenerateConfig,
+    stage: str = "neutral",
+    personalities: list[str] | None = None,
 ) -> list[str]:
-    systems = systems or [""] * len(questions)
-    prompts = [build(model.tokenizer, q, s).token_ids for q, s in zip(questions, systems, strict=True)]
+    """Answers under a stage of the organism's protocol (with a persona text per question)."""
+    proto = load_protocol(ORGANISM)
+    fields = [{"personality": p} for p in personalities] if personalities else [{}] * len(questions)
+    prompts = [
+        proto.prompt(model.tokenizer, stage, question=q, **f).token_ids
+        for q, f in zip(questions, fields, strict=True)
+    ]
     return [g.text for g in generate(model, prompts, gcfg)]
 
 
@@ -116,6 +125,7 @@ def run_demo(
         out / "run",
         SearchConfig(traits=cfg.traits, seed=cfg.seed),
         gcfg,
+        protocol=ORGANISM,
         resume=True,
         progress=progress,
     )
@@ -177,17 +187,16 @@ def run_demo(
         for p in POLES:
             add(t, p, "none", None, qs, plain)
             for g in gammas:
-                icfg = InduceConfig(gamma=g, seed=cfg.seed)
+                icfg = load_protocol(ORGANISM).induce_config(gamma=g, seed=cfg.seed)
                 with induce(model, [(sets[pole_name(t, p)], sets[pole_name(t, opposite(p))])], icfg):
                     add(t, p, "npti", g, qs, _answers(model, qs, gcfg))
                 with induce(model, [(controls[pole_name(t, p)], controls[pole_name(t, opposite(p))])], icfg):
                     add(t, p, "random", g, qs, _answers(model, qs, gcfg))
-            simple = [persona_system(corpus.simple_persona(t, p))] * len(qs)
-            add(t, p, "simple", None, qs, _answers(model, qs, gcfg, simple))
+            simple = [load_protocol(ORGANISM).adjective(t, p)] * len(qs)
+            add(t, p, "simple", None, qs, _answers(model, qs, gcfg, "simple", simple))
             rng = random.Random(f"{cfg.seed}:demo-persona:{t}:{p}")
             descs = corpus.personas(t, p)
-            systems = [persona_system(rng.choice(descs)) for _ in qs]
-            add(t, p, "persona", None, qs, _answers(model, qs, gcfg, systems))
+            add(t, p, "persona", None, qs, _answers(model, qs, gcfg, "p2", [rng.choice(descs) for _ in qs]))
 
     files = {
         "csv": out / "demo_results.csv",
