@@ -107,17 +107,27 @@ def load_model_for(args: argparse.Namespace, proto: Any) -> Any:
 
 
 def _fresh_file(path: str, overwrite: bool, flag: str = "--out") -> Path:
-    p = Path(path)
+    """An output file that is absent (or replaced with --overwrite), in a place that can be written."""
+    from npti_lens.io import check_writable
+
+    p = check_writable(path, flag, folder=False)
     if p.exists() and not overwrite:
         raise UserError(f"{flag}: {p} exists; pass --overwrite to replace it or choose another path")
     return p
 
 
-def _fresh_dir(path: str, overwrite: bool) -> Path:
-    """An output folder that is empty or absent, unless --overwrite says to write into it."""
-    out = Path(path)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"--out: {out} is not empty; pass --overwrite or choose another folder")
+def _fresh_dir(path: str, overwrite: bool, holds: str | None = None) -> Path:
+    """An output folder that is empty or absent, unless --overwrite says to write into it.
+
+    With `holds` (a file name), only a folder holding that file counts as taken.
+    """
+    from npti_lens.io import check_writable
+
+    out = check_writable(path, "--out", folder=True)
+    taken = (out / holds).exists() if holds else out.exists() and any(out.iterdir())
+    if taken and not overwrite:
+        what = f"already holds {holds}" if holds else "is not empty"
+        raise UserError(f"--out: {out} {what}; pass --overwrite or choose another folder")
     return out
 
 
@@ -125,8 +135,10 @@ def _fresh_dir(path: str, overwrite: bool) -> Path:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
+    from npti_lens.io import check_writable
     from npti_lens.search import SearchConfig, run_search
 
+    check_writable(args.out, folder=True)
     proto = protocol_of(args)
     gcfg = generate_config(args, proto, "search")
     model = load_model_for(args, proto)
@@ -147,30 +159,25 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 
 def cmd_select(args: argparse.Namespace) -> None:
-    from npti_lens.constants import POLES, TRAITS, opposite
-    from npti_lens.search import load_run_stats, stats_path
-    from npti_lens.select import SelectConfig, select_neurons
+    from npti_lens.select import SelectConfig, report, select_run
 
     cfg = config_from(args, SelectConfig)
     out = _fresh_dir(args.out, args.overwrite)
-    done = 0
-    for trait in TRAITS:
-        if not all(stats_path(args.run, trait, p).is_file() for p in POLES):
-            continue
-        for pole in POLES:
-            sp, sq = load_run_stats(args.run, trait, pole), load_run_stats(args.run, trait, opposite(pole))
-            ns = select_neurons(sp, sq, cfg, trait=trait, pole=pole, model=str(sp.meta.get("model", "")))
-            folder = ns.save(out / ns.name)
-            print(f"{ns.name}: {len(ns)} neurons -> {folder}")
-            done += 1
-    if not done:
-        raise UserError(f"{args.run}: no trait has statistics for both poles; run npti search first")
+    sets = select_run(args.run, cfg)  # every statistics file read and checked before anything is written
+    for ns in sets.values():
+        ns.save(out / ns.name)
+    for r in report(sets):
+        print(f"{r.name}: {r.kept} neurons, {r.positive} with diff > 0, {r.shared} shared with {r.opposite}")
+    for r in report(sets):
+        for w in r.warnings(cfg):
+            print(f"warning: {w}", file=sys.stderr)
+    print(f"{len(sets)} neuron sets -> {out}")
 
 
 def _answer(args: argparse.Namespace, *, induction: bool) -> None:
     from npti_lens.data import load_questions
     from npti_lens.generate import generate
-    from npti_lens.induce import induce, load_pair
+    from npti_lens.induce import check_fits, induce, load_pair
     from npti_lens.io import check_pole, check_trait
 
     out = _fresh_file(args.out, args.overwrite)
@@ -185,7 +192,10 @@ def _answer(args: argparse.Namespace, *, induction: bool) -> None:
         gamma = icfg.gamma
         pairs = [load_pair(args.neurons, trait, pole)]
     model = load_model_for(args, proto)
+    for ns in (s for pair in pairs for s in pair):
+        check_fits(model, ns, allow_other_model=args.allow_other_model)
     prompts = [proto.prompt(model.tokenizer, "neutral", question=q.text) for q in questions]
+    _check_prompts(model, prompts, questions, gcfg.max_new_tokens)
     steer = (
         induce(model, pairs, icfg, allow_other_model=args.allow_other_model) if induction else nullcontext()
     )
@@ -203,6 +213,16 @@ def _answer(args: argparse.Namespace, *, induction: bool) -> None:
         gamma=gamma,
         **proto.record(),
     )
+
+
+def _check_prompts(model: Any, prompts: list, questions: list, max_new_tokens: int) -> None:
+    """Before generating: every prompt fits the model's positions; warn if the model cannot read them."""
+    from npti_lens.generate import check_context
+    from npti_lens.prompts import warn_unknown
+
+    ids, sources = [p.token_ids for p in prompts], [q.source for q in questions]
+    check_context(model, ids, max_new_tokens, sources)
+    warn_unknown(model.tokenizer, ids, sources)
 
 
 def _write_answers(out: Path, questions: list, prompts: list, gens: list, **fields: Any) -> None:
@@ -253,6 +273,7 @@ def cmd_baseline(args: argparse.Namespace) -> None:
         proto.prompt(model.tokenizer, args.method, personality=d, question=q.text)
         for q, d in zip(questions, personalities, strict=True)
     ]
+    _check_prompts(model, prompts, questions, gcfg.max_new_tokens)
     gens = generate(model, [p.token_ids for p in prompts], gcfg, progress=True)
     _write_answers(
         out,
@@ -291,8 +312,8 @@ def cmd_import_npti(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from npti_lens.io import check_pole, check_trait, read_jsonl
-    from npti_lens.score import make_judge, score_rows, write_scores
+    from npti_lens.io import check_pole, check_trait, fingerprint, read_json, read_jsonl, write_json_atomic
+    from npti_lens.score import SCORE_CFG_FILE, make_judge, score_rows, write_scores
 
     rows = read_jsonl(args.generations, what="generations (JSON lines with question and answer)")
     for r in rows:
@@ -303,6 +324,22 @@ def cmd_score(args: argparse.Namespace) -> None:
         kwargs["trait"] = check_trait(args.trait)
     if args.pole:
         kwargs["pole"] = check_pole(args.pole)
+    for r in rows:  # what the rows are judged against is what they record (generate rows carry none)
+        r.update({k: kwargs[k] for k in ("trait", "pole") if k in kwargs})
+    # A folder may be scored again from the same file (that resumes a judge's ledger), not from another.
+    out = _fresh_dir(args.out, True)
+    source = {
+        "generations": str(args.generations),
+        "generations_fingerprint": fingerprint([{k: v for k, v in r.items() if k != "_line"} for r in rows]),
+        "judge": args.judge,
+    }
+    if (out / SCORE_CFG_FILE).is_file() or (out / "scores.jsonl").is_file():
+        old = read_json(out / SCORE_CFG_FILE) if (out / SCORE_CFG_FILE).is_file() else {}
+        if old != source and not args.overwrite:
+            raise UserError(
+                f"--out: {out} holds scores of {old.get('generations', 'another file')} "
+                f"({old.get('judge', '?')} judge); pass --overwrite or choose another folder"
+            )
     if args.judge == "organism":
         from npti_lens.model import load_model
 
@@ -313,8 +350,9 @@ def cmd_score(args: argparse.Namespace) -> None:
 
         kwargs.update(out=args.out, cfg=config_from(args, ChatConfig), protocol=load_protocol(args.protocol))
     judge = make_judge(args.judge, **kwargs)
+    write_json_atomic(out / SCORE_CFG_FILE, source)
     scored = score_rows(rows, judge)
-    scores, summary = write_scores(args.out, scored)
+    scores, summary = write_scores(out, scored)
     print(f"{len(rows)} answers scored by the {judge.name} judge -> {scores}, {summary}")
     report = getattr(judge, "report", None)
     if report is not None:
@@ -328,9 +366,10 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from npti_lens.organism.demo import DemoConfig, run_demo, summary_lines
+    from npti_lens.organism.demo import RESULTS_CSV, DemoConfig, run_demo, summary_lines
 
-    result = run_demo(config_from(args, DemoConfig), args.out, progress=True)
+    out = _fresh_dir(args.out, args.overwrite, holds=RESULTS_CSV)
+    result = run_demo(config_from(args, DemoConfig), out, progress=True)
     print(result.table())
     print()
     print("mean over the 5 traits x 2 poles:")
@@ -344,7 +383,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_organism_train(args: argparse.Namespace) -> None:
     from npti_lens.organism.train import TrainConfig, train
 
-    record = train(config_from(args, TrainConfig), args.out, progress=True)
+    out = _fresh_dir(args.out, args.overwrite, holds="model.safetensors")
+    record = train(config_from(args, TrainConfig), out, progress=True)
     print(f"trained in {record['seconds']}s, final loss {record['final_loss']:.4f} -> {args.out}")
 
 
@@ -381,9 +421,7 @@ def cmd_analyze_ablation(args: argparse.Namespace) -> None:
     from npti_lens.io import check_pole, check_trait, write_jsonl_atomic
     from npti_lens.score import make_judge, score_rows, summarize, write_scores
 
-    out = Path(args.out)
-    if (out / "generations.jsonl").exists() and not args.overwrite:
-        raise UserError(f"--out: {out} already holds an ablation; pass --overwrite or choose another folder")
+    out = _fresh_dir(args.out, args.overwrite, holds="generations.jsonl")
     trait, pole = check_trait(args.trait), check_pole(args.pole)
     questions = [q.text for q in load_questions(args.questions, limit=args.limit)]
     target, opp = load_pair(args.neurons, trait, pole)
@@ -427,6 +465,7 @@ def cmd_analyze_capability(args: argparse.Namespace) -> None:
     from npti_lens.score import to_csv
 
     trait, pole = check_trait(args.trait), check_pole(args.pole)
+    out = _fresh_dir(args.out, args.overwrite, holds="capability.csv")
     if not args.texts and not args.choices:
         raise UserError("npti analyze capability: pass --texts (perplexity) and/or --choices (accuracy)")
     rows = []
@@ -450,9 +489,9 @@ def cmd_analyze_capability(args: argparse.Namespace) -> None:
         choices=choices,
         rules=proto.induce_config(),
     )
-    write_text_atomic(Path(args.out) / "capability.csv", to_csv(result.rows))
+    write_text_atomic(out / "capability.csv", to_csv(result.rows))
     print(result.to_frame().to_string(index=False))
-    print(f"-> {Path(args.out) / 'capability.csv'}")
+    print(f"-> {out / 'capability.csv'}")
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
@@ -556,11 +595,7 @@ def cmd_inventory(args: argparse.Namespace) -> None:
     from npti_lens.inventory import load_inventory
     from npti_lens.io import check_pole, check_trait
 
-    out = Path(args.out)
-    if (out / "domains.csv").exists() and not args.overwrite:
-        raise UserError(
-            f"--out: {out} already holds an inventory run; pass --overwrite or choose another folder"
-        )
+    out = _fresh_dir(args.out, args.overwrite, holds="domains.csv")
     items = load_inventory(args.inventory)
     cfg = config_from(args, InventoryConfig)
     cfg.check()
@@ -692,12 +727,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("demo", cmd_demo, "the whole method on the shipped organism, in minutes on a CPU")
     p.add_argument("--out", default="npti_demo", help="folder for the run, tables and figure")
+    p.add_argument("--overwrite", action="store_true", help="write over a demo already in --out")
     add_config(p, DemoConfig)
 
     p = command("organism", lambda a: None, "the shipped model organism")
     osub = p.add_subparsers(dest="organism_command", required=True, parser_class=_Parser)
     p = command("train", cmd_organism_train, "train the organism from its corpus (CPU, fixed seed)", osub)
     p.add_argument("--out", required=True, help="folder for the weights and tokenizer")
+    p.add_argument("--overwrite", action="store_true", help="replace weights already in --out")
     add_config(p, TrainConfig)
     p = command(
         "data", cmd_organism_data, "write the organism's questions and personas in the reference layout", osub
@@ -764,6 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--gammas", default="0.6,1.0,1.5", help="comma-separated gammas (default: 0.6,1.0,1.5)")
     p.add_argument("--out", required=True, help="folder for capability.csv")
+    p.add_argument("--overwrite", action="store_true", help="replace a capability.csv already in --out")
     add_config(p, ModelConfig)
     add_protocol_flag(p)
 
@@ -840,13 +878,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # the weight-loading bar; ours stay
+    import warnings
+
+    def show(message: Warning | str, category: type, *rest: Any, **kw: Any) -> None:
+        print(f"npti {args.command}: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show  # library warnings as one line each, not with source lines
     try:
         args.func(args)
     except UserError as e:
         print(f"npti {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"npti {args.command}: interrupted", file=sys.stderr)
+        hint = ""
+        if args.command == "search":
+            hint = f"; what was answered is kept: run the same command with --resume to continue {args.out}"
+        print(f"npti {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     return 0
 

@@ -30,6 +30,8 @@ class Question:
 def load_questions(path: str | Path, *, limit: int | None = None) -> list[Question]:
     """Questions of one JSON-lines file, in file order, at most `limit`."""
     path = Path(path)
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit: {limit} is not 1 or more (leave it out for every question)")
     rows = read_jsonl(path, what='JSON lines like {"question": "..."}')
     out = []
     for r in rows:

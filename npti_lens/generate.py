@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import DynamicCache
 
-from npti_lens.model import eos_token_ids, model_device
+from npti_lens.errors import UserError
+from npti_lens.model import eos_token_ids, model_device, n_positions
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,24 @@ class GenerateConfig:
     use_cache: bool = field(
         default=True, metadata={"help": "decode with a KV cache (off: recompute the whole sequence)"}
     )
+
+
+def check_context(
+    model: TransformerBridge, prompts: list[list[int]], max_new_tokens: int, sources: list[str] | None = None
+) -> None:
+    """Refuse, before generating, a prompt that with `max_new_tokens` outgrows the model's positions."""
+    if max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens: {max_new_tokens} is not 1 or more")
+    limit = n_positions(model)
+    if limit is None or not prompts:
+        return
+    i = max(range(len(prompts)), key=lambda j: len(prompts[j]))
+    if len(prompts[i]) + max_new_tokens > limit:
+        where = sources[i] if sources else f"prompt {i}"
+        raise UserError(
+            f"{where}: its prompt of {len(prompts[i])} tokens plus --max-new-tokens {max_new_tokens} "
+            f"exceeds the model's {limit} positions; shorten the question or lower --max-new-tokens"
+        )
 
 
 @dataclass
@@ -157,7 +176,9 @@ def _generate_batch(
     # valid[:, t]: new token t is part of the answer (not EOS, not padding after it).
     valid = torch.empty((n, 0), dtype=torch.bool, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # checked once per batch, not per step
     for step in range(cfg.max_new_tokens):
+        nonfinite |= ~torch.isfinite(logits).all()
         nxt = _choose(logits, presence, cfg, gen)
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
         new = torch.cat([new, nxt[:, None]], dim=1)
@@ -174,6 +195,11 @@ def _generate_batch(
         else:
             logits = forward(torch.cat([ids, new], dim=1), pos, torch.cat([prompt_part, valid], dim=1), True)
 
+    if bool(nonfinite):
+        raise UserError(
+            "the model's next-token scores became infinite or NaN while generating (under an induction: "
+            "lower --gamma; else try --dtype float32)"
+        )
     eos_set = set(eos.tolist())
     results = []
     for row, p in enumerate(prompts):
@@ -202,6 +228,7 @@ def generate(
     its output, depends only on the prompt list and the batch size. Results keep the input order.
     """
     cfg = cfg or GenerateConfig()
+    check_context(model, prompts, cfg.max_new_tokens)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[Generation | None] = [None] * len(prompts)
     starts = range(0, len(order), cfg.batch_size)

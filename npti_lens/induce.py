@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from npti_lens.neurons import NeuronSet
 from npti_lens.sites import MLPSites, hooks_added, mlp_sites
 
 POSITIONS = ("generated", "all")
+GAMMA_WARN = 20.0  # |gamma| above this draws a warning (the paper sweeps 0.6-1.5, the demo goes to 5)
 KEEP_RULES = ("bernoulli", "exact")
 CLAMP_ORDERS = ("before", "after")
 CLAMP_LAYERS = ("targets", "all")
@@ -114,6 +116,8 @@ class InductionHandle:
     n_clamped: int
     fired: dict[int, int] = field(default_factory=dict)
     edited_forwards: int = 0
+    # per layer: a tensor flag (no device sync per forward) set when an edit gave a non-finite value
+    nonfinite: dict[int, Tensor] = field(default_factory=dict)
 
 
 def _plan(
@@ -179,6 +183,12 @@ def induce(
             raise UserError(f"{flag}: {value!r} is not one of {', '.join(allowed)}")
     if not math.isfinite(cfg.gamma):
         raise UserError(f"--gamma: {cfg.gamma} is not a finite number")
+    if not -GAMMA_WARN <= cfg.gamma <= GAMMA_WARN:
+        warnings.warn(
+            f"gamma {cfg.gamma:g} is far outside the paper's 0.6-1.5: expect broken text (and an error "
+            "if activations overflow)",
+            stacklevel=3,
+        )
     sites = mlp_sites(model)
     for tgt, opp in pairs:
         for s in (tgt, opp):
@@ -231,7 +241,10 @@ def induce(
         if pos is not None:
             new = torch.where(pos[..., None], new, post[..., plan.idx])
         handle.edited_forwards += 1
-        return post.index_copy(-1, plan.idx, new.to(post.dtype))
+        new = new.to(post.dtype)
+        bad = ~torch.isfinite(new).all()
+        handle.nonfinite[layer] = handle.nonfinite[layer] | bad if layer in handle.nonfinite else bad
+        return post.index_copy(-1, plan.idx, new)
 
     def gated_hooks(layer: int, plan: _LayerPlan) -> list[tuple[str, Any]]:
         stash: dict[str, Tensor] = {}
@@ -262,6 +275,12 @@ def induce(
         hooks += (gated_hooks if sites.gated else plain_hooks)(layer, plan)
     with hooks_added(model, hooks):
         yield handle
+    broken = [layer for layer, flag in handle.nonfinite.items() if bool(flag)]
+    if broken:
+        raise UserError(
+            f"the induction made activations infinite or NaN in layers {broken} (gamma {cfg.gamma:g}); "
+            "its outputs are meaningless: lower --gamma"
+        )
     silent = [layer for layer in plans if handle.fired.get(layer, 0) == 0]
     if silent:
         raise RuntimeError(f"induction hooks of layers {silent} never fired: no forward ran through them")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import json
@@ -25,10 +26,40 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a file gets the mode open() would give
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_writable(path: str | Path, flag: str = "--out", *, folder: bool) -> Path:
+    """Refuse, before any work, an output that cannot be written: a file where a folder is wanted
+    (or the reverse), a path under a file, a read-only place. Creates nothing."""
+    path = Path(path)
+    kind = "folder" if folder else "file"
+    if path.exists() and path.is_dir() != folder:
+        other = "file" if folder else "folder"
+        raise UserError(f"{flag}: {path} is a {other}, not a {kind}; choose another path")
+    parent = path if folder else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{flag}: {path} lies under {parent}, which is a file; choose another path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".npti-write-check.", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{flag}: cannot write in {parent} ({e.strerror}); choose another path") from None
+    return path
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -55,10 +86,18 @@ def read_json(path: str | Path) -> Any:
 
 
 def _read_text(path: Path) -> str:
-    if path.suffix == ".gz":
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            return f.read()
-    return path.read_text(encoding="utf-8")
+    """The file's text; bytes that are not UTF-8 (or a broken .gz) are a one-line error with the line."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as e:
+        raise UserError(f"{path}: cannot be read ({e})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}:{line}: byte 0x{raw[e.start]:02x} is not UTF-8 text; save the file as UTF-8"
+        ) from None
 
 
 def read_jsonl(path: str | Path, *, what: str = "JSON lines", allow_empty: bool = False) -> list[dict]:

@@ -38,8 +38,17 @@ class ModelConfig:
 
 
 def resolve_device(device: str) -> str:
+    """`auto`: cuda where torch sees a GPU, else cpu; a device this machine lacks is a UserError."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"--device: {device} is not available (this torch sees no CUDA GPU); pass --device cpu or auto"
+        )
+    if device.startswith("mps") and not torch.backends.mps.is_available():
+        raise UserError(f"--device: {device} is not available on this machine; pass --device cpu or auto")
+    if device.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device: unknown device {device!r}; choose cpu, cuda, cuda:N, mps or auto")
     return device
 
 
@@ -86,9 +95,12 @@ def load_model(
                 raise UserError(
                     f"--model organism: no weights in {local}; run npti organism train --out {local}"
                 )
-        if (str(local).startswith((".", "/", "~")) or local.exists()) and not (
-            local / "config.json"
-        ).is_file():
+        looks_local = cfg.model.startswith((".", "/", "~")) or cfg.model.count("/") > 1 or "\\" in cfg.model
+        if looks_local and not local.exists():
+            raise UserError(
+                f"--model: no such folder {local}; pass a folder of HF weights or a hub id (org/name)"
+            )
+        if local.exists() and not (local / "config.json").is_file():
             raise UserError(f"--model: {cfg.model} is not a folder with a config.json of HF weights")
         kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
         if tokenizer is not None:
@@ -98,7 +110,8 @@ def load_model(
                 str(local) if local.exists() else cfg.model, **kwargs
             )
         except OSError as e:
-            raise UserError(f"--model: could not load {cfg.model!r} ({e})".splitlines()[0]) from None
+            where = "" if local.exists() else "not a local folder, and "
+            raise UserError(f"--model: could not load {cfg.model!r}: {where}{e}".splitlines()[0]) from None
     bridge.eval()
     bridge.original_model.eval()
     tok = bridge.tokenizer
@@ -148,6 +161,12 @@ def eos_token_ids(model: TransformerBridge) -> list[int]:
     elif gen_eos is not None:
         ids.update(int(i) for i in gen_eos)
     return sorted(ids)
+
+
+def n_positions(model: TransformerBridge) -> int | None:
+    """The longest sequence the model takes (max_position_embeddings), if its config says."""
+    n = getattr(model.original_model.config, "max_position_embeddings", None)
+    return int(n) if n else None
 
 
 def model_device(model: TransformerBridge) -> torch.device:

@@ -68,7 +68,7 @@ class NeuronSet:
         self.q = nan.clone() if self.q is None else self.q
         for name in COLUMNS:
             if getattr(self, name).shape != (n,):
-                raise ValueError(
+                raise UserError(
                     f"NeuronSet column {name} has shape {tuple(getattr(self, name).shape)}, expected ({n},)"
                 )
         if n and (int(self.layer.min()) < 0 or int(self.layer.max()) >= self.n_layers):
@@ -146,10 +146,21 @@ class NeuronSet:
         if not (folder / CFG_FILE).is_file() or not (folder / NEURONS_FILE).is_file():
             raise UserError(f"{folder}: not a neuron set (needs {CFG_FILE} and {NEURONS_FILE})")
         cfg = read_json(folder / CFG_FILE)
-        t = load_file(str(folder / NEURONS_FILE))
+        damaged = f"{folder / NEURONS_FILE}: damaged neuron set"
+        fix = "select it again (npti select) or restore the folder"
+        try:
+            t = load_file(str(folder / NEURONS_FILE))
+        except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad file
+            raise UserError(f"{damaged} ({str(e).splitlines()[0][:80]}); {fix}") from None
         missing = [c for c in COLUMNS if c not in t]
         if missing:
-            raise UserError(f"{folder / NEURONS_FILE}: missing columns {missing}")
+            raise UserError(f"{damaged} (missing columns {missing}); {fix}")
+        for c in ("diff", "p_active", "q95"):
+            if not bool(torch.isfinite(t[c]).all()):
+                raise UserError(f"{damaged} (column {c} holds NaN or infinite values); {fix}")
+        for k in ("trait", "pole", "model", "n_layers", "d_mlp"):
+            if k not in cfg:
+                raise UserError(f"{folder / CFG_FILE}: no {k!r}; {fix}")
         return cls(
             trait=cfg["trait"],
             pole=cfg["pole"],

@@ -78,3 +78,37 @@ def build(tokenizer: Any, question: str, system: str = "") -> Prompt:
 
 def persona_system(description: str) -> str:
     return PERSONA_SYSTEM.format(description=description.strip())
+
+
+UNKNOWN_WARN_SHARE = 0.05  # above this share of unknown tokens the model cannot read the prompts
+
+
+def unknown_share(tokenizer: Any, prompts: list[list[int]]) -> tuple[float, int]:
+    """Share of the tokenizer's unknown token over all `prompts`, and the index of the worst prompt."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or not prompts:
+        return 0.0, 0
+    counts = [sum(1 for t in p if t == unk) for p in prompts]
+    total = sum(len(p) for p in prompts)
+    worst = max(range(len(prompts)), key=lambda i: counts[i] / max(len(prompts[i]), 1))
+    return sum(counts) / max(total, 1), worst
+
+
+def warn_unknown(tokenizer: Any, prompts: list[list[int]], sources: list[str] | None = None) -> None:
+    """Warn (warnings.warn) when more than 5% of the prompts' tokens are the unknown token."""
+    share, worst = unknown_share(tokenizer, prompts)
+    if share > UNKNOWN_WARN_SHARE:
+        import warnings
+
+        where = f" (most in {sources[worst]})" if sources else ""
+        warnings.warn(
+            f"{share:.0%} of the prompt tokens are {tokenizer.unk_token} to this model's vocabulary{where}: "
+            "it cannot read these prompts; for --model organism use its own data (npti organism data) "
+            "and protocol",
+            UnknownTokenWarning,
+            stacklevel=2,
+        )
+
+
+class UnknownTokenWarning(UserWarning):
+    """Many prompt tokens are the unknown token: the model cannot read the prompts."""

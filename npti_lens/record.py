@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,8 @@ from typing import Any
 
 import torch
 from jaxtyping import Float, Int64
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
@@ -133,28 +136,56 @@ class Stats:
         )
 
     def save(self, path: str | Path) -> None:
-        """Write `path` (.safetensors) and the JSON metadata beside it (`path` with .json), atomically."""
+        """Write `path` (.safetensors) and the JSON metadata beside it (`path` with .json), atomically.
+
+        The safetensors header holds the metadata too and a SHA-256 of the tensors, so the file
+        alone is complete and a damaged one is detected on load (the .json is for reading).
+        """
         path = Path(path)
-        tensors = {
+        tensors = {k: v.contiguous().cpu() for k, v in self._tensors().items()}
+        header = {
+            "npti_meta": json.dumps({**self.meta, "n_tokens": self.n_tokens}),
+            "sha256": _digest(tensors),
+        }
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=header)
+        write_json_atomic(path.with_suffix(".json"), {**self.meta, "n_tokens": self.n_tokens})
+
+    def _tensors(self) -> dict[str, Tensor]:
+        return {
             "n_active": self.n_active,
             "hist": self.hist,
             "sum": self.sum,
             "sum_sq": self.sum_sq,
             "n_tokens": torch.tensor([self.n_tokens]),
         }
-        with atomic_path(path) as tmp:
-            save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-        write_json_atomic(path.with_suffix(".json"), {**self.meta, "n_tokens": self.n_tokens})
 
     @classmethod
     def load(cls, path: str | Path) -> Stats:
+        """Read statistics written by `save`; a damaged, truncated or inconsistent file is a UserError."""
         path = Path(path)
         if not path.is_file():
             raise UserError(f"{path}: statistics file not found")
-        t = load_file(str(path))
-        meta_path = path.with_suffix(".json")
-        meta = read_json(meta_path) if meta_path.is_file() else {}
-        return cls(
+        damaged = f"{path}: damaged statistics file"
+        fix = "rerun npti search for this pole into a new --out folder"
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+        except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad file
+            raise UserError(f"{damaged} ({str(e).splitlines()[0][:80]}); {fix}") from None
+        missing = {"n_active", "hist", "sum", "sum_sq", "n_tokens"} - set(t)
+        if missing:
+            raise UserError(f"{damaged} (no {', '.join(sorted(missing))}); {fix}")
+        if "sha256" in header and header["sha256"] != _digest(t):
+            raise UserError(f"{damaged} (its checksum does not match its contents); {fix}")
+        if "npti_meta" in header:
+            meta = json.loads(header["npti_meta"])
+        else:  # written before the header held it (npti_lens 0.1)
+            meta_path = path.with_suffix(".json")
+            meta = read_json(meta_path) if meta_path.is_file() else {}
+        meta.pop("n_tokens", None)
+        stats = cls(
             n_tokens=int(t["n_tokens"][0]),
             n_active=t["n_active"],
             hist=t["hist"],
@@ -162,6 +193,42 @@ class Stats:
             sum_sq=t["sum_sq"],
             meta=meta,
         )
+        problem = stats.check()
+        if problem:
+            raise UserError(f"{damaged} ({problem}); {fix}")
+        return stats
+
+    def check(self) -> str | None:
+        """What is inconsistent in these statistics, or None: shapes, dtypes, counts, histogram sums."""
+        if self.n_active.dim() != 2 or self.hist.shape != (*self.n_active.shape, N_BINS):
+            return f"shapes {tuple(self.n_active.shape)} and {tuple(self.hist.shape)} do not fit"
+        if self.sum.shape != self.n_active.shape or self.sum_sq.shape != self.n_active.shape:
+            return "sum and sum_sq do not have the shape of n_active"
+        if self.n_active.dtype != torch.int64 or self.hist.dtype != torch.int64:
+            return "counts are not integers"
+        if (
+            self.n_tokens < 0
+            or bool((self.n_active < 0).any())
+            or bool((self.n_active > self.n_tokens).any())
+        ):
+            return "counts outside 0 <= n_active <= n_tokens"
+        if bool((self.hist < 0).any()) or bool((self.hist.sum(-1) != self.n_tokens).any()):
+            return "histogram rows do not each sum to n_tokens"
+        if not torch.equal(self.hist[..., 1:].sum(-1), self.n_active):
+            return "n_active differs from the histogram's count above 0"
+        if not bool(torch.isfinite(self.sum).all() & torch.isfinite(self.sum_sq).all()):
+            return "non-finite sums"
+        return None
+
+
+def _digest(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 over the tensors' names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous().cpu()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).reshape(-1).numpy().data if t.numel() else b"")
+    return h.hexdigest()
 
 
 def accumulate(stats: Stats, layer: int, acts: Float[Tensor, "tok d_mlp"]) -> None:

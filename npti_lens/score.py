@@ -19,6 +19,7 @@ from npti_lens.io import write_jsonl_atomic, write_text_atomic
 
 SCORES_FILE = "scores.jsonl"
 SUMMARY_FILE = "summary.csv"
+SCORE_CFG_FILE = "cfg.json"  # which generations file and judge made the scores
 GROUP_KEYS = ("trait", "pole", "condition", "gamma", "k", "layers")
 METRICS = ("trait_score", "fluency", "trait_score_expected", "fluency_expected")
 

@@ -9,9 +9,11 @@ to the same numbers as an uninterrupted one (batches are fixed by question order
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from npti_lens import __version__
 from npti_lens.constants import ANSWERS_DIR, POLES, RUN_CFG_FILE, STATS_DIR, pole_name
 from npti_lens.data import (
+    Question,
     draw_personas,
     load_personas,
     load_questions,
@@ -29,7 +32,7 @@ from npti_lens.data import (
     trait_question_file,
 )
 from npti_lens.errors import UserError
-from npti_lens.generate import GenerateConfig, generate
+from npti_lens.generate import GenerateConfig, check_context, generate
 from npti_lens.io import (
     fingerprint,
     parse_traits,
@@ -38,11 +41,13 @@ from npti_lens.io import (
     write_jsonl_atomic,
 )
 from npti_lens.model import model_id
+from npti_lens.prompts import warn_unknown
 from npti_lens.protocol import Protocol, protocol_for
 from npti_lens.record import Stats, record_batch
 from npti_lens.sites import mlp_sites
 
 log = logging.getLogger(__name__)
+LOCK_FILE = ".lock"
 
 
 @dataclass
@@ -92,7 +97,7 @@ def _claim_run(run: Path, identity: dict[str, Any], resume: bool) -> None:
                 f"--out: {run} already holds this run; pass --resume to continue it "
                 "or choose a new --out folder"
             )
-    elif run.exists() and any(run.iterdir()):
+    elif run.exists() and any(p.name != LOCK_FILE for p in run.iterdir()):
         raise UserError(f"--out: {run} is not empty and holds no search run; choose a new --out folder")
     write_json_atomic(cfg_path, {**identity, "npti_lens_version": __version__})
 
@@ -238,8 +243,62 @@ def run_search(
     traits = parse_traits(scfg.traits)
     questions = {t: load_questions(trait_question_file(questions_dir, t), limit=scfg.limit) for t in traits}
     personas = load_personas(personas_file, traits)
+    _check_prompts(model, proto, questions, personas, gcfg)
     run = Path(out)
     _claim_run(run, _run_identity(model, fingerprint(sorted(personas.items())), gcfg, scfg, proto), resume)
+    with _locked(run):
+        return _search_all(model, run, traits, questions, personas, gcfg, scfg, proto, progress)
+
+
+def _check_prompts(
+    model: TransformerBridge,
+    proto: Protocol,
+    questions: dict[str, list[Question]],
+    personas: dict[tuple[str, str], list[str]],
+    gcfg: GenerateConfig,
+) -> None:
+    """Before any answer: the longest question with the longest persona fits the model's positions,
+    and a sample of prompts is readable to its vocabulary (else a warning)."""
+    tok = model.tokenizer
+    for trait, qs in questions.items():
+        for pole in POLES:
+            descs = personas[(trait, pole)]
+            q = max(qs, key=lambda x: len(x.text))
+            longest = proto.prompt(tok, "search", personality=max(descs, key=len), question=q.text)
+            check_context(model, [longest.token_ids], gcfg.max_new_tokens, [q.source])
+            sample = [proto.prompt(tok, "search", personality=descs[0], question=x.text) for x in qs[:32]]
+            warn_unknown(tok, [p.token_ids for p in sample], [x.source for x in qs[:32]])
+
+
+@contextlib.contextmanager
+def _locked(run: Path) -> Iterator[None]:
+    """One search at a time per run folder (a second --resume would redo and race the first)."""
+    import fcntl
+
+    with open(run / LOCK_FILE, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(
+                f"--out: another npti search is writing to {run}; wait for it to finish or stop it"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _search_all(
+    model: TransformerBridge,
+    run: Path,
+    traits: list[str],
+    questions: dict[str, list[Question]],
+    personas: dict[tuple[str, str], list[str]],
+    gcfg: GenerateConfig,
+    scfg: SearchConfig,
+    proto: Protocol,
+    progress: bool,
+) -> dict[str, Stats]:
     result = {}
     for trait in traits:
         texts = [q.text for q in questions[trait]]

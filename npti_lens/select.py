@@ -10,14 +10,17 @@ under P at which the cumulative count reaches 95% (0.0 where that is bin 0, a <=
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from jaxtyping import Float
 from scipy.special import ndtr
 from torch import Tensor
 
+from npti_lens.constants import POLES, TRAITS, opposite, pole_name
 from npti_lens.errors import UserError
 from npti_lens.neurons import NeuronSet
 from npti_lens.record import Stats, bin_lower_edges
@@ -32,6 +35,22 @@ class SelectConfig:
     threshold: float = field(default=0.1, metadata={"help": "npti: keep every neuron with diff >= this"})
     alpha: float = field(default=0.01, metadata={"help": "fdr: false discovery rate (BH q-value bound)"})
     min_diff: float = field(default=0.0, metadata={"help": "fdr: smallest P_active difference kept"})
+
+    def check(self) -> None:
+        """Every field in its range (a one-line error naming the flag)."""
+        if self.method not in _RULES:
+            raise UserError(
+                f"--method: unknown selection method {self.method!r}; choose {', '.join(rules())}"
+            )
+        if self.min_neurons < 0:
+            raise UserError(f"--min-neurons: {self.min_neurons} is negative; pass 0 or more")
+        for flag, v, lo, hi in (("--threshold", self.threshold, -1, 1), ("--min-diff", self.min_diff, -1, 1)):
+            if not math.isfinite(v) or not lo <= v <= hi:
+                raise UserError(
+                    f"{flag}: {v} is not a number between {lo} and {hi} (a difference of probabilities)"
+                )
+        if not math.isfinite(self.alpha) or not 0 < self.alpha <= 1:
+            raise UserError(f"--alpha: {self.alpha} is not in (0, 1]")
 
 
 # A rule maps (diff, BH q-value, config), flat over all neurons, to the kept flat ids in order.
@@ -106,8 +125,7 @@ def select_neurons(
     stats_p: Stats, stats_q: Stats, cfg: SelectConfig, *, trait: str, pole: str, model: str
 ) -> NeuronSet:
     """The neurons of pole P (statistics `stats_p`) against the opposite pole (`stats_q`)."""
-    if cfg.method not in _RULES:
-        raise UserError(f"--method: unknown selection method {cfg.method!r}; choose {', '.join(rules())}")
+    cfg.check()
     if stats_p.shape != stats_q.shape:
         raise UserError(f"statistics of {trait} {pole} and its opposite have different shapes")
     if stats_p.n_tokens == 0 or stats_q.n_tokens == 0:
@@ -138,3 +156,76 @@ def select_neurons(
         params=asdict(cfg),
         provenance={k: str(stats_p.meta[k]) for k in ("protocol", "protocol_hash") if k in stats_p.meta},
     )
+
+
+@dataclass(frozen=True)
+class PoleReport:
+    """How a selected set sits against its opposite: what the select summary prints."""
+
+    name: str
+    kept: int
+    positive: int  # neurons with diff > 0: more active under this pole than the opposite
+    shared: int  # neurons also in the opposite pole's set
+    opposite: str
+
+    def warnings(self, cfg: SelectConfig) -> list[str]:
+        out = []
+        if self.positive < self.kept:
+            out.append(
+                f"{self.name}: {self.kept - self.positive} of {self.kept} neurons have diff <= 0 (they do not "
+                f"separate the poles; the minimum count {cfg.min_neurons} forced them in): pass "
+                f"--min-neurons {self.positive} or fewer, or --method fdr"
+            )
+        if self.shared:
+            out.append(
+                f"{self.name}: shares {self.shared} neurons with {self.opposite}; an induction would shift and "
+                "clamp the same neurons (lower --min-neurons)"
+            )
+        return out
+
+
+def report(sets: dict[str, NeuronSet]) -> list[PoleReport]:
+    """Kept, diff > 0 and shared with the opposite pole, for every set whose opposite is there too."""
+    out = []
+    for name, ns in sets.items():
+        opp = sets.get(pole_name(ns.trait, opposite(ns.pole)))
+        shared = int(torch.isin(ns.flat(), opp.flat()).sum()) if opp is not None else 0
+        out.append(
+            PoleReport(
+                name, len(ns), int((ns.diff > 0).sum()), shared, pole_name(ns.trait, opposite(ns.pole))
+            )
+        )
+    return out
+
+
+def select_run(run: str | Path, cfg: SelectConfig | None = None) -> dict[str, NeuronSet]:
+    """The neuron sets of every trait pole of a search run, all statistics checked before any set is made.
+
+    A trait counts as searched when any of its statistics files exists; a missing, unfinished or
+    damaged file of a searched trait is a UserError naming it.
+    """
+    from npti_lens.search import load_run_stats, stats_path
+
+    cfg = cfg or SelectConfig()
+    cfg.check()
+    stats = {}
+    for trait in TRAITS:
+        files = [stats_path(run, trait, p) for p in POLES]
+        if not any(f.is_file() or f.with_suffix(".json").is_file() for f in files):
+            continue
+        for pole in POLES:
+            stats[(trait, pole)] = load_run_stats(run, trait, pole)
+    if not stats:
+        raise UserError(f"{run}: no trait has statistics; run npti search first")
+    sets = {}
+    for (trait, pole), sp in stats.items():
+        ns = select_neurons(
+            sp,
+            stats[(trait, opposite(pole))],
+            cfg,
+            trait=trait,
+            pole=pole,
+            model=str(sp.meta.get("model", "")),
+        )
+        sets[ns.name] = ns
+    return sets

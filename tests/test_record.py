@@ -102,12 +102,16 @@ def test_merge_and_save_load_round_trip(tmp_path):
     rng = torch.Generator().manual_seed(0)
     a, b = Stats.zeros(2, 5, meta={"model": "m"}), Stats.zeros(2, 5)
     x = torch.randn(40, 5, generator=rng)
+    y = torch.randn(40, 5, generator=rng)  # every layer sees every token, as in a real run
     accumulate(a, 0, x[:15])
+    accumulate(a, 1, y[:15])
     a.n_tokens += 15
     accumulate(b, 0, x[15:])
+    accumulate(b, 1, y[15:])
     b.n_tokens += 25
     whole = Stats.zeros(2, 5)
     accumulate(whole, 0, x)
+    accumulate(whole, 1, y)
     whole.n_tokens += 40
     merged = a + b
     assert merged.n_tokens == 40

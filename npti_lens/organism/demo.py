@@ -30,6 +30,8 @@ from npti_lens.score import to_csv
 from npti_lens.search import SearchConfig, run_search
 from npti_lens.select import SelectConfig, select_neurons
 
+RESULTS_CSV = "demo_results.csv"
+
 
 @dataclass
 class DemoConfig:
@@ -199,7 +201,7 @@ def run_demo(
             add(t, p, "persona", None, qs, _answers(model, qs, gcfg, "p2", [rng.choice(descs) for _ in qs]))
 
     files = {
-        "csv": out / "demo_results.csv",
+        "csv": out / RESULTS_CSV,
         "json": out / "demo_results.json",
         "generations": out / "demo_generations.jsonl",
         "figure": out / "gamma_sweep.png",
