@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from npti_lens.generate import GenerateConfig, generate
+from npti_lens.generate import GenerateConfig, check_context, generate
 from npti_lens.induce import InduceConfig, induce, random_control
 from npti_lens.io import parse_numbers
 from npti_lens.neurons import NeuronSet
+from npti_lens.prompts import warn_unknown
 from npti_lens.protocol import Protocol, protocol_for
 
 
@@ -95,6 +96,8 @@ def run_ablation(
     proto = protocol_for(model, protocol)
     prompts = [proto.prompt(model.tokenizer, "neutral", question=q) for q in questions]
     ids = [p.token_ids for p in prompts]
+    check_context(model, ids, gcfg.max_new_tokens)
+    warn_unknown(model.tokenizer, ids)
     rows = []
     for c in conditions(target, opp, cfg, proto.induce_config()):
         if c["pairs"] is None:

@@ -171,16 +171,23 @@ def respondent_descriptions(path: str | Path | None, n: int) -> list[str]:
 
 
 def administer(
-    model: TransformerBridge, items: list[Item], cfg: InventoryConfig, condition: str = "none"
+    model: TransformerBridge,
+    items: list[Item],
+    cfg: InventoryConfig,
+    condition: str = "none",
+    *,
+    progress: bool = False,
 ) -> Administration:
     """The inventory given to the model as it is (plus persona respondents for alpha)."""
+    from tqdm.auto import tqdm
+
     option_ids = option_token_ids(model.tokenizer)
     fwd, rev = administer_once(model, items, option_ids, batch_size=cfg.batch_size)
     resp = None
     descriptions = respondent_descriptions(cfg.personas, cfg.respondents)
     if descriptions:
         rows = []
-        for d in descriptions:
+        for d in tqdm(descriptions, desc=f"respondents ({condition})", unit="persona", disable=not progress):
             f, r = administer_once(
                 model, items, option_ids, system=persona_system(d), batch_size=cfg.batch_size
             )
@@ -324,6 +331,8 @@ def measure(
     items: list[Item],
     cfg: InventoryConfig,
     inductions: dict[str, Any] | None = None,
+    *,
+    progress: bool = False,
 ) -> InventoryResult:
     """The profile of the model as it is and under each induction.
 
@@ -331,8 +340,8 @@ def measure(
     induces (e.g. `lambda: induce(model, pairs, InduceConfig(gamma=2))`).
     """
     cfg.check()
-    adms = [administer(model, items, cfg)]
+    adms = [administer(model, items, cfg, progress=progress)]
     for name, make in (inductions or {}).items():
         with make():
-            adms.append(administer(model, items, cfg, condition=name))
+            adms.append(administer(model, items, cfg, condition=name, progress=progress))
     return InventoryResult(items, adms, cfg)

@@ -53,7 +53,7 @@ def add_config(
         if args and type(None) in args:
             kind = next(a for a in args if a is not type(None))
         default = None if f.default is dataclasses.MISSING else f.default
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         if kind is bool:
             parser.add_argument(
                 flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text
@@ -350,14 +350,18 @@ def cmd_score(args: argparse.Namespace) -> None:
 
         kwargs.update(out=args.out, cfg=config_from(args, ChatConfig), protocol=load_protocol(args.protocol))
     judge = make_judge(args.judge, **kwargs)
+    judge.progress = True  # type: ignore[attr-defined] - judges without a bar ignore it
     write_json_atomic(out / SCORE_CFG_FILE, source)
     scored = score_rows(rows, judge)
     scores, summary = write_scores(out, scored)
-    print(f"{len(rows)} answers scored by the {judge.name} judge -> {scores}, {summary}")
+    missing = sum(1 for r in scored if r.get("judge_error"))
+    print(
+        f"{len(rows) - missing} of {len(rows)} answers scored by the {judge.name} judge"
+        f"{f', {missing} failed' if missing else ''} -> {scores}, {summary}"
+    )
     report = getattr(judge, "report", None)
     if report is not None:
         print(report())
-    missing = sum(1 for r in scored if r.get("judge_error"))
     if missing:
         raise UserError(
             f"{missing} of {len(rows)} answers lack a rating (see judge_error in {scores}); rerunning the "
@@ -465,6 +469,7 @@ def cmd_analyze_capability(args: argparse.Namespace) -> None:
     from npti_lens.score import to_csv
 
     trait, pole = check_trait(args.trait), check_pole(args.pole)
+    gammas = parse_numbers(args.gammas, "--gammas")
     out = _fresh_dir(args.out, args.overwrite, holds="capability.csv")
     if not args.texts and not args.choices:
         raise UserError("npti analyze capability: pass --texts (perplexity) and/or --choices (accuracy)")
@@ -475,7 +480,6 @@ def cmd_analyze_capability(args: argparse.Namespace) -> None:
         if not isinstance(r.get("question"), str) or not isinstance(r.get("answer"), str):
             raise UserError(f'{args.texts}:{r["_line"]}: needs "question" and "answer" text')
     choices = load_choice_items(args.choices) if args.choices else []
-    gammas = parse_numbers(args.gammas, "--gammas")
     target, opp = load_pair(args.neurons, trait, pole)
     proto = protocol_of(args)
     model = load_model_for(args, proto)
@@ -559,7 +563,8 @@ def _method_figure(rows: list[dict[str, Any]], path: Path, gamma: float | None, 
 def cmd_organism_data(args: argparse.Namespace) -> None:
     from npti_lens.organism.demo import write_data
 
-    search, test, personas = write_data(Path(args.out), args.n_search, args.seed)
+    out = _fresh_dir(args.out, args.overwrite, holds="personas.jsonl")
+    search, test, personas = write_data(out, args.n_search, args.seed)
     print(f"questions: {search}/ (search), {test}/ (held out); personas: {personas}")
 
 
@@ -616,7 +621,7 @@ def cmd_inventory(args: argparse.Namespace) -> None:
     inductions = {}
     if pairs:
         inductions[name] = lambda: induce(model, pairs, icfg, allow_other_model=args.allow_other_model)
-    result = measure(model, items, cfg, inductions)
+    result = measure(model, items, cfg, inductions, progress=True)
     files = result.save(out)
     rows = result.domain_rows()
     files["figure"] = figures.inventory_profile(rows, out / "profile.png")
@@ -718,6 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", default="organism", help="organism, or openai (an OpenAI-compatible LLM judge)")
     p.add_argument("--trait", default=None, help="judge every row against this trait (default: the row's)")
     p.add_argument("--pole", default=None, help="judge every row against this pole (default: the row's)")
+    p.add_argument("--overwrite", action="store_true", help="replace scores of another file already in --out")
     add_config(p, ChatConfig)  # --judge openai only; the key comes from OPENAI_API_KEY
     p.add_argument(
         "--protocol",
@@ -742,6 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for search/, test/ and personas.jsonl")
     p.add_argument("--n-search", type=int, default=DemoConfig.n_search, help="search questions per trait")
     p.add_argument("--seed", type=int, default=0, help="seed of the persona descriptions")
+    p.add_argument("--overwrite", action="store_true", help="replace data already in --out")
 
     p = command("data", lambda a: None, "question and persona data")
     dsub = p.add_subparsers(dest="data_command", required=True, parser_class=_Parser)

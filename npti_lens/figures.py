@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from npti_lens.constants import TRAITS  # noqa: E402
 
@@ -24,7 +25,7 @@ COLORS = {
 METHODS = {
     "none": "no intervention",
     "simple": "simple prompt",
-    "p2": "P\N{SUPERSCRIPT TWO} (persona)",
+    "p2": "P2 (persona)",
     "npti": "NPTI",
     "random": "random neurons",
 }
@@ -70,6 +71,7 @@ def layer_distribution(dist: Any, path: str | Path, *, share: bool = True) -> Pa
                 label=name.replace("_", " "),
             )
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
         ax.set_ylabel("% of the layer's neurons" if share else "neurons")
         ax.grid(alpha=0.3)
         ax.legend(ncol=2, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -144,7 +146,7 @@ def gamma_sweep(rows: list[dict[str, Any]], path: str | Path) -> Path:
                         color=COLORS[cond],
                         label="no intervention" if cond == "none" else "persona prompt",
                     )
-            ax.set_xlabel("gamma")
+            ax.set_xlabel("gamma (error bars: +-1 SEM over trait poles)")
             ax.set_ylabel(label)
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
@@ -201,7 +203,17 @@ def inventory_profile(rows: list[dict[str, Any]], path: str | Path) -> Path:
         ax.axhline(3, color="black", lw=0.5, ls=":")
         ax.set_xticks(np.arange(len(domains)), [d[0] for d in domains])
         ax.set_ylim(1, 5)
-        ax.set_ylabel("domain score (1-5)")
+        ax.set_ylabel("domain score (1-5; 95% bootstrap CI)")
+        if not np.isfinite([r["score"] for r in rows]).any():
+            ax.text(
+                0.5,
+                0.5,
+                "no scores: the model put no probability\non the options 1-5 (see option_mass)",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                fontsize=6,
+            )
         ax.set_xlabel("  ".join(f"{d[0]} = {d}" for d in domains), fontsize=5)
         ax.legend(frameon=False, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.grid(axis="y", alpha=0.3)
@@ -271,13 +283,22 @@ def method_comparison(rows: list[dict[str, Any]], path: str | Path, *, gamma: fl
                 f", gamma {gamma:g}" if m in ("npti", "random") and gamma is not None else ""
             )
             ax.bar(xs, ys, width, color=COLORS[m], label=label)
+            # a marker at each bar's top, so that a bar of height 0 is still seen
+            ax.scatter(xs, ys, marker="_", s=(width * 40) ** 2, color=COLORS[m], linewidths=1.5, zorder=3)
             ax.errorbar(xs, ys, yerr=es, fmt="none", ecolor="black", elinewidth=0.6, capsize=1)
         short = {"Openness": "Open.", "Conscientiousness": "Consc.", "Extraversion": "Extra.",
                  "Agreeableness": "Agree.", "Neuroticism": "Neuro."}  # fmt: skip
         ax.set_xticks(
             np.arange(len(poles)), [short[p.rsplit("_", 1)[0]] + "\n" + p.rsplit("_", 1)[1] for p in poles]
         )
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(
+            ylabel
+            + (
+                "\n(error bars: +-1 SEM over answers)"
+                if any(e for v in table.values() for _, e in v.values())
+                else ""
+            )
+        )
         ax.grid(axis="y", alpha=0.3)
         ax.legend(ncol=len(table), frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0))
     _save(fig, path, pdf=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 from npti_lens.constants import TRAITS
 from npti_lens.errors import UserError
-from npti_lens.llm import ChatConfig, ChatRequest, ChatRun, Ledger, complete_all
+from npti_lens.llm import ChatConfig, ChatRequest, ChatRun, Ledger, api_key, complete_all
 from npti_lens.protocol import JudgePrompts, Protocol, load_protocol
 from npti_lens.score import register_judge
 
@@ -90,9 +90,11 @@ class OpenAIJudge:
         self.protocol = load_protocol(protocol)
         self.prompts = self.protocol.judge  # a protocol without judge prompts fails here
         self.cfg = cfg or ChatConfig()
+        api_key(self.cfg.base_url)  # a missing key fails here, before anything is written
         self.ledger = Ledger(Path(out) / LEDGER_FILE)
         self.trait, self.pole = trait, pole
         self.run: ChatRun | None = None
+        self.progress = False  # a progress bar over the requests (the CLI turns it on)
         self.unparsed = 0
 
     def score(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -110,7 +112,9 @@ class OpenAIJudge:
                     fluency_messages(r["question"], r["answer"], self.prompts),
                 )
             )
-        run = complete_all([req for _, t, f in jobs for req in (t, f)], self.cfg, self.ledger)
+        run = complete_all(
+            [req for _, t, f in jobs for req in (t, f)], self.cfg, self.ledger, progress=self.progress
+        )
         self.run = run
         out = []
         for r, (trait, treq, freq) in zip(rows, jobs, strict=True):

@@ -163,7 +163,19 @@ def _entry(key: str, cfg: ChatConfig, body: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _complete_one(
-    client: Any, req: ChatRequest, key: str, cfg: ChatConfig, sem: Any, run: ChatRun, ledger: Ledger
+    client: Any, req: ChatRequest, key: str, cfg: ChatConfig, sem: Any, run: ChatRun, ledger: Ledger, bar: Any
+) -> None:
+    try:
+        await _attempts(client, req, key, cfg, sem, run, ledger, bar)
+    finally:
+        bar.update(1)
+        bar.set_postfix_str(
+            f"{run.retries} retries, {sum(1 for k in run.failed if k not in run.replies)} failing"
+        )
+
+
+async def _attempts(
+    client: Any, req: ChatRequest, key: str, cfg: ChatConfig, sem: Any, run: ChatRun, ledger: Ledger, bar: Any
 ) -> None:
     import openai
 
@@ -206,6 +218,7 @@ async def _complete_one(
         if attempt == cfg.max_retries:
             return
         run.retries += 1
+        bar.set_postfix_str(f"{run.retries} retries (last: {run.failed[key]})")
         if wait is None:
             wait = cfg.backoff * 2**attempt * (0.5 + random.random())
         wait = min(wait, MAX_WAIT)
@@ -214,7 +227,9 @@ async def _complete_one(
     # unreachable: the loop returns
 
 
-async def _complete(todo: dict[str, ChatRequest], cfg: ChatConfig, run: ChatRun, ledger: Ledger) -> None:
+async def _complete(
+    todo: dict[str, ChatRequest], cfg: ChatConfig, run: ChatRun, ledger: Ledger, bar: Any
+) -> None:
     import openai
 
     client = openai.AsyncOpenAI(
@@ -222,15 +237,22 @@ async def _complete(todo: dict[str, ChatRequest], cfg: ChatConfig, run: ChatRun,
     )
     sem = asyncio.Semaphore(cfg.concurrency)
     try:
-        await asyncio.gather(*(_complete_one(client, r, k, cfg, sem, run, ledger) for k, r in todo.items()))
+        await asyncio.gather(
+            *(_complete_one(client, r, k, cfg, sem, run, ledger, bar) for k, r in todo.items())
+        )
     finally:
         await client.close()
     for k in run.replies:
         run.failed.pop(k, None)
 
 
-def complete_all(requests: list[ChatRequest], cfg: ChatConfig, ledger: Ledger) -> ChatRun:
-    """Answer every distinct request once: from the ledger if it has it, else from the server."""
+def complete_all(
+    requests: list[ChatRequest], cfg: ChatConfig, ledger: Ledger, *, progress: bool = False
+) -> ChatRun:
+    """Answer every distinct request once: from the ledger if it has it, else from the server.
+
+    With `progress`, a bar (on a terminal) counts finished requests and shows retries and failures.
+    """
     if cfg.concurrency < 1:
         raise UserError(f"--concurrency: {cfg.concurrency} must be at least 1")
     if cfg.max_retries < 0:
@@ -245,7 +267,10 @@ def complete_all(requests: list[ChatRequest], cfg: ChatConfig, ledger: Ledger) -
             todo[key] = req
     run.cached = len(run.replies)
     if todo:
-        _run_sync(lambda: _complete(todo, cfg, run, ledger))
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(todo), desc="judge", unit="request", disable=None if progress else True) as bar:
+            _run_sync(lambda: _complete(todo, cfg, run, ledger, bar))
     return run
 
 

@@ -195,6 +195,7 @@ def test_retries_stop_and_unrated_replies_are_kept(tmp_path, api_key, capsys):
         rc = main(_score_args(gen, tmp_path / "s", srv.url, "--max-retries", "2"))
     captured = capsys.readouterr()
     assert rc == 2 and "2 of 6 answers lack a rating" in captured.err
+    assert "4 of 6 answers scored by the openai judge, 2 failed" in captured.out  # failures counted as such
     assert srv.attempts[bad] == 3  # the first try and two retries, then it stops
     assert srv.requests == 12 + 2
     scored = [json.loads(line) for line in (tmp_path / "s" / "scores.jsonl").read_text().splitlines()]

@@ -183,10 +183,14 @@ def run_demo(
             }
         )
 
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(traits) * len(POLES), desc="answer held-out", unit="pole", disable=not progress)
     for t in traits:
         qs = split[t]["test"][: cfg.n_test]
         plain = _answers(model, qs, gcfg)
         for p in POLES:
+            bar.update(1)
             add(t, p, "none", None, qs, plain)
             for g in gammas:
                 icfg = load_protocol(ORGANISM).induce_config(gamma=g, seed=cfg.seed)
@@ -200,6 +204,7 @@ def run_demo(
             descs = corpus.personas(t, p)
             add(t, p, "persona", None, qs, _answers(model, qs, gcfg, "p2", [rng.choice(descs) for _ in qs]))
 
+    bar.close()
     files = {
         "csv": out / RESULTS_CSV,
         "json": out / "demo_results.json",
