@@ -13,10 +13,11 @@ from npti_lens.ablation import AblationConfig, run_ablation
 from npti_lens.constants import POLES, TRAITS
 from npti_lens.generate import GenerateConfig
 from npti_lens.induce import load_pair
+from npti_lens.io import to_csv
 from npti_lens.model import load_model
 from npti_lens.organism.corpus import question_split
 from npti_lens.organism.judge import OrganismJudge
-from npti_lens.score import score_rows, summarize, to_csv
+from npti_lens.score import score_rows, summarize
 
 
 def main() -> None:

@@ -12,15 +12,15 @@ from dataclasses import replace
 import torch
 from _sources import OUT, ROOT
 
+from npti_lens.answers import Condition, answer
 from npti_lens.capability import retention
 from npti_lens.constants import POLES, TRAITS
 from npti_lens.figures import retention_vs_trait
-from npti_lens.generate import GenerateConfig, generate
-from npti_lens.induce import induce, load_pair
+from npti_lens.generate import GenerateConfig
+from npti_lens.induce import load_pair
 from npti_lens.model import load_model
 from npti_lens.organism import corpus
 from npti_lens.organism.judge import attribute
-from npti_lens.prompts import build
 from npti_lens.protocol import ORGANISM, load_protocol
 
 GAMMAS = [1.0, 3.0, 5.0]
@@ -36,17 +36,20 @@ def main() -> None:
     rows = []
     for trait in TRAITS:
         texts = [(e.question, e.answer) for e in neutral if e.trait == trait][:200]
-        prompts = [build(model.tokenizer, q).token_ids for q in split[trait]["test"]]
+        questions = split[trait]["test"]
         for pole in POLES:
             target, opp = load_pair(ROOT / "neuron_results" / "organism", trait, pole)
             ppl = {r["gamma"]: r for r in retention(model, target, opp, texts, GAMMAS, rules=rules).rows}
             for g in [None, *GAMMAS]:
-                if g is None:
-                    gens = generate(model, prompts, gcfg)
-                else:
-                    with induce(model, [(target, opp)], replace(rules, gamma=g)):
-                        gens = generate(model, prompts, gcfg)
-                score = sum(attribute(x.text, trait, pole)["target_fraction"] for x in gens) / len(gens)
+                cond = (
+                    Condition.none()
+                    if g is None
+                    else Condition.npti([(target, opp)], replace(rules, gamma=g))
+                )
+                answers = answer(model, questions, cond, gcfg)
+                score = sum(attribute(a["answer"], trait, pole)["target_fraction"] for a in answers) / len(
+                    answers
+                )
                 rows.append(
                     {
                         "trait": trait,

@@ -23,7 +23,7 @@ NOTEBOOKS = {
         (
             "code",
             "import tempfile, torch\nfrom pathlib import Path\n\nimport npti_lens as nl\n"
-            "from npti_lens.organism import corpus\nfrom npti_lens.organism.demo import write_data\n"
+            "from npti_lens.organism import corpus\n"
             "from npti_lens.organism.judge import attribute\n\ntorch.set_num_threads(2)\n"
             "work = Path(tempfile.mkdtemp())\nmodel = nl.load_model('organism')\n"
             "sites = nl.mlp_sites(model)\nprint(sites.n_layers, 'layers x', sites.d_mlp, 'neurons, gated:', sites.gated)",
@@ -35,7 +35,7 @@ NOTEBOOKS = {
         ),
         (
             "code",
-            "from npti_lens.search import SearchConfig, run_search\n\nsearch_dir, test_dir, personas = write_data(work / 'data', 32, seed=0)\n"
+            "from npti_lens.search import SearchConfig, run_search\n\nsearch_dir, test_dir, personas = corpus.write_data(work / 'data', 32, seed=0)\n"
             "gcfg = nl.GenerateConfig(max_new_tokens=48, batch_size=32, repetition_penalty=1.0)\n"
             "stats = run_search(model, search_dir, personas, work / 'run', SearchConfig(traits='Agreeableness'), gcfg)\n"
             "for name, s in stats.items():\n    print(name, s.n_tokens, 'answer tokens; mean P(active) =', round(float(s.p_active().mean()), 3))",
@@ -44,29 +44,28 @@ NOTEBOOKS = {
         (
             "code",
             "cfg = nl.SelectConfig(min_neurons=20, threshold=0.2)\n"
-            "high = nl.select_neurons(stats['Agreeableness_high'], stats['Agreeableness_low'], cfg, trait='Agreeableness', pole='high', model='npti-organism')\n"
-            "low = nl.select_neurons(stats['Agreeableness_low'], stats['Agreeableness_high'], cfg, trait='Agreeableness', pole='low', model='npti-organism')\n"
+            "sets = nl.select_run(work / 'run', work / 'neurons', cfg)  # every pole of the run, saved\n"
+            "high, low = sets['Agreeableness_high'], sets['Agreeableness_low']\n"
             "print(len(high), 'high neurons per layer', high.per_layer().tolist())\nhigh.to_frame().head()",
         ),
         ("md", "## 3. Induce each pole on held-out questions and score the answers"),
         (
             "code",
-            "# the organism's protocol: its prompts, and the keep rule and clamp the demo uses\n"
-            "proto = nl.load_protocol('organism')\nquestions = corpus.question_split()['Agreeableness']['test']\n"
-            "prompts = [proto.prompt(model.tokenizer, 'neutral', question=q).token_ids for q in questions]\nrows = []\n"
+            "# the organism's protocol (its prompts, keep rule and clamp) is the default for the organism\n"
+            "proto = nl.load_protocol('organism')\nquestions = corpus.question_split()['Agreeableness']['test']\nrows = []\n"
             "for pole, pair in (('high', (high, low)), ('low', (low, high))):\n"
             "    for gamma in (None, 1.0, 3.0):\n"
-            "        if gamma is None:\n            gens = nl.generate(model, prompts, gcfg)\n"
-            "        else:\n            with nl.induce(model, [pair], proto.induce_config(gamma=gamma)):\n"
-            "                gens = nl.generate(model, prompts, gcfg)\n"
-            "        score = sum(attribute(g.text, 'Agreeableness', pole)['target_fraction'] for g in gens) / len(gens)\n"
+            "        cond = nl.Condition.none() if gamma is None else nl.Condition.npti([pair], proto.induce_config(gamma=gamma))\n"
+            "        answers = nl.answer(model, questions, cond, gcfg)\n"
+            "        score = sum(attribute(a['answer'], 'Agreeableness', pole)['target_fraction'] for a in answers) / len(answers)\n"
             "        rows.append({'pole': pole, 'gamma': gamma, 'target_fraction': round(score, 3)})\n"
             "import pandas as pd\npd.DataFrame(rows)",
         ),
         (
             "code",
-            "with nl.induce(model, [(high, low)], proto.induce_config(gamma=3.0)):\n"
-            "    print(nl.generate(model, prompts[:1], gcfg)[0].text)\nprint(nl.generate(model, prompts[:1], gcfg)[0].text)",
+            "induced = nl.Condition.npti([(high, low)], proto.induce_config(gamma=3.0))\n"
+            "print(nl.answer(model, questions[:1], induced, gcfg)[0]['answer'])\n"
+            "print(nl.answer(model, questions[:1], nl.Condition.none(), gcfg)[0]['answer'])",
         ),
         ("md", "## 4. A figure: target-pole fraction against gamma"),
         (

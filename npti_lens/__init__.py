@@ -1,40 +1,55 @@
-"""npti_lens: neuron-based personality trait induction (NPTI) on TransformerLens 4."""
+"""npti_lens: neuron-based personality trait induction (NPTI) on TransformerLens 4.
+
+The names below load their module on first use, so `import npti_lens` (and `npti --help`) stays
+light: torch and TransformerLens load when a model-facing name is first touched.
+"""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import Any
 
-from npti_lens.generate import GenerateConfig, Generation, generate, positions_context  # noqa: E402
-from npti_lens.induce import InduceConfig, InductionHandle, check_fits, induce  # noqa: E402
-from npti_lens.model import ModelConfig, load_model  # noqa: E402
-from npti_lens.neurons import NeuronSet, import_reference, load_neuron_sets  # noqa: E402
-from npti_lens.protocol import Protocol, load_protocol  # noqa: E402
-from npti_lens.record import Stats, record_batch, recording  # noqa: E402
-from npti_lens.select import SelectConfig, select_neurons  # noqa: E402
-from npti_lens.sites import MLPSites, mlp_sites  # noqa: E402
+from npti_lens.constants import VERSION
 
-__all__ = [
-    "GenerateConfig",
-    "Generation",
-    "InduceConfig",
-    "InductionHandle",
-    "MLPSites",
-    "ModelConfig",
-    "NeuronSet",
-    "Protocol",
-    "SelectConfig",
-    "Stats",
-    "__version__",
-    "check_fits",
-    "generate",
-    "import_reference",
-    "induce",
-    "load_model",
-    "load_neuron_sets",
-    "load_protocol",
-    "mlp_sites",
-    "positions_context",
-    "record_batch",
-    "recording",
-    "select_neurons",
-]
+__version__ = VERSION
+
+_WHERE = {
+    "Condition": "answers",
+    "answer": "answers",
+    "GenerateConfig": "generate",
+    "Generation": "generate",
+    "generate": "generate",
+    "positions_context": "generate",
+    "InduceConfig": "induce",
+    "InductionHandle": "induce",
+    "check_fits": "induce",
+    "induce": "induce",
+    "ModelConfig": "model",
+    "load_model": "model",
+    "NeuronSet": "neurons",
+    "import_reference": "neurons",
+    "load_neuron_sets": "neurons",
+    "Protocol": "protocol",
+    "load_protocol": "protocol",
+    "Stats": "record",
+    "record_batch": "record",
+    "recording": "record",
+    "SelectConfig": "select",
+    "select_neurons": "select",
+    "select_run": "select",
+    "MLPSites": "sites",
+    "mlp_sites": "sites",
+}
+__all__ = sorted([*_WHERE, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"npti_lens.{_WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'npti_lens' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

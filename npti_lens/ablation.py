@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from npti_lens.generate import GenerateConfig, check_context, generate
-from npti_lens.induce import InduceConfig, induce, random_control
+from npti_lens.answers import Condition, answer
+from npti_lens.generate import GenerateConfig
+from npti_lens.induce import InduceConfig, random_control
 from npti_lens.io import parse_numbers
 from npti_lens.neurons import NeuronSet
-from npti_lens.prompts import warn_unknown
 from npti_lens.protocol import Protocol, protocol_for
 
 
@@ -84,44 +84,32 @@ def run_ablation(
     opp: NeuronSet,
     questions: list[str],
     cfg: AblationConfig,
-    gcfg: GenerateConfig,
+    gcfg: GenerateConfig | None = None,
     *,
     protocol: Protocol | str | None = None,
     allow_other_model: bool = False,
 ) -> list[dict[str, Any]]:
-    """Answer `questions` under every condition; one row per (condition, question).
+    """Answer `questions` under every condition; one answers row per (condition, question).
 
-    Prompts, keep rule and clamp come from `protocol` (default: the model's, see `protocol_for`).
+    Prompts, sampling (when `gcfg` is None), keep rule and clamp come from `protocol` (default:
+    the model's, see `protocol_for`).
     """
     proto = protocol_for(model, protocol)
-    prompts = [proto.prompt(model.tokenizer, "neutral", question=q) for q in questions]
-    ids = [p.token_ids for p in prompts]
-    check_context(model, ids, gcfg.max_new_tokens)
-    warn_unknown(model.tokenizer, ids)
     rows = []
     for c in conditions(target, opp, cfg, proto.induce_config()):
-        if c["pairs"] is None:
-            gens = generate(model, ids, gcfg)
+        pairs, icfg = c["pairs"], c["icfg"]
+        extra = {
+            "k": c.get("k"),
+            "layers": c.get("layers"),
+            "n_shifted": sum(len(t) for t, _ in pairs) if pairs and icfg.activate else 0,
+            "n_clamped": sum(len(o) for _, o in pairs) if pairs and icfg.deactivate else 0,
+        }
+        named = {"name": c["condition"], "extra": extra}
+        if pairs is None:
+            condition = Condition.none(target.trait, target.pole, **named)
+        elif c["condition"] == "random":
+            condition = Condition.random(pairs, icfg, trait=target.trait, pole=target.pole, **named)
         else:
-            with induce(model, c["pairs"], c["icfg"], allow_other_model=allow_other_model):
-                gens = generate(model, ids, gcfg)
-        n_shifted = sum(len(t) for t, _ in c["pairs"]) if c["pairs"] else 0
-        n_clamped = sum(len(o) for _, o in c["pairs"]) if c["pairs"] else 0
-        for q, p, g in zip(questions, prompts, gens, strict=True):
-            rows.append(
-                {
-                    "question": q,
-                    "prompt": p.text,
-                    "answer": g.text,
-                    "trait": target.trait,
-                    "pole": target.pole,
-                    "gamma": c["icfg"].gamma if c["icfg"] else None,
-                    "condition": c["condition"],
-                    "k": c.get("k"),
-                    "layers": c.get("layers"),
-                    "n_shifted": n_shifted if not c["icfg"] or c["icfg"].activate else 0,
-                    "n_clamped": n_clamped if not c["icfg"] or c["icfg"].deactivate else 0,
-                    **proto.record(),
-                }
-            )
+            condition = Condition.npti(pairs, icfg, **named)
+        rows += answer(model, questions, condition, gcfg, protocol=proto, allow_other_model=allow_other_model)
     return rows

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from npti_lens.constants import TRAITS
-from npti_lens.data import SAMPLE_PERSONAS, load_personas
+from npti_lens.bench import SAMPLE_PERSONAS, load_personas
+from npti_lens.constants import CFG_FILE, TRAITS
 from npti_lens.errors import UserError
 from npti_lens.generate import positions_context
 from npti_lens.inventory import Item, bootstrap_ci, cronbach_alpha, expected_rating, keyed
@@ -297,8 +297,7 @@ class InventoryResult:
         """items.csv, facets.csv, domains.csv and cfg.json in `out` (atomic writes)."""
         import dataclasses
 
-        from npti_lens.io import write_json_atomic, write_text_atomic
-        from npti_lens.score import to_csv
+        from npti_lens.io import to_csv, write_json_atomic, write_text_atomic
 
         out = Path(out)
         files = {}
@@ -309,7 +308,7 @@ class InventoryResult:
         ):
             files[name] = out / f"{name}.csv"
             write_text_atomic(files[name], to_csv(_union_columns(rows)))
-        write_json_atomic(out / "cfg.json", {"inventory": dataclasses.asdict(self.cfg), "n_items": len(self.items),
+        write_json_atomic(out / CFG_FILE, {"inventory": dataclasses.asdict(self.cfg), "n_items": len(self.items),
                                              "conditions": [a.condition for a in self.administrations]})  # fmt: skip
         return files
 

@@ -55,6 +55,15 @@ class ChoiceItem:
     answer: int  # index of the right choice
 
 
+def load_texts(path: str) -> list[tuple[str, str]]:
+    """(question, reference answer) pairs from JSON lines {"question": ..., "answer": ...}."""
+    rows = read_jsonl(path, what='JSON lines like {"question": "...", "answer": "..."}')
+    for r in rows:
+        if not isinstance(r.get("question"), str) or not isinstance(r.get("answer"), str):
+            raise UserError(f'{path}:{r["_line"]}: needs "question" and "answer" text')
+    return [(r["question"], r["answer"]) for r in rows]
+
+
 def load_choice_items(path: str) -> list[ChoiceItem]:
     """JSON lines {"question": ..., "choices": [...], "answer": index of the right choice}."""
     items = []

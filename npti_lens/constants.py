@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+VERSION = "0.1.0"  # the package's version (npti_lens.__version__), recorded in every artifact
+
 TRAITS: tuple[str, ...] = (
     "Openness",
     "Conscientiousness",
@@ -24,8 +26,6 @@ NEURONS_CSV = "neurons.csv"
 RUN_CFG_FILE = "run.json"
 ANSWERS_DIR = "answers"
 STATS_DIR = "stats"
-STATS_SUFFIX = ".safetensors"
-STATS_META_SUFFIX = ".json"
 
 
 def pole_name(trait: str, pole: str) -> str:

@@ -90,7 +90,7 @@ def check_context(
 ) -> None:
     """Refuse, before generating, a prompt that with `max_new_tokens` outgrows the model's positions."""
     if max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens: {max_new_tokens} is not 1 or more")
+        raise UserError(f"{max_new_tokens} is not 1 or more", field="max_new_tokens")
     limit = n_positions(model)
     if limit is None or not prompts:
         return

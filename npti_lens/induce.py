@@ -171,18 +171,18 @@ def induce(
     """
     cfg = cfg or InduceConfig()
     if cfg.positions not in POSITIONS:
-        raise UserError(f"--positions: {cfg.positions!r} is not one of {', '.join(POSITIONS)}")
+        raise UserError(f"{cfg.positions!r} is not one of {', '.join(POSITIONS)}", field="positions")
     if not 0.0 <= cfg.keep_prob <= 1.0:
-        raise UserError(f"--keep-prob: {cfg.keep_prob} is not between 0 and 1")
-    for flag, value, allowed in (
-        ("--keep", cfg.keep, KEEP_RULES),
-        ("--clamp-order", cfg.clamp_order, CLAMP_ORDERS),
-        ("--clamp-layers", cfg.clamp_layers, CLAMP_LAYERS),
+        raise UserError(f"{cfg.keep_prob} is not between 0 and 1", field="keep_prob")
+    for name, value, allowed in (
+        ("keep", cfg.keep, KEEP_RULES),
+        ("clamp_order", cfg.clamp_order, CLAMP_ORDERS),
+        ("clamp_layers", cfg.clamp_layers, CLAMP_LAYERS),
     ):
         if value not in allowed:
-            raise UserError(f"{flag}: {value!r} is not one of {', '.join(allowed)}")
+            raise UserError(f"{value!r} is not one of {', '.join(allowed)}", field=name)
     if not math.isfinite(cfg.gamma):
-        raise UserError(f"--gamma: {cfg.gamma} is not a finite number")
+        raise UserError(f"{cfg.gamma} is not a finite number", field="gamma")
     if not -GAMMA_WARN <= cfg.gamma <= GAMMA_WARN:
         warnings.warn(
             f"gamma {cfg.gamma:g} is far outside the paper's 0.6-1.5: expect broken text (and an error "

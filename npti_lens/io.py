@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import gzip
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -160,6 +162,16 @@ def parse_traits(spec: str, flag: str = "--traits") -> list[str]:
     return traits
 
 
+def parse_poles(traits: str, poles: str) -> list[tuple[str, str]]:
+    """'Extraversion,Agreeableness' with 'high' (one pole for all) or 'high,low' (one per trait)."""
+    ts = [check_trait(t.strip()) for t in traits.split(",") if t.strip()]
+    ps = [check_pole(p.strip()) for p in poles.split(",") if p.strip()]
+    ps = ps * len(ts) if len(ps) == 1 else ps
+    if not ts or len(ps) != len(ts):
+        raise UserError(f"--pole: give one pole, or one per trait of --trait ({len(ts)})")
+    return list(zip(ts, ps, strict=True))
+
+
 def parse_numbers(spec: str, flag: str, kind: type = float) -> list:
     """'0.6,1,1.5' -> [0.6, 1.0, 1.5]; anything else is a one-line error naming the flag."""
     try:
@@ -169,3 +181,29 @@ def parse_numbers(spec: str, flag: str, kind: type = float) -> list:
     if not values:
         raise UserError(f"{flag}: no value given")
     return values
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    fields = list(rows[0])
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def read_summary(path: str | Path, flag: str = "--scores") -> list[dict[str, Any]]:
+    """The rows of a `npti score` summary.csv (gamma as a float or None)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{flag}: {path} not found; pass folders written by npti score")
+    rows = list(csv.DictReader(_read_text(path).splitlines()))
+    for i, r in enumerate(rows, start=2):
+        if not r.get("trait") or not r.get("condition") or not r.get("trait_score_mean"):
+            raise UserError(
+                f"{path}:{i}: needs trait, pole, condition and trait_score_mean (a npti score summary)"
+            )
+        r["gamma"] = float(r["gamma"]) if r.get("gamma") else None
+    return rows

@@ -67,7 +67,7 @@ def fluency_messages(question: str, answer: str, prompts: JudgePrompts | None = 
     return _request(p, p.fluency.format(question=question, answer=answer))
 
 
-def _toward(rating: float | None, pole: str | None) -> float | None:
+def _toward(rating: int | float | None, pole: str | None) -> int | float | None:
     if rating is None:
         return None
     return 6 - rating if pole == "low" else rating

@@ -21,7 +21,7 @@ from jaxtyping import Float, Int64
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from npti_lens.constants import CFG_FILE, NEURONS_CSV, NEURONS_FILE, POLES, TRAITS, pole_name
+from npti_lens.constants import CFG_FILE, NEURONS_CSV, NEURONS_FILE, POLES, TRAITS, VERSION, pole_name
 from npti_lens.errors import UserError
 from npti_lens.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 
@@ -30,12 +30,6 @@ COLUMNS = ("layer", "index", "diff", "p_active", "q95", "z", "p", "q")
 REFERENCE_MODEL = "Meta-Llama-3-8B-Instruct"
 REFERENCE_N_LAYERS = 32
 REFERENCE_D_MLP = 14336
-
-
-def _version() -> str:
-    from npti_lens import __version__
-
-    return __version__
 
 
 @dataclass
@@ -121,7 +115,7 @@ class NeuronSet:
             **self.provenance,
             "n_neurons": len(self),
             "per_layer": self.per_layer().tolist(),
-            "npti_lens_version": _version(),
+            "npti_lens_version": VERSION,
         }
 
     def save(self, folder: str | Path) -> Path:

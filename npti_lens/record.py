@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from npti_lens.constants import EDGES_PER_UNIT, N_BINS, N_INNER_EDGES
+from npti_lens.constants import EDGES_PER_UNIT, N_BINS, N_INNER_EDGES, STATS_DIR, pole_name
 from npti_lens.errors import UserError
 from npti_lens.generate import generated_positions, positions_context
 from npti_lens.io import atomic_path, read_json, write_json_atomic
@@ -317,3 +317,22 @@ def record_batch(
     with recording(model, stats, sites), positions_context(answer, any_set=True):
         # The base model (no LM head): logits are not needed for statistics.
         model.original_model.base_model(input_ids=ids, attention_mask=attn, use_cache=False)
+
+
+# ----- statistics of a search run folder ----------------------------------------------------------
+
+
+def stats_path(run: str | Path, trait: str, pole: str) -> Path:
+    return Path(run) / STATS_DIR / f"{pole_name(trait, pole)}.safetensors"
+
+
+def load_run_stats(run: str | Path, trait: str, pole: str) -> Stats:
+    path = stats_path(run, trait, pole)
+    if not path.is_file():
+        raise UserError(f"{run}: no statistics for {pole_name(trait, pole)} ({path}); run npti search")
+    stats = Stats.load(path)
+    if not stats.meta.get("complete"):
+        raise UserError(
+            f"{path}: search of {pole_name(trait, pole)} is unfinished; finish it with npti search --resume"
+        )
+    return stats

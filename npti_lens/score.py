@@ -6,16 +6,13 @@ Judges are registered by name. Every judge returns, per answer, `trait_score` an
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from npti_lens.errors import UserError
-from npti_lens.io import write_jsonl_atomic, write_text_atomic
+from npti_lens.io import to_csv, write_jsonl_atomic, write_text_atomic
 
 SCORES_FILE = "scores.jsonl"
 SUMMARY_FILE = "summary.csv"
@@ -24,6 +21,7 @@ GROUP_KEYS = ("trait", "pole", "condition", "gamma", "k", "layers")
 METRICS = ("trait_score", "fluency", "trait_score_expected", "fluency_expected")
 
 
+@runtime_checkable
 class Judge(Protocol):
     name: str
     scale: str
@@ -46,14 +44,9 @@ def register_judge(name: str) -> Callable[[Callable[..., Judge]], Callable[..., 
     return deco
 
 
-def make_judge(name: str, **kwargs: Any) -> Judge:
-    if name == "organism":
-        import npti_lens.organism.judge  # noqa: F401 - registers itself
-    elif name == "openai":
-        import npti_lens.judge  # noqa: F401 - registers itself
-    if name not in _JUDGES:
-        raise UserError(f"--judge: unknown judge {name!r}; choose organism or openai")
-    return _JUDGES[name](**kwargs)
+def registered() -> dict[str, Callable[..., Judge]]:
+    """The judges registered so far, by name (`npti_lens.scoring` imports them all)."""
+    return dict(_JUDGES)
 
 
 def score_rows(rows: list[dict[str, Any]], judge: Judge) -> list[dict[str, Any]]:
@@ -87,17 +80,6 @@ def summarize(scored: list[dict[str, Any]], keys: tuple[str, ...] = GROUP_KEYS) 
             row[f"{metric}_n"] = len(vals)
         out.append(row)
     return out
-
-
-def to_csv(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return ""
-    buf = io.StringIO()
-    fields = list(rows[0])
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
 
 
 def write_scores(out: str | Path, scored: list[dict[str, Any]]) -> tuple[Path, Path]:

@@ -21,9 +21,8 @@ from typing import Any
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from npti_lens import __version__
-from npti_lens.constants import ANSWERS_DIR, POLES, RUN_CFG_FILE, STATS_DIR, pole_name
-from npti_lens.data import (
+from npti_lens.answers import Condition, answer
+from npti_lens.bench import (
     Question,
     draw_personas,
     load_personas,
@@ -31,8 +30,9 @@ from npti_lens.data import (
     questions_fingerprint,
     trait_question_file,
 )
+from npti_lens.constants import ANSWERS_DIR, POLES, RUN_CFG_FILE, VERSION, pole_name
 from npti_lens.errors import UserError
-from npti_lens.generate import GenerateConfig, check_context, generate
+from npti_lens.generate import GenerateConfig, check_context
 from npti_lens.io import (
     fingerprint,
     parse_traits,
@@ -43,7 +43,7 @@ from npti_lens.io import (
 from npti_lens.model import model_id
 from npti_lens.prompts import warn_unknown
 from npti_lens.protocol import Protocol, protocol_for
-from npti_lens.record import Stats, record_batch
+from npti_lens.record import Stats, record_batch, stats_path
 from npti_lens.sites import mlp_sites
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,6 @@ class SearchConfig:
     limit: int | None = field(default=None, metadata={"help": "at most this many questions per trait"})
     checkpoint_every: int = field(default=10, metadata={"help": "save statistics every this many batches"})
     seed: int = field(default=0, metadata={"help": "seed of the persona draw"})
-
-
-def stats_path(run: str | Path, trait: str, pole: str) -> Path:
-    return Path(run) / STATS_DIR / f"{pole_name(trait, pole)}.safetensors"
 
 
 def answers_path(run: str | Path, trait: str, pole: str) -> Path:
@@ -99,7 +95,7 @@ def _claim_run(run: Path, identity: dict[str, Any], resume: bool) -> None:
             )
     elif run.exists() and any(p.name != LOCK_FILE for p in run.iterdir()):
         raise UserError(f"--out: {run} is not empty and holds no search run; choose a new --out folder")
-    write_json_atomic(cfg_path, {**identity, "npti_lens_version": __version__})
+    write_json_atomic(cfg_path, {**identity, "npti_lens_version": VERSION})
 
 
 def _kept_answers(path: Path, questions: list[str], n_done: int, batch: int) -> list[dict]:
@@ -177,38 +173,26 @@ def search_pole(
     with open(apath, "a", encoding="utf-8") as out:
         for start in tqdm(starts, desc=pole_name(trait, pole), disable=not progress, unit="batch"):
             end = min(start + gcfg.batch_size, len(questions))
-            prompts = [
-                proto.prompt(tok, "search", personality=d, question=q)
-                for q, d in zip(questions[start:end], personas[start:end], strict=True)
-            ]
-            if len(kept) >= end:
-                answer_ids = [kept[i]["answer_token_ids"] for i in range(start, end)]
-            else:
-                gens = generate(model, [p.token_ids for p in prompts], gcfg)
-                answer_ids = [g.answer_ids for g in gens]
-                for i, (p, g) in enumerate(zip(prompts, gens, strict=True)):
-                    out.write(
-                        json.dumps(
-                            {
-                                "question": questions[start + i],
-                                "persona": personas[start + i],
-                                "prompt": p.text,
-                                "answer": g.text,
-                                "answer_token_ids": g.answer_ids,
-                                "trait": trait,
-                                "pole": pole,
-                                "gamma": None,
-                                **proto.record(),
-                            },
-                            ensure_ascii=False,
-                        )
-                        + "\n"
+            if len(kept) >= end:  # answered before a kill: record them again from the file
+                pairs = [
+                    (
+                        proto.prompt(tok, "search", personality=d, question=q).token_ids,
+                        kept[i]["answer_token_ids"],
                     )
+                    for i, q, d in zip(
+                        range(start, end), questions[start:end], personas[start:end], strict=True
+                    )
+                ]
+            else:
+                condition = Condition.search(trait, pole, personas[start:end])
+                rows = answer(
+                    model, questions[start:end], condition, gcfg, protocol=proto, token_ids=True, checks=False
+                )
+                pairs = [(r.pop("prompt_token_ids"), r["answer_token_ids"]) for r in rows]
+                out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
                 out.flush()
                 os.fsync(out.fileno())
-            record_batch(
-                model, [(p.token_ids, a) for p, a in zip(prompts, answer_ids, strict=True)], stats, sites
-            )
+            record_batch(model, pairs, stats, sites)
             stats.meta["n_questions"] = end
             since_save += 1
             if since_save >= scfg.checkpoint_every:
@@ -311,15 +295,3 @@ def _search_all(
                 model, run, trait, pole, texts, drawn, gcfg, scfg, progress=progress, protocol=proto
             )
     return result
-
-
-def load_run_stats(run: str | Path, trait: str, pole: str) -> Stats:
-    path = stats_path(run, trait, pole)
-    if not path.is_file():
-        raise UserError(f"{run}: no statistics for {pole_name(trait, pole)} ({path}); run npti search")
-    stats = Stats.load(path)
-    if not stats.meta.get("complete"):
-        raise UserError(
-            f"{path}: search of {pole_name(trait, pole)} is unfinished; finish it with npti search --resume"
-        )
-    return stats

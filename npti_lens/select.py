@@ -23,7 +23,7 @@ from torch import Tensor
 from npti_lens.constants import POLES, TRAITS, opposite, pole_name
 from npti_lens.errors import UserError
 from npti_lens.neurons import NeuronSet
-from npti_lens.record import Stats, bin_lower_edges
+from npti_lens.record import Stats, bin_lower_edges, load_run_stats, stats_path
 
 QUANTILE = 0.95
 
@@ -37,20 +37,20 @@ class SelectConfig:
     min_diff: float = field(default=0.0, metadata={"help": "fdr: smallest P_active difference kept"})
 
     def check(self) -> None:
-        """Every field in its range (a one-line error naming the flag)."""
+        """Every field in its range (a UserError naming the field)."""
         if self.method not in _RULES:
             raise UserError(
-                f"--method: unknown selection method {self.method!r}; choose {', '.join(rules())}"
+                f"unknown selection method {self.method!r}; choose {', '.join(rules())}", field="method"
             )
         if self.min_neurons < 0:
-            raise UserError(f"--min-neurons: {self.min_neurons} is negative; pass 0 or more")
-        for flag, v, lo, hi in (("--threshold", self.threshold, -1, 1), ("--min-diff", self.min_diff, -1, 1)):
-            if not math.isfinite(v) or not lo <= v <= hi:
+            raise UserError(f"{self.min_neurons} is negative; pass 0 or more", field="min_neurons")
+        for name, v in (("threshold", self.threshold), ("min_diff", self.min_diff)):
+            if not math.isfinite(v) or not -1 <= v <= 1:
                 raise UserError(
-                    f"{flag}: {v} is not a number between {lo} and {hi} (a difference of probabilities)"
+                    f"{v} is not a number between -1 and 1 (a difference of probabilities)", field=name
                 )
         if not math.isfinite(self.alpha) or not 0 < self.alpha <= 1:
-            raise UserError(f"--alpha: {self.alpha} is not in (0, 1]")
+            raise UserError(f"{self.alpha} is not in (0, 1]", field="alpha")
 
 
 # A rule maps (diff, BH q-value, config), flat over all neurons, to the kept flat ids in order.
@@ -198,14 +198,15 @@ def report(sets: dict[str, NeuronSet]) -> list[PoleReport]:
     return out
 
 
-def select_run(run: str | Path, cfg: SelectConfig | None = None) -> dict[str, NeuronSet]:
-    """The neuron sets of every trait pole of a search run, all statistics checked before any set is made.
+def select_run(
+    run: str | Path, out: str | Path | None = None, cfg: SelectConfig | None = None
+) -> dict[str, NeuronSet]:
+    """The neuron sets of every trait pole of a search run, saved to `out/{Trait}_{pole}/` if given.
 
-    A trait counts as searched when any of its statistics files exists; a missing, unfinished or
-    damaged file of a searched trait is a UserError naming it.
+    Every statistics file is read and checked before any set is made or written. A trait counts
+    as searched when any of its statistics files exists; a missing, unfinished or damaged file of
+    a searched trait is a UserError naming it.
     """
-    from npti_lens.search import load_run_stats, stats_path
-
     cfg = cfg or SelectConfig()
     cfg.check()
     stats = {}
@@ -228,4 +229,7 @@ def select_run(run: str | Path, cfg: SelectConfig | None = None) -> dict[str, Ne
             model=str(sp.meta.get("model", "")),
         )
         sets[ns.name] = ns
+    if out is not None:
+        for ns in sets.values():
+            ns.save(Path(out) / ns.name)
     return sets

@@ -10,6 +10,7 @@ edit of `a` is written into `hook_post` as `a' * up`, `up` read from `hook_pre_l
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -55,8 +56,14 @@ def _act_fn(hf_mlp: torch.nn.Module, name: str) -> Callable[[torch.Tensor], torc
     )
 
 
+_SITES: weakref.WeakKeyDictionary[Any, MLPSites] = weakref.WeakKeyDictionary()
+
+
 def mlp_sites(model: TransformerBridge) -> MLPSites:
-    """Describe the model's MLP neurons; refuse a model whose MLPs have no hook_pre."""
+    """Describe the model's MLP neurons (worked out once per model); refuse a model whose MLPs have
+    no hook_pre."""
+    if model in _SITES:
+        return _SITES[model]
     n_layers = int(model.cfg.n_layers)
     hooks = model.hook_dict
     act_fns = []
@@ -71,7 +78,9 @@ def mlp_sites(model: TransformerBridge) -> MLPSites:
             raise UserError(f"model {model.cfg.model_name}: mixes gated and non-gated MLPs")
         mlp = model.blocks[layer].mlp
         act_fns.append(_act_fn(mlp.original_component, MLPSites.pre(layer)))
-    return MLPSites(n_layers=n_layers, d_mlp=int(model.cfg.d_mlp), gated=gated, act_fns=tuple(act_fns))
+    sites = MLPSites(n_layers=n_layers, d_mlp=int(model.cfg.d_mlp), gated=gated, act_fns=tuple(act_fns))
+    _SITES[model] = sites
+    return sites
 
 
 @contextlib.contextmanager

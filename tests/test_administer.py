@@ -20,7 +20,7 @@ from npti_lens.cli import main
 from npti_lens.induce import InduceConfig, induce
 from npti_lens.inventory import Item, load_inventory
 from npti_lens.prompts import build
-from tests.conftest import SHARED, hf_reference
+from tests.helpers import SHARED, hf_reference
 from tests.test_induce import two_sets
 
 IPIP120 = SHARED / "reference" / "ipip-neo-120" / "items.csv"

@@ -12,7 +12,7 @@ from scipy.stats import hypergeom
 from npti_lens.analysis import layer_distribution, overlap
 from npti_lens.cli import main
 from npti_lens.neurons import NeuronSet, import_reference
-from tests.conftest import REFERENCE
+from tests.helpers import REFERENCE
 
 
 def nset(trait: str, pole: str, flat: list[int], n_layers: int = 4, d_mlp: int = 10) -> NeuronSet:

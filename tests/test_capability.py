@@ -9,7 +9,7 @@ import torch
 
 from npti_lens.capability import answer_nll, retention
 from npti_lens.prompts import build
-from tests.conftest import QUESTIONS
+from tests.helpers import QUESTIONS
 from tests.test_induce import two_sets
 
 
@@ -84,7 +84,7 @@ def test_choice_accuracy_against_a_plain_forward_and_under_induction(tiny_models
     from npti_lens.capability import ChoiceItem, choice_accuracy, load_choice_items, pair_nlls
     from npti_lens.cli import main
     from npti_lens.induce import InduceConfig, induce
-    from tests.conftest import hf_reference
+    from tests.helpers import hf_reference
 
     model = tiny_models["llama"]
     tok = model.tokenizer

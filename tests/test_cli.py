@@ -10,7 +10,7 @@ import pytest
 
 from npti_lens.cli import main
 from npti_lens.neurons import load_neuron_sets
-from tests.conftest import FAMILIES, write_data
+from tests.helpers import FAMILIES, write_data
 
 GEN = ["--max-new-tokens", "5", "--batch-size", "4"]
 

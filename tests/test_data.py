@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from npti_lens.data import load_personality_bench, load_personas, load_questions
+from npti_lens.bench import load_personality_bench, load_personas, load_questions
 from npti_lens.errors import UserError
-from tests.conftest import REFERENCE, write_data
+from tests.helpers import REFERENCE, write_data
 
 
 def test_local_bench_layout_through_datasets(tmp_path):
@@ -44,9 +44,9 @@ def test_reference_test_split_and_personas():
 
 
 def test_shipped_sample_set_loads_everywhere(tmp_path):
+    from npti_lens.bench import SAMPLE_DIR, SAMPLE_PERSONAS
     from npti_lens.cli import main
     from npti_lens.constants import TRAITS
-    from npti_lens.data import SAMPLE_DIR, SAMPLE_PERSONAS
     from npti_lens.inventory import load_inventory
 
     search = load_personality_bench(SAMPLE_DIR, "search")

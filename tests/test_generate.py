@@ -7,7 +7,7 @@ import torch
 
 from npti_lens.generate import GenerateConfig, generate
 from npti_lens.prompts import build
-from tests.conftest import FAMILIES, QUESTIONS, hf_reference
+from tests.helpers import FAMILIES, QUESTIONS, hf_reference
 
 PROMPT_TEXTS = [QUESTIONS[0], "hello", QUESTIONS[2] + " " + QUESTIONS[3], QUESTIONS[5]]
 

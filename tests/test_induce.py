@@ -14,7 +14,7 @@ from npti_lens.model import model_id
 from npti_lens.neurons import NeuronSet
 from npti_lens.prompts import build
 from npti_lens.sites import hooks_added, mlp_sites
-from tests.conftest import FAMILIES, QUESTIONS, hf_reference
+from tests.helpers import FAMILIES, QUESTIONS, hf_reference
 
 
 def make_set(model, pole: str, flat: list[int], seed: int = 0) -> NeuronSet:

@@ -20,7 +20,7 @@ from npti_lens.inventory import (
     keyed,
     load_inventory,
 )
-from tests.conftest import SHARED
+from tests.helpers import SHARED
 
 IPIP120 = SHARED / "reference" / "ipip-neo-120" / "items.csv"
 

@@ -262,7 +262,7 @@ def _build_reply(messages: list[dict]) -> str:
 
 
 def test_data_build_dedups_splits_and_resumes(tmp_path, api_key, capsys):
-    from npti_lens.data import load_personality_bench
+    from npti_lens.bench import load_personality_bench
     from npti_lens.inventory import load_inventory
 
     topics = tmp_path / "topics.txt"
@@ -322,7 +322,7 @@ def test_judge_runs_inside_a_running_event_loop(tmp_path, api_key):
 
     rows = _answers(tmp_path / "gen.jsonl", 3)
     with FakeOpenAI() as srv:
-        judge = OpenAIJudge(tmp_path / "s", ChatConfig(model="fake-judge", base_url=srv.url, timeout=2))
+        judge = OpenAIJudge(tmp_path / "s", ChatConfig(model="fake-judge", base_url=srv.url, timeout=TIMEOUT))
 
         async def in_loop():
             return judge.score(rows)

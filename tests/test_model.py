@@ -12,7 +12,7 @@ from npti_lens.model import ModelConfig, load_model, model_id
 from npti_lens.prompts import build
 from npti_lens.record import Stats, record_batch
 from npti_lens.sites import mlp_sites
-from tests.conftest import QUESTIONS
+from tests.helpers import QUESTIONS
 
 
 def test_hf_model_and_tokenizer_give_the_same_model(tiny_dirs, tiny_models):
@@ -29,7 +29,7 @@ def test_hf_model_and_tokenizer_give_the_same_model(tiny_dirs, tiny_models):
 
 
 def test_tokenizer_built_in_memory_is_accepted(tiny_dirs):
-    from tests.conftest import make_tokenizer
+    from tests.helpers import make_tokenizer
 
     tok = make_tokenizer(chat=False)
     assert not tok.init_kwargs.get("name_or_path")

@@ -10,7 +10,7 @@ import torch
 
 from npti_lens.errors import UserError
 from npti_lens.neurons import NeuronSet, import_reference, load_neuron_sets
-from tests.conftest import REFERENCE
+from tests.helpers import REFERENCE
 
 
 def small_set() -> NeuronSet:

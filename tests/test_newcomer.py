@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from npti_lens.cli import build_parser, main
-from tests.conftest import write_data
+from tests.helpers import write_data
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 GEN = ["--max-new-tokens", "3", "--batch-size", "4"]

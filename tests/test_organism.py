@@ -105,7 +105,7 @@ def test_organism_follows_persona_and_mixes_without(organism):
 
 @needs_weights
 def test_npti_moves_the_target_pole_above_the_random_control(organism, tmp_path):
-    from npti_lens.organism.demo import DemoConfig, run_demo
+    from npti_lens.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(n_search=16, n_test=10, gammas="3")
     result = run_demo(cfg, tmp_path / "demo", model=organism)

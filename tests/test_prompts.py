@@ -8,7 +8,7 @@ from npti_lens.cli import main
 from npti_lens.constants import POLES, TRAITS
 from npti_lens.prompts import PERSONA_SYSTEM, persona_system
 from npti_lens.protocol import load_protocol
-from tests.conftest import write_data
+from tests.helpers import write_data
 
 
 def test_baseline_prompts():

@@ -9,14 +9,14 @@ import pytest
 import torch
 from openai_server import FakeOpenAI
 
+from npti_lens.bench import draw_personas
 from npti_lens.cli import main
 from npti_lens.constants import POLES, TRAITS
-from npti_lens.data import draw_personas
 from npti_lens.induce import InduceConfig, induce
 from npti_lens.neurons import NeuronSet, load_neuron_sets
 from npti_lens.protocol import PROTOCOL_DIR, load_protocol, shipped
 from npti_lens.sites import mlp_sites
-from tests.conftest import PERSONAS, QUESTIONS, REFERENCE, write_data
+from tests.helpers import PERSONAS, QUESTIONS, REFERENCE, write_data
 
 needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason="needs ../shared/reference/npti-original")
 GEN = ["--max-new-tokens", "3", "--batch-size", "4", "--limit", "3"]
@@ -330,7 +330,7 @@ def test_bernoulli_keep_shares_090_and_differs_per_layer_and_forward(tiny_models
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_clamp_before_shift_in_target_layers_equals_a_direct_edit(family, tiny_models, tiny_dirs):
     """As released: a = min(a, 0) on the opposite pole first, then the shift, only in layers with targets."""
-    from tests.conftest import hf_reference
+    from tests.helpers import hf_reference
 
     model = tiny_models[family]
     # target neurons in layer 0 and 1; opposite neurons in layers 0 (two shared with the target) and 2

@@ -12,7 +12,7 @@ from npti_lens.constants import N_BINS
 from npti_lens.prompts import build
 from npti_lens.record import Stats, accumulate, bin_edges, bin_index, record_batch
 from npti_lens.sites import mlp_sites
-from tests.conftest import FAMILIES, QUESTIONS
+from tests.helpers import FAMILIES, QUESTIONS
 
 
 def reference_bin(a: float) -> int:
@@ -129,7 +129,7 @@ def test_merge_and_save_load_round_trip(tmp_path):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_act_of_hook_pre_is_the_hf_neuron(family, tiny_models, tiny_dirs):
     """act_fn(hook_pre) equals the HF module's act_fn output (captured by a plain torch hook)."""
-    from tests.conftest import hf_reference
+    from tests.helpers import hf_reference
 
     model, hf = tiny_models[family], hf_reference(tiny_dirs[family])
     sites = mlp_sites(model)

@@ -10,9 +10,9 @@ import torch
 import npti_lens.search as search_mod
 from npti_lens.errors import UserError
 from npti_lens.generate import GenerateConfig
-from npti_lens.record import Stats
-from npti_lens.search import SearchConfig, answers_path, run_search, stats_path
-from tests.conftest import write_data
+from npti_lens.record import Stats, stats_path
+from npti_lens.search import SearchConfig, answers_path, run_search
+from tests.helpers import write_data
 
 GCFG = GenerateConfig(max_new_tokens=5, batch_size=2, repetition_penalty=1.15)
 

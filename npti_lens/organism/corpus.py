@@ -16,6 +16,7 @@ import itertools
 import random
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from npti_lens.constants import POLES, TRAITS
 
@@ -321,3 +322,16 @@ def persona_lines(n: int = 10, seed: int = 0) -> list[dict[str, str]]:
 
     descs = {(t, p): personas(t, p, n, seed) for t in TRAITS for p in POLES}
     return [{reference_key(t, p): descs[(t, p)][i] for t in TRAITS for p in POLES} for i in range(n)]
+
+
+def write_data(folder: Path, n_search: int, seed: int) -> tuple[Path, Path, Path]:
+    """Organism questions (search and held-out test) and personas in the reference layout."""
+    from npti_lens.io import write_jsonl_atomic
+
+    split = question_split()
+    for part in ("search", "test"):
+        for t in TRAITS:
+            qs = split[t][part][:n_search] if part == "search" else split[t][part]
+            write_jsonl_atomic(folder / part / f"{t}.json", [{"question": q} for q in qs])
+    write_jsonl_atomic(folder / "personas.jsonl", persona_lines(seed=seed))
+    return folder / "search", folder / "test", folder / "personas.jsonl"

@@ -16,19 +16,25 @@ from typing import Any
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from npti_lens.constants import POLES, TRAITS, opposite, pole_name
+from npti_lens.answers import Condition, answer
+from npti_lens.constants import POLES, opposite, pole_name
 from npti_lens.errors import UserError
-from npti_lens.generate import GenerateConfig, generate
-from npti_lens.induce import induce, random_control
-from npti_lens.io import parse_numbers, parse_traits, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from npti_lens.generate import GenerateConfig
+from npti_lens.induce import random_control
+from npti_lens.io import (
+    parse_numbers,
+    parse_traits,
+    to_csv,
+    write_json_atomic,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
 from npti_lens.model import load_model
-from npti_lens.neurons import NeuronSet
 from npti_lens.organism import corpus
 from npti_lens.organism.judge import attribute
 from npti_lens.protocol import ORGANISM, load_protocol
-from npti_lens.score import to_csv
 from npti_lens.search import SearchConfig, run_search
-from npti_lens.select import SelectConfig, select_neurons
+from npti_lens.select import SelectConfig, select_run
 
 RESULTS_CSV = "demo_results.csv"
 
@@ -75,34 +81,6 @@ class DemoResult:
         return "\n".join(lines)
 
 
-def write_data(folder: Path, n_search: int, seed: int) -> tuple[Path, Path, Path]:
-    """Organism questions (search and held-out test) and personas in the reference layout."""
-    split = corpus.question_split()
-    for part in ("search", "test"):
-        for t in TRAITS:
-            qs = split[t][part][:n_search] if part == "search" else split[t][part]
-            write_jsonl_atomic(folder / part / f"{t}.json", [{"question": q} for q in qs])
-    write_jsonl_atomic(folder / "personas.jsonl", corpus.persona_lines(seed=seed))
-    return folder / "search", folder / "test", folder / "personas.jsonl"
-
-
-def _answers(
-    model: TransformerBridge,
-    questions: list[str],
-    gcfg: GenerateConfig,
-    stage: str = "neutral",
-    personalities: list[str] | None = None,
-) -> list[str]:
-    """Answers under a stage of the organism's protocol (with a persona text per question)."""
-    proto = load_protocol(ORGANISM)
-    fields = [{"personality": p} for p in personalities] if personalities else [{}] * len(questions)
-    prompts = [
-        proto.prompt(model.tokenizer, stage, question=q, **f).token_ids
-        for q, f in zip(questions, fields, strict=True)
-    ]
-    return [g.text for g in generate(model, prompts, gcfg)]
-
-
 def _mean(rows: list[dict[str, Any]], key: str) -> float:
     return sum(r[key] for r in rows) / len(rows)
 
@@ -118,9 +96,9 @@ def run_demo(
     gcfg = GenerateConfig(
         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, repetition_penalty=1.0, seed=cfg.seed
     )
-    search_dir, test_dir, personas = write_data(out / "data", cfg.n_search, cfg.seed)
+    search_dir, test_dir, personas = corpus.write_data(out / "data", cfg.n_search, cfg.seed)
     traits = parse_traits(cfg.traits)
-    stats = run_search(
+    run_search(
         model,
         search_dir,
         personas,
@@ -132,19 +110,7 @@ def run_demo(
         progress=progress,
     )
     scfg = SelectConfig(min_neurons=cfg.min_neurons, threshold=cfg.threshold)
-    sets: dict[str, NeuronSet] = {}
-    for t in traits:
-        for p in POLES:
-            ns = select_neurons(
-                stats[pole_name(t, p)],
-                stats[pole_name(t, opposite(p))],
-                scfg,
-                trait=t,
-                pole=p,
-                model=str(stats[pole_name(t, p)].meta["model"]),
-            )
-            ns.save(out / "neurons" / ns.name)
-            sets[ns.name] = ns
+    sets = select_run(out / "run", out / "neurons", scfg)
     controls = {}
     for i, (name, s) in enumerate(sets.items()):
         pair = torch.cat([s.flat(), sets[pole_name(s.trait, opposite(s.pole))].flat()])
@@ -155,14 +121,14 @@ def run_demo(
     rows: list[dict[str, Any]] = []
 
     def add(
-        trait: str, pole: str, condition: str, gamma: float | None, questions: list[str], answers: list[str]
+        trait: str, pole: str, condition: str, gamma: float | None, answered: list[dict[str, Any]]
     ) -> None:
-        scored = [attribute(a, trait, pole) for a in answers]
-        for q, a, s in zip(questions, answers, scored, strict=True):
+        scored = [attribute(r["answer"], trait, pole) for r in answered]
+        for r, s in zip(answered, scored, strict=True):
             generations.append(
                 {
-                    "question": q,
-                    "answer": a,
+                    "question": r["question"],
+                    "answer": r["answer"],
                     "trait": trait,
                     "pole": pole,
                     "condition": condition,
@@ -183,26 +149,36 @@ def run_demo(
             }
         )
 
+    proto = load_protocol(ORGANISM)
+
+    def ask(condition: Condition) -> list[dict[str, Any]]:
+        return answer(model, qs, condition, gcfg, protocol=proto)
+
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(traits) * len(POLES), desc="answer held-out", unit="pole", disable=not progress)
     for t in traits:
         qs = split[t]["test"][: cfg.n_test]
-        plain = _answers(model, qs, gcfg)
+        plain = ask(Condition.none())
         for p in POLES:
             bar.update(1)
-            add(t, p, "none", None, qs, plain)
+            add(t, p, "none", None, plain)
+            target, opp = pole_name(t, p), pole_name(t, opposite(p))
             for g in gammas:
-                icfg = load_protocol(ORGANISM).induce_config(gamma=g, seed=cfg.seed)
-                with induce(model, [(sets[pole_name(t, p)], sets[pole_name(t, opposite(p))])], icfg):
-                    add(t, p, "npti", g, qs, _answers(model, qs, gcfg))
-                with induce(model, [(controls[pole_name(t, p)], controls[pole_name(t, opposite(p))])], icfg):
-                    add(t, p, "random", g, qs, _answers(model, qs, gcfg))
-            simple = [load_protocol(ORGANISM).adjective(t, p)] * len(qs)
-            add(t, p, "simple", None, qs, _answers(model, qs, gcfg, "simple", simple))
+                icfg = proto.induce_config(gamma=g, seed=cfg.seed)
+                add(t, p, "npti", g, ask(Condition.npti([(sets[target], sets[opp])], icfg)))
+                control = [(controls[target], controls[opp])]
+                add(t, p, "random", g, ask(Condition.random(control, icfg, trait=t, pole=p)))
+            add(
+                t,
+                p,
+                "simple",
+                None,
+                ask(Condition.baseline("simple", t, p, [proto.adjective(t, p)] * len(qs))),
+            )
             rng = random.Random(f"{cfg.seed}:demo-persona:{t}:{p}")
             descs = corpus.personas(t, p)
-            add(t, p, "persona", None, qs, _answers(model, qs, gcfg, "p2", [rng.choice(descs) for _ in qs]))
+            add(t, p, "persona", None, ask(Condition.baseline("p2", t, p, [rng.choice(descs) for _ in qs])))
 
     bar.close()
     files = {

@@ -1,4 +1,4 @@
-"""Question and persona files: JSON lines, checked line by line.
+"""PersonalityBench files: questions and personas as JSON lines, checked line by line.
 
 Questions: a folder with `{Trait}.json` files (or one file) of lines `{"question": ...}`.
 Personas: lines mapping the 10 pole keys (`Openness`, `Openness_reversed`, ...) to descriptions.
@@ -31,7 +31,7 @@ def load_questions(path: str | Path, *, limit: int | None = None) -> list[Questi
     """Questions of one JSON-lines file, in file order, at most `limit`."""
     path = Path(path)
     if limit is not None and limit < 1:
-        raise UserError(f"--limit: {limit} is not 1 or more (leave it out for every question)")
+        raise UserError(f"{limit} is not 1 or more (leave it out for every question)", field="limit")
     rows = read_jsonl(path, what='JSON lines like {"question": "..."}')
     out = []
     for r in rows:

@@ -1,0 +1,217 @@
+"""Workflow: answer questions under a condition, and the answers file every front end shares.
+
+A `Condition` says how the model answers: as it is (`none`), under an NPTI induction (`npti`) or a
+random-neuron control (`random`), or under a prompt baseline (`simple`, `p2`, `p2-as-written`), or
+under persona prompts as in search (`search`). `answer()` renders each question with the protocol's
+template of the condition's stage, checks the prompts fit the model, generates, and returns one row
+per question in the answers format (`question`, `prompt`, `answer`, `trait`, `pole`, `condition`,
+`gamma`, `n_answer_tokens`, `hit_eos`, `protocol`, `protocol_hash`, plus the condition's extras).
+The CLI (generate, induce, baseline, analyze ablation), search, the demo and the notebooks all
+answer through it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformer_lens.model_bridge import TransformerBridge
+
+from npti_lens.errors import UserError
+from npti_lens.generate import GenerateConfig, check_context, generate
+from npti_lens.induce import InduceConfig, check_fits, induce
+from npti_lens.io import read_jsonl, write_jsonl_atomic
+from npti_lens.neurons import NeuronSet
+from npti_lens.prompts import warn_unknown
+from npti_lens.protocol import Protocol, protocol_for
+
+# Condition kind -> the protocol stage its prompts use.
+STAGE_OF = {
+    "none": "neutral",
+    "npti": "neutral",
+    "random": "neutral",
+    "simple": "simple",
+    "p2": "p2",
+    "p2-as-written": "p2-as-written",
+    "search": "search",
+}
+BASELINES = ("simple", "p2", "p2-as-written")
+
+Pair = tuple[NeuronSet, NeuronSet | None]
+
+
+@dataclass(frozen=True)
+class Condition:
+    """How the model answers. Build one with the class methods; `name` labels its rows."""
+
+    kind: str
+    trait: str | None = None
+    pole: str | None = None
+    pairs: tuple[Pair, ...] = ()  # npti / random: (target set, opposite set or None)
+    induce_cfg: InduceConfig | None = None
+    personalities: tuple[str, ...] = ()  # simple / p2 / search: the persona text, one per question
+    name: str = ""  # the rows' `condition` (default: kind)
+    extra: dict[str, Any] = field(default_factory=dict)  # more fields for every row
+
+    def __post_init__(self) -> None:
+        if self.kind not in STAGE_OF:
+            raise UserError(f"condition: unknown kind {self.kind!r}; choose one of {', '.join(STAGE_OF)}")
+
+    @property
+    def stage(self) -> str:
+        return STAGE_OF[self.kind]
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
+
+    @property
+    def gamma(self) -> float | None:
+        return self.induce_cfg.gamma if self.pairs and self.induce_cfg is not None else None
+
+    @classmethod
+    def none(cls, trait: str | None = None, pole: str | None = None, **kw: Any) -> Condition:
+        return cls("none", trait, pole, **kw)
+
+    @classmethod
+    def npti(cls, pairs: Sequence[Pair], cfg: InduceConfig, **kw: Any) -> Condition:
+        """The induction of the first pair's pole (several pairs: several traits at once)."""
+        return cls("npti", pairs[0][0].trait, pairs[0][0].pole, tuple(pairs), cfg, **kw)
+
+    @classmethod
+    def random(
+        cls, pairs: Sequence[Pair], cfg: InduceConfig, *, trait: str, pole: str, **kw: Any
+    ) -> Condition:
+        """A random-neuron control (`npti_lens.induce.random_control` sets) labelled with the pole it matches."""
+        return cls("random", trait, pole, tuple(pairs), cfg, **kw)
+
+    @classmethod
+    def baseline(
+        cls, method: str, trait: str, pole: str, personalities: Sequence[str], **kw: Any
+    ) -> Condition:
+        """A prompt baseline: `simple` (personalities: the adjective phrase per question) or a P2 form."""
+        if method not in BASELINES:
+            raise UserError(f"--method: unknown baseline {method!r}; choose {', '.join(BASELINES)}")
+        return cls(method, trait, pole, personalities=tuple(personalities), **kw)
+
+    @classmethod
+    def search(cls, trait: str, pole: str, personalities: Sequence[str], **kw: Any) -> Condition:
+        return cls("search", trait, pole, personalities=tuple(personalities), **kw)
+
+
+def baseline_condition(
+    method: str,
+    trait: str,
+    pole: str,
+    n: int,
+    protocol: Protocol | str | None = None,
+    *,
+    personas: str | Path | None = None,
+    seed: int = 0,
+) -> Condition:
+    """The prompt baseline `method` for `n` questions: the protocol's adjective phrase (simple) or a
+    description of the pole drawn per question from `personas` (p2, p2-as-written)."""
+    from npti_lens.bench import draw_personas, load_personas
+    from npti_lens.protocol import load_protocol
+
+    if method not in BASELINES:
+        raise UserError(f"--method: unknown baseline {method!r}; choose {', '.join(BASELINES)}")
+    proto = load_protocol(protocol)
+    proto.stage(method)  # a stage the protocol lacks fails here
+    if method == "simple":
+        texts = [proto.adjective(trait, pole)] * n
+    else:
+        if not personas:
+            raise UserError(
+                f"--personas: the {method} baseline needs a persona file (JSON lines per pole key)"
+            )
+        descs = load_personas(personas, [trait])[(trait, pole)]
+        texts = draw_personas(descs, n, seed=seed, trait=trait, pole=pole)
+    return Condition.baseline(method, trait, pole, texts, extra={"method": method})
+
+
+def answer(
+    model: TransformerBridge,
+    questions: Sequence[Any],
+    condition: Condition,
+    gcfg: GenerateConfig | None = None,
+    *,
+    protocol: Protocol | str | None = None,
+    allow_other_model: bool = False,
+    token_ids: bool = False,
+    checks: bool = True,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """One answers row per question (a str or a `Question`) under `condition`.
+
+    Prompts and, when `gcfg` is None, sampling come from `protocol` (default: the model's). Neuron
+    sets are checked against the model and prompts against its positions before anything runs.
+    With `token_ids`, rows keep the token ids (`prompt_token_ids`, `answer_token_ids`). `checks=False`
+    skips the context and unknown-token checks (for a caller that made them once for many calls).
+    """
+    proto = protocol_for(model, protocol)
+    gcfg = gcfg or proto.generate_config(condition.stage)
+    texts = [getattr(q, "text", q) for q in questions]
+    sources = [getattr(q, "source", f"question {i + 1}") for i, q in enumerate(questions)]
+    if condition.personalities and len(condition.personalities) != len(texts):
+        raise UserError(
+            f"condition {condition.label}: {len(condition.personalities)} persona texts for {len(texts)} questions"
+        )
+    for ns in (s for pair in condition.pairs for s in pair if s is not None):
+        check_fits(model, ns, allow_other_model=allow_other_model)
+    fields = [{"personality": p} for p in condition.personalities] or [{}] * len(texts)
+    prompts = [
+        proto.prompt(model.tokenizer, condition.stage, question=q, **f)
+        for q, f in zip(texts, fields, strict=True)
+    ]
+    ids = [p.token_ids for p in prompts]
+    if checks:
+        check_context(model, ids, gcfg.max_new_tokens, sources)
+        warn_unknown(model.tokenizer, ids, sources)
+    steer: Any = contextlib.nullcontext()
+    if condition.pairs:
+        steer = induce(
+            model,
+            condition.pairs,
+            condition.induce_cfg or proto.induce_config(),
+            allow_other_model=allow_other_model,
+        )
+    with steer:
+        gens = generate(model, ids, gcfg, progress=progress)
+    rows = []
+    for i, (q, p, g) in enumerate(zip(texts, prompts, gens, strict=True)):
+        row: dict[str, Any] = {"question": q, "prompt": p.text, "answer": g.text}
+        if condition.kind == "search":
+            row["persona"] = condition.personalities[i]
+        if token_ids:
+            row["prompt_token_ids"], row["answer_token_ids"] = p.token_ids, g.answer_ids
+        row.update(
+            trait=condition.trait,
+            pole=condition.pole,
+            condition=condition.label,
+            gamma=condition.gamma,
+            **condition.extra,
+            n_answer_tokens=len(g.answer_ids),
+            hit_eos=g.hit_eos,
+            **proto.record(),
+        )
+        rows.append(row)
+    return rows
+
+
+def write_answers(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """The answers file: JSON lines, written atomically."""
+    write_jsonl_atomic(path, rows)
+    return Path(path)
+
+
+def read_answers(path: str | Path) -> list[dict[str, Any]]:
+    """An answers file (JSON lines, each with an `answer` text), each row with its `_line`."""
+    rows = read_jsonl(path, what="answers (JSON lines with question and answer)")
+    for r in rows:
+        if not isinstance(r.get("answer"), str):
+            raise UserError(f'{path}:{r["_line"]}: no "answer" text to score')
+    return rows

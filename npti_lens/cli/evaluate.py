@@ -1,0 +1,309 @@
+"""Evaluation commands: score, inventory, and the analyses (overlap, layers, capability, ablation)."""
+
+from __future__ import annotations
+
+import argparse
+
+from npti_lens.cli._common import (
+    FROM_PROTOCOL,
+    PROTOCOL_HELP,
+    Command,
+    add_config,
+    add_protocol_flag,
+    add_target_flags,
+    config_from,
+    fresh_dir,
+    generate_config,
+    induce_config,
+    load_model_for,
+    protocol_of,
+)
+from npti_lens.errors import UserError
+
+
+def score_flags(p: argparse.ArgumentParser) -> None:
+    from npti_lens.llm import ChatConfig
+
+    p.add_argument("generations", metavar="GEN.jsonl", help="output of npti generate / induce / baseline")
+    p.add_argument("--out", required=True, help="folder for scores.jsonl and summary.csv")
+    p.add_argument("--judge", default="organism", help="organism, or openai (an OpenAI-compatible LLM judge)")
+    p.add_argument("--trait", default=None, help="judge every row against this trait (default: the row's)")
+    p.add_argument("--pole", default=None, help="judge every row against this pole (default: the row's)")
+    p.add_argument("--overwrite", action="store_true", help="replace scores of another file already in --out")
+    add_config(p, ChatConfig)  # --judge openai only; the key comes from OPENAI_API_KEY
+    p.add_argument(
+        "--protocol",
+        default=None,
+        help="--judge openai: the judge prompts of this protocol; " + PROTOCOL_HELP,
+    )
+
+
+def score(args: argparse.Namespace) -> None:
+    from npti_lens.io import check_pole, check_trait
+    from npti_lens.scoring import score_file
+
+    kwargs: dict = {}
+    if args.judge == "organism":
+        from npti_lens.model import load_model
+
+        kwargs["model"] = load_model("organism")
+    elif args.judge == "openai":
+        from npti_lens.llm import ChatConfig
+        from npti_lens.protocol import load_protocol
+
+        kwargs.update(cfg=config_from(args, ChatConfig), protocol=load_protocol(args.protocol))
+    result = score_file(
+        args.generations,
+        args.out,
+        args.judge,
+        trait=check_trait(args.trait) if args.trait else None,
+        pole=check_pole(args.pole) if args.pole else None,
+        overwrite=args.overwrite,
+        progress=True,
+        **kwargs,
+    )
+    n, failed = len(result.scored), result.failed
+    print(
+        f"{n - failed} of {n} answers scored by the {result.judge.name} judge"
+        f"{f', {failed} failed' if failed else ''} -> {result.scores}, {result.summary}"
+    )
+    report = getattr(result.judge, "report", None)
+    if report is not None:
+        print(report())
+    if failed:
+        raise UserError(
+            f"{failed} of {n} answers lack a rating (see judge_error in {result.scores}); rerunning the "
+            "same command retries the failed requests only and resends nothing already answered"
+        )
+
+
+def inventory_flags(p: argparse.ArgumentParser) -> None:
+    from npti_lens.administer import InventoryConfig
+    from npti_lens.induce import InduceConfig
+    from npti_lens.model import ModelConfig
+
+    add_config(p, ModelConfig)
+    add_protocol_flag(p)
+    p.add_argument(
+        "--inventory",
+        default=None,
+        help="inventory CSV (id,text,domain,facet,facet_name,keyed); default: shipped",
+    )
+    p.add_argument(
+        "--out", required=True, help="folder for items.csv, facets.csv, domains.csv and profile.png"
+    )
+    p.add_argument("--neurons", default=None, help="neuron sets: also measure the model under an induction")
+    p.add_argument("--trait", default=None, help="trait(s) to induce, comma-separated for several at once")
+    p.add_argument("--pole", default=None, help="high or low (one, or one per trait)")
+    p.add_argument("--allow-other-model", action="store_true", help="use neuron sets made on another model")
+    p.add_argument("--overwrite", action="store_true", help="replace an inventory run already in --out")
+    add_config(p, InduceConfig, from_protocol=FROM_PROTOCOL)
+    add_config(p, InventoryConfig)
+
+
+def inventory(args: argparse.Namespace) -> None:
+    from npti_lens import figures
+    from npti_lens.administer import InventoryConfig, measure
+    from npti_lens.induce import induce, load_pair
+    from npti_lens.inventory import load_inventory
+    from npti_lens.io import parse_poles
+
+    out = fresh_dir(args.out, args.overwrite, holds="domains.csv")
+    items = load_inventory(args.inventory)
+    cfg = config_from(args, InventoryConfig)
+    cfg.check()
+    proto = protocol_of(args)  # the inventory's own item prompt; the protocol's induction rules
+    pairs, name = [], ""
+    if args.neurons or args.trait or args.pole:
+        if not (args.neurons and args.trait and args.pole):
+            raise UserError("--neurons, --trait and --pole go together (an induction needs all three)")
+        poles = parse_poles(args.trait, args.pole)
+        pairs = [load_pair(args.neurons, t, p) for t, p in poles]
+        icfg = induce_config(args, proto)
+        name = "+".join(f"{t}_{p}" for t, p in poles) + f" gamma={icfg.gamma:g}"
+    model = load_model_for(args, proto)
+    inductions = {}
+    if pairs:
+        inductions[name] = lambda: induce(model, pairs, icfg, allow_other_model=args.allow_other_model)
+    result = measure(model, items, cfg, inductions, progress=True)
+    files = result.save(out)
+    rows = result.domain_rows()
+    files["figure"] = figures.inventory_profile(rows, out / "profile.png")
+    print(f"{'condition':<36}{'domain':<19}{'score':>6}  {'95% CI':<13}{'alpha':>6}{'mass':>6}{'shift':>7}")
+    for r in rows:
+        shift = f"{r['shift']:+7.2f}" if "shift" in r else ""
+        ci = f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+        print(
+            f"{r['condition']:<36}{r['domain']:<19}{r['score']:6.2f}  {ci:<13}{r['alpha']:6.2f}"
+            f"{r['option_mass']:6.2f}{shift}"
+        )
+    low = [r for r in rows if not r["option_mass"] >= 0.5]
+    if low:
+        print(
+            f"warning: under half of the probability is on the options 1-5 for {len(low)} of {len(rows)} rows: "
+            "the model is mostly not answering with a number, so read those scores with care"
+        )
+    for what, path in files.items():
+        print(f"{what:<9}{path}")
+
+
+def sets_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("neurons", metavar="NEURONS", help="folder of neuron sets ({Trait}_{pole}/)")
+    p.add_argument("--out", required=True, help="folder for the CSV tables and the figure")
+
+
+def overlap(args: argparse.Namespace) -> None:
+    from npti_lens.analysis import overlap
+    from npti_lens.figures import overlap_heatmap
+    from npti_lens.neurons import load_neuron_sets
+
+    out = fresh_dir(args.out, True)  # tables and figure are remade from the sets: writable is enough
+    ov = overlap(load_neuron_sets(args.neurons))
+    files = ov.save(out)
+    fig = overlap_heatmap(ov, out / "overlap_jaccard.png")
+    print(ov.to_frame("jaccard").round(3).to_string())
+    for note in ov.notes:
+        print(note)
+    print(f"tables: {', '.join(str(p) for p in files.values())}; figure: {fig} (+ .pdf)")
+
+
+def layers(args: argparse.Namespace) -> None:
+    from npti_lens.analysis import layer_distribution
+    from npti_lens.figures import layer_distribution as plot_layers
+    from npti_lens.neurons import load_neuron_sets
+
+    out = fresh_dir(args.out, True)
+    dist = layer_distribution(load_neuron_sets(args.neurons))
+    files = dist.save(out)
+    fig = plot_layers(dist, out / "layers.png")
+    print(dist.to_frame("count").to_string())
+    print(f"tables: {', '.join(str(p) for p in files.values())}; figure: {fig} (+ .pdf)")
+
+
+def capability_flags(p: argparse.ArgumentParser) -> None:
+    from npti_lens.model import ModelConfig
+
+    add_target_flags(p)
+    p.add_argument("--texts", default=None, help="JSON lines with question and reference answer (perplexity)")
+    p.add_argument(
+        "--choices", default=None, help="JSON lines with question, choices and answer index (accuracy)"
+    )
+    p.add_argument("--gammas", default="0.6,1.0,1.5", help="comma-separated gammas (default: 0.6,1.0,1.5)")
+    p.add_argument("--out", required=True, help="folder for capability.csv")
+    p.add_argument("--overwrite", action="store_true", help="replace a capability.csv already in --out")
+    add_config(p, ModelConfig)
+    add_protocol_flag(p)
+
+
+def capability(args: argparse.Namespace) -> None:
+    from npti_lens.capability import load_choice_items, load_texts, retention
+    from npti_lens.induce import load_pair
+    from npti_lens.io import check_pole, check_trait, parse_numbers, to_csv, write_text_atomic
+
+    trait, pole = check_trait(args.trait), check_pole(args.pole)
+    gammas = parse_numbers(args.gammas, "--gammas")
+    out = fresh_dir(args.out, args.overwrite, holds="capability.csv")
+    if not args.texts and not args.choices:
+        raise UserError("npti analyze capability: pass --texts (perplexity) and/or --choices (accuracy)")
+    texts = load_texts(args.texts) if args.texts else []
+    choices = load_choice_items(args.choices) if args.choices else []
+    target, opp = load_pair(args.neurons, trait, pole)
+    proto = protocol_of(args)
+    model = load_model_for(args, proto)
+    result = retention(
+        model,
+        target,
+        opp,
+        texts,
+        gammas,
+        allow_other_model=args.allow_other_model,
+        choices=choices,
+        rules=proto.induce_config(),
+    )
+    write_text_atomic(out / "capability.csv", to_csv(result.rows))
+    print(result.to_frame().to_string(index=False))
+    print(f"-> {out / 'capability.csv'}")
+
+
+def ablation_flags(p: argparse.ArgumentParser) -> None:
+    from npti_lens.ablation import AblationConfig
+    from npti_lens.generate import GenerateConfig
+    from npti_lens.model import ModelConfig
+
+    add_target_flags(p)
+    p.add_argument("--questions", required=True, help="JSON-lines file of questions")
+    p.add_argument("--out", required=True, help="folder for generations.jsonl (and scores)")
+    p.add_argument("--limit", type=int, default=None, help="answer at most this many questions")
+    p.add_argument("--judge", default=None, help="score the answers too (organism)")
+    p.add_argument("--overwrite", action="store_true", help="replace an ablation already in --out")
+    add_config(p, AblationConfig)
+    add_config(p, ModelConfig)
+    add_protocol_flag(p)
+    add_config(p, GenerateConfig, from_protocol=FROM_PROTOCOL)
+
+
+def ablation(args: argparse.Namespace) -> None:
+    from npti_lens.ablation import AblationConfig, run_ablation
+    from npti_lens.answers import write_answers
+    from npti_lens.bench import load_questions
+    from npti_lens.induce import load_pair
+    from npti_lens.io import check_pole, check_trait
+    from npti_lens.score import summarize
+    from npti_lens.scoring import judges, score_file
+
+    out = fresh_dir(args.out, args.overwrite, holds="generations.jsonl")
+    trait, pole = check_trait(args.trait), check_pole(args.pole)
+    if args.judge and args.judge not in judges():  # an unknown judge fails before generating
+        raise UserError(f"--judge: unknown judge {args.judge!r}; choose {' or '.join(judges())}")
+    questions = load_questions(args.questions, limit=args.limit)
+    target, opp = load_pair(args.neurons, trait, pole)
+    proto = protocol_of(args)
+    gcfg = generate_config(args, proto, "neutral")
+    model = load_model_for(args, proto)
+    rows = run_ablation(
+        model, target, opp, questions, config_from(args, AblationConfig), gcfg,
+        protocol=proto, allow_other_model=args.allow_other_model,
+    )  # fmt: skip
+    path = write_answers(out / "generations.jsonl", rows)
+    print(f"{len(rows)} answers -> {path}")
+    if args.judge:
+        kwargs = {"model": model} if args.judge == "organism" else {}
+        result = score_file(path, out, args.judge, overwrite=True, **kwargs)
+        cols = ("condition", "gamma", "k", "layers", "trait_score_mean", "fluency_mean")
+        print(" ".join(f"{c:>16}" for c in cols))
+        for r in summarize(result.scored):
+            cells = ("" if r[c] is None else f"{r[c]:.3f}" if isinstance(r[c], float) else r[c] for c in cols)
+            print(" ".join(f"{x:>16}" for x in cells))
+        print(f"scores -> {result.scores}, {result.summary}")
+
+
+COMMANDS = [
+    Command(
+        ("score",), "score a generations file with a judge (scores.jsonl, summary.csv)", score_flags, score
+    ),
+    Command(
+        ("inventory",),
+        "a Big Five profile from a rated inventory (option probabilities, no sampling)",
+        inventory_flags,
+        inventory,
+    ),
+    Command(
+        ("analyze", "overlap"),
+        "shared neurons, Jaccard, overlap coefficient, significance",
+        sets_flags,
+        overlap,
+    ),
+    Command(("analyze", "layers"), "neurons per layer of every pole", sets_flags, layers),
+    Command(
+        ("analyze", "capability"),
+        "perplexity of reference answers with and without an induction",
+        capability_flags,
+        capability,
+    ),
+    Command(
+        ("analyze", "ablation"),
+        "answer questions under every ablation of an induction",
+        ablation_flags,
+        ablation,
+    ),
+]
