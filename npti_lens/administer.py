@@ -27,14 +27,14 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from npti_lens.bench import SAMPLE_PERSONAS, load_personas
-from npti_lens.constants import CFG_FILE, TRAITS
+from npti_lens.constants import CFG_FILE, RATING_DIGITS, TRAITS
 from npti_lens.errors import UserError
 from npti_lens.generate import positions_context
 from npti_lens.inventory import Item, bootstrap_ci, cronbach_alpha, expected_rating, keyed
-from npti_lens.model import model_device
+from npti_lens.model import model_device, pad_batch
 from npti_lens.prompts import build, persona_system
 
-OPTIONS = ("1", "2", "3", "4", "5")
+OPTIONS = RATING_DIGITS
 SCALE = (
     "very inaccurate",
     "moderately inaccurate",
@@ -97,16 +97,11 @@ def option_probs(
     """probs[prompt, option]: next-token probability of each option after each prompt."""
     hf = model.original_model
     device = model_device(model)
-    pad = int(model.tokenizer.pad_token_id)
     out = np.zeros((len(prompts), len(option_ids)))
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
-        width = max(len(p) for p in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long, device=device)
-        mask = torch.zeros_like(ids)
-        for row, p in enumerate(batch):
-            ids[row, width - len(p) :] = torch.tensor(p, device=device)
-            mask[row, width - len(p) :] = 1
+        ids, mask = pad_batch(model, batch, left=True)
+        width = ids.shape[1]
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         answer_pos = torch.zeros((len(batch), width), dtype=torch.bool, device=device)
         answer_pos[:, -1] = True

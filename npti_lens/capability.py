@@ -23,7 +23,7 @@ from npti_lens.errors import UserError
 from npti_lens.generate import positions_context
 from npti_lens.induce import InduceConfig, induce
 from npti_lens.io import read_jsonl
-from npti_lens.model import model_device
+from npti_lens.model import model_device, pad_batch
 from npti_lens.neurons import NeuronSet
 from npti_lens.prompts import build
 
@@ -118,27 +118,35 @@ def pair_nlls(
     position, which predicts the first answer token (else a one-token answer could not move).
     """
     tok = model.tokenizer
-    device = model_device(model)
     seqs = []
     for question, answer in pairs:
         prompt = build(tok, question).token_ids
         seqs.append(
             (prompt, tok(answer, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if eos else []))
         )
+    return sequence_nlls(model, seqs, batch_size, edit_last_prompt=edit_last_prompt)
+
+
+@torch.inference_mode()
+def sequence_nlls(
+    model: TransformerBridge,
+    seqs: Sequence[tuple[list[int], list[int]]],
+    batch_size: int = 16,
+    *,
+    edit_last_prompt: bool = False,
+) -> list[tuple[float, int]]:
+    """(negative log-likelihood, tokens) of each answer's token ids given its prompt's token ids."""
+    device = model_device(model)
     out: list[tuple[float, int]] = []
     for start in range(0, len(seqs), batch_size):
         batch = seqs[start : start + batch_size]
-        width = max(len(p) + len(a) for p, a in batch)
-        ids = torch.full((len(batch), width), int(tok.pad_token_id), dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        target = torch.zeros((len(batch), width), dtype=torch.bool)  # positions whose token is scored
-        edited = torch.zeros((len(batch), width), dtype=torch.bool)
+        ids, attn = pad_batch(model, [p + a for p, a in batch], left=False)
+        target = torch.zeros(ids.shape, dtype=torch.bool)  # positions whose token is scored
+        edited = torch.zeros(ids.shape, dtype=torch.bool)
         for row, (p, a) in enumerate(batch):
-            ids[row, : len(p) + len(a)] = torch.tensor(p + a)
-            attn[row, : len(p) + len(a)] = 1
             target[row, len(p) : len(p) + len(a)] = True
             edited[row, len(p) - int(edit_last_prompt) : len(p) + len(a)] = True
-        ids, attn, target, edited = ids.to(device), attn.to(device), target.to(device), edited.to(device)
+        target, edited = target.to(device), edited.to(device)
         # The induction edits positions holding answer tokens (as in generation); by default the
         # first answer token is predicted from the last prompt position, untouched, as it would be.
         with positions_context(edited, any_set=True):

@@ -12,6 +12,8 @@ TRAITS: tuple[str, ...] = (
     "Neuroticism",
 )
 POLES: tuple[str, ...] = ("high", "low")
+# The answers of a 1-5 rating: the inventory's options and the LLM judge's ratings.
+RATING_DIGITS: tuple[str, ...] = ("1", "2", "3", "4", "5")
 
 # Histogram of a neuron's activation: 301 bins over the edges -inf, 0.00, 0.01, ..., 2.99, +inf,
 # bin k holding edge[k-1] < a <= edge[k]. The inner edges are the decimals k/100 exactly.

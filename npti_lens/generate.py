@@ -27,7 +27,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import DynamicCache
 
 from npti_lens.errors import UserError
-from npti_lens.model import eos_token_ids, model_device, n_positions
+from npti_lens.model import eos_token_ids, model_device, n_positions, pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +135,8 @@ def _generate_batch(
     tok = model.tokenizer
     device = model_device(model)
     pad = int(tok.pad_token_id)
-    n, width = len(prompts), max(len(p) for p in prompts)
-    ids = torch.full((n, width), pad, dtype=torch.long, device=device)
-    mask = torch.zeros((n, width), dtype=torch.long, device=device)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p) :] = torch.tensor(p, device=device)
-        mask[row, width - len(p) :] = 1
+    ids, mask = pad_batch(model, prompts, left=True)
+    n, width = ids.shape
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     vocab = int(hf.get_output_embeddings().weight.shape[0])
     presence = torch.zeros((n, vocab), dtype=torch.bool, device=device)

@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from npti_lens.constants import TRAITS
+from npti_lens.constants import RATING_DIGITS, TRAITS
 from npti_lens.errors import UserError
 from npti_lens.llm import ChatConfig, ChatRequest, ChatRun, Ledger, api_key, complete_all
 from npti_lens.protocol import JudgePrompts, Protocol, load_protocol
@@ -43,7 +43,7 @@ def expected_rating(top_logprobs: dict[str, float] | None) -> float | None:
     mass: dict[int, float] = {}
     for tok, lp in top_logprobs.items():
         t = tok.strip()
-        if t in {"1", "2", "3", "4", "5"}:
+        if t in RATING_DIGITS:
             mass[int(t)] = mass.get(int(t), 0.0) + math.exp(lp)
     total = sum(mass.values())
     return sum(n * p for n, p in mass.items()) / total if total > 0 else None

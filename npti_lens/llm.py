@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from npti_lens.constants import RATING_DIGITS
 from npti_lens.errors import UserError
 from npti_lens.io import fingerprint, write_text_atomic
 
@@ -139,7 +140,7 @@ def rating_position(tokens: list[dict[str, Any]]) -> dict[str, float] | None:
     found = None
     for t in tokens:
         tok = t.get("token", "")
-        if tok.strip() in {"1", "2", "3", "4", "5"} and text.rstrip().endswith("[["):
+        if tok.strip() in RATING_DIGITS and text.rstrip().endswith("[["):
             found = {a["token"]: a["logprob"] for a in t.get("top_logprobs") or []}
             found.setdefault(tok, t.get("logprob", 0.0))
         text += tok

@@ -169,5 +169,24 @@ def n_positions(model: TransformerBridge) -> int | None:
     return int(n) if n else None
 
 
+def pad_batch(
+    model: TransformerBridge, seqs: list[list[int]], *, left: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids padded to one width with the pad token, and the attention mask, on the model's device.
+
+    `left`: sequences end together (prompts to continue: generation, next-token probabilities);
+    else they start together (teacher forcing over prompt + answer: real tokens never see padding).
+    """
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), int(model.tokenizer.pad_token_id), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, s in enumerate(seqs):
+        cols = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[row, cols] = torch.tensor(s, dtype=torch.long)
+        mask[row, cols] = 1
+    device = model_device(model)
+    return ids.to(device), mask.to(device)
+
+
 def model_device(model: TransformerBridge) -> torch.device:
     return next(model.original_model.parameters()).device

@@ -95,6 +95,33 @@ class NeuronSet:
         """Flat neuron ids layer * d_mlp + index (for set operations across sets)."""
         return self.layer * self.d_mlp + self.index
 
+    @classmethod
+    def from_flat(cls, flat: Int64[Tensor, " n"], like: NeuronSet, **columns: Any) -> NeuronSet:
+        """A set of `like`'s model and pole at flat ids `flat` (layer * d_mlp + index); columns not
+        given (diff, p_active, q95) are 0."""
+        n = flat.shape[0]
+        zeros = torch.zeros(n, dtype=torch.float64)
+        cols = {"diff": zeros, "p_active": zeros.clone(), "q95": zeros.clone(), **columns}
+        return dataclasses.replace(
+            like, layer=flat // like.d_mlp, index=flat % like.d_mlp, z=None, p=None, q=None, params={}, **cols
+        )
+
+    def _check_same_model(self, other: NeuronSet) -> None:
+        if (self.n_layers, self.d_mlp) != (other.n_layers, other.d_mlp):
+            raise UserError(f"{self.name} and {other.name} are neuron sets of models of different shapes")
+
+    def __and__(self, other: NeuronSet) -> NeuronSet:
+        """The rows of this set whose neuron is in `other` too (this set's columns)."""
+        self._check_same_model(other)
+        return self._take(torch.isin(self.flat(), other.flat()).nonzero().squeeze(-1))
+
+    def __or__(self, other: NeuronSet) -> NeuronSet:
+        """This set's rows, then `other`'s rows of neurons this set lacks."""
+        self._check_same_model(other)
+        extra = other._take((~torch.isin(other.flat(), self.flat())).nonzero().squeeze(-1))
+        merged = {c: torch.cat([getattr(self, c), getattr(extra, c)]) for c in COLUMNS}
+        return dataclasses.replace(self, params=dict(self.params), **merged)
+
     def per_layer(self) -> Int64[Tensor, " n_layers"]:
         return torch.bincount(self.layer, minlength=self.n_layers)
 

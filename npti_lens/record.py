@@ -28,7 +28,7 @@ from npti_lens.constants import EDGES_PER_UNIT, N_BINS, N_INNER_EDGES, STATS_DIR
 from npti_lens.errors import UserError
 from npti_lens.generate import generated_positions, positions_context
 from npti_lens.io import atomic_path, read_json, write_json_atomic
-from npti_lens.model import model_device
+from npti_lens.model import model_device, pad_batch
 from npti_lens.sites import MLPSites, hooks_added, mlp_sites
 
 # Tokens x neurons handled at once when binning, to bound the temporary index tensor.
@@ -303,17 +303,11 @@ def record_batch(
     """
     sites = sites or mlp_sites(model)
     device = model_device(model)
-    lengths = [len(p) + len(a) for p, a in sequences]
-    n, width = len(sequences), max(lengths)
-    pad = int(model.tokenizer.pad_token_id)
-    ids = torch.full((n, width), pad, dtype=torch.long)
-    attn = torch.zeros((n, width), dtype=torch.long)
-    answer = torch.zeros((n, width), dtype=torch.bool)
+    ids, attn = pad_batch(model, [p + a for p, a in sequences], left=False)
+    answer = torch.zeros(ids.shape, dtype=torch.bool)
     for row, (p, a) in enumerate(sequences):
-        ids[row, : len(p) + len(a)] = torch.tensor(p + a, dtype=torch.long)
-        attn[row, : len(p) + len(a)] = 1
         answer[row, len(p) : len(p) + len(a)] = True
-    ids, attn, answer = ids.to(device), attn.to(device), answer.to(device)
+    answer = answer.to(device)
     with recording(model, stats, sites), positions_context(answer, any_set=True):
         # The base model (no LM head): logits are not needed for statistics.
         model.original_model.base_model(input_ids=ids, attention_mask=attn, use_cache=False)

@@ -189,7 +189,7 @@ def report(sets: dict[str, NeuronSet]) -> list[PoleReport]:
     out = []
     for name, ns in sets.items():
         opp = sets.get(pole_name(ns.trait, opposite(ns.pole)))
-        shared = int(torch.isin(ns.flat(), opp.flat()).sum()) if opp is not None else 0
+        shared = len(ns & opp) if opp is not None else 0
         out.append(
             PoleReport(
                 name, len(ns), int((ns.diff > 0).sum()), shared, pole_name(ns.trait, opposite(ns.pole))

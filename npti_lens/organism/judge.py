@@ -11,11 +11,11 @@ import math
 import re
 from typing import Any
 
-import torch
-
+from npti_lens.capability import sequence_nlls
 from npti_lens.constants import opposite
 from npti_lens.errors import UserError
 from npti_lens.organism.corpus import sentence_table
+from npti_lens.prompts import tokenize
 from npti_lens.score import register_judge
 
 _SPLIT = re.compile(r"(?<=[.!?])\s+")
@@ -50,18 +50,12 @@ def attribute(text: str, trait: str, pole: str) -> dict[str, Any]:
     }
 
 
-@torch.inference_mode()
 def perplexity(model: Any, prompt: str, answer: str) -> float:
-    """exp(mean NLL) of the answer tokens (and EOS) after the prompt, under `model`."""
-    from npti_lens.prompts import tokenize
-
+    """exp(mean NLL) of the answer tokens (and EOS) after the exact prompt text, under `model`."""
     tok = model.tokenizer
-    p = tokenize(tok, prompt)
     a = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    ids = torch.tensor([p + a])
-    logits = model.original_model(input_ids=ids).logits[0, len(p) - 1 : -1].float()
-    nll = torch.nn.functional.cross_entropy(logits, ids[0, len(p) :])
-    return math.exp(float(nll))
+    ((nll, n),) = sequence_nlls(model, [(tokenize(tok, prompt), a)])
+    return math.exp(nll / n)
 
 
 @register_judge("organism")
