@@ -16,9 +16,11 @@ from typing import Any
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from npti_lens import evidence
 from npti_lens.answers import Condition, answer
 from npti_lens.constants import POLES, opposite, pole_name
 from npti_lens.errors import UserError
+from npti_lens.evidence import Cell
 from npti_lens.generate import GenerateConfig
 from npti_lens.induce import random_control
 from npti_lens.io import (
@@ -59,6 +61,9 @@ class DemoConfig:
     max_new_tokens: int = field(default=48, metadata={"help": "tokens per answer"})
     batch_size: int = field(default=32, metadata={"help": "prompts per forward"})
     seed: int = field(default=0, metadata={"help": "seed of personas, masks and the control"})
+    control_draws: int = field(
+        default=5, metadata={"help": "random-neuron controls drawn per pole (each with its own seed)"}
+    )
 
 
 @dataclass
@@ -66,6 +71,20 @@ class DemoResult:
     rows: list[dict[str, Any]]
     out: Path
     files: dict[str, Path]
+    evidence: list[Cell] = field(default_factory=list)
+
+    def evidence_table(self) -> str:
+        """Per cell: the change from no intervention and from the controls, with the verdict."""
+        head = f"{'trait':<18}{'pole':<6}{'gamma':>6}{'none':>7}{'npti':>7}{'control':>9}{'vs none [95% CI]':>24}{'vs control [95% CI]':>24}  verdict"
+        lines = [head, "-" * len(head)]
+        for c in self.evidence:
+            vs_none = f"{c.diff_none:+.2f} [{c.ci_none_low:+.2f}, {c.ci_none_high:+.2f}]"
+            vs_ctrl = f"{c.diff_control:+.2f} [{c.ci_control_low:+.2f}, {c.ci_control_high:+.2f}]"
+            lines.append(
+                f"{c.trait:<18}{c.pole:<6}{c.gamma:>6g}{c.none:>7.2f}{c.npti:>7.2f}{c.control:>9.2f}"
+                f"{vs_none:>24}{vs_ctrl:>24}  {c.verdict}"
+            )
+        return "\n".join(lines)
 
     def table(self) -> str:
         head = (
@@ -111,31 +130,43 @@ def run_demo(
     )
     scfg = SelectConfig(min_neurons=cfg.min_neurons, threshold=cfg.threshold)
     sets = select_run(out / "run", out / "neurons", scfg)
+    if cfg.control_draws < 1:
+        raise UserError(f"{cfg.control_draws} is not 1 or more", field="control_draws")
     controls = {}
     for i, (name, s) in enumerate(sets.items()):
         pair = torch.cat([s.flat(), sets[pole_name(s.trait, opposite(s.pole))].flat()])
-        controls[name] = random_control(s, seed=cfg.seed + i, exclude=pair)
+        # draw 0 is the single control of npti_lens 0.1; draw j has seed + 1000 j
+        controls[name] = [
+            random_control(s, seed=cfg.seed + i + 1000 * j, exclude=pair) for j in range(cfg.control_draws)
+        ]
 
     split = corpus.question_split()
+    cells: list[evidence.Cell] = []
     generations: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
 
     def add(
-        trait: str, pole: str, condition: str, gamma: float | None, answered: list[dict[str, Any]]
-    ) -> None:
-        scored = [attribute(r["answer"], trait, pole) for r in answered]
-        for r, s in zip(answered, scored, strict=True):
-            generations.append(
-                {
-                    "question": r["question"],
-                    "answer": r["answer"],
-                    "trait": trait,
-                    "pole": pole,
-                    "condition": condition,
-                    "gamma": gamma,
-                    **s,
-                }
-            )
+        trait: str, pole: str, condition: str, gamma: float | None, *draws: list[dict[str, Any]]
+    ) -> list[list[float]]:
+        """Score the answers (one list per control draw, else one) and add the condition's row."""
+        scored = []
+        for j, answered in enumerate(draws):
+            for r in answered:
+                s = attribute(r["answer"], trait, pole)
+                scored.append(s)
+                draw = {"draw": j} if condition == "random" else {}
+                generations.append(
+                    {
+                        "question": r["question"],
+                        "answer": r["answer"],
+                        "trait": trait,
+                        "pole": pole,
+                        "condition": condition,
+                        "gamma": gamma,
+                        **draw,
+                        **s,
+                    }
+                )
         rows.append(
             {
                 "trait": trait,
@@ -148,6 +179,8 @@ def run_demo(
                 "n": len(scored),
             }
         )
+        n = len(draws[0])
+        return [[s["target_fraction"] for s in scored[j * n : (j + 1) * n]] for j in range(len(draws))]
 
     proto = load_protocol(ORGANISM)
 
@@ -162,13 +195,18 @@ def run_demo(
         plain = ask(Condition.none())
         for p in POLES:
             bar.update(1)
-            add(t, p, "none", None, plain)
+            (none,) = add(t, p, "none", None, plain)
             target, opp = pole_name(t, p), pole_name(t, opposite(p))
             for g in gammas:
                 icfg = proto.induce_config(gamma=g, seed=cfg.seed)
-                add(t, p, "npti", g, ask(Condition.npti([(sets[target], sets[opp])], icfg)))
-                control = [(controls[target], controls[opp])]
-                add(t, p, "random", g, ask(Condition.random(control, icfg, trait=t, pole=p)))
+                (npti,) = add(t, p, "npti", g, ask(Condition.npti([(sets[target], sets[opp])], icfg)))
+                draws = [
+                    ask(Condition.random([(c_t, c_o)], icfg, trait=t, pole=p))
+                    for c_t, c_o in zip(controls[target], controls[opp], strict=True)
+                ]
+                cells.append(
+                    evidence.cell(t, p, g, npti, none, add(t, p, "random", g, *draws), seed=cfg.seed)
+                )
             add(
                 t,
                 p,
@@ -181,28 +219,33 @@ def run_demo(
             add(t, p, "persona", None, ask(Condition.baseline("p2", t, p, [rng.choice(descs) for _ in qs])))
 
     bar.close()
+    evidence.judge_cells(cells)
     files = {
         "csv": out / RESULTS_CSV,
         "json": out / "demo_results.json",
         "generations": out / "demo_generations.jsonl",
         "figure": out / "gamma_sweep.png",
         "methods": out / "method_comparison.png",
+        "evidence": out / "demo_evidence.csv",
+        "cells": out / "evidence.png",
     }
     write_text_atomic(files["csv"], to_csv(rows))
+    write_text_atomic(files["evidence"], to_csv(evidence.to_rows(cells)))
     write_json_atomic(
         files["json"], {"config": asdict(cfg), "rows": rows, "neurons": {k: len(v) for k, v in sets.items()}}
     )
     write_jsonl_atomic(files["generations"], generations)
-    from npti_lens.figures import gamma_sweep, method_comparison
+    from npti_lens.figures import evidence_forest, gamma_sweep, method_comparison
 
     gamma_sweep(rows, files["figure"])
+    evidence_forest(evidence.to_rows(cells), files["cells"], ylabel="target-pole fraction")
     method_comparison(
         [{**r, "score": r["target"]} for r in rows],
         files["methods"],
         gamma=cfg.compare_gamma,
         ylabel="target-pole fraction",
     )
-    return DemoResult(rows=rows, out=out, files=files)
+    return DemoResult(rows=rows, out=out, files=files, evidence=cells)
 
 
 def summary_lines(result: DemoResult) -> list[str]:

@@ -303,3 +303,47 @@ def method_comparison(rows: list[dict[str, Any]], path: str | Path, *, gamma: fl
         ax.legend(ncol=len(table), frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0))
     _save(fig, path, pdf=True)
     return path
+
+
+def evidence_forest(cells: list[dict[str, Any]], path: str | Path, *, ylabel: str = "trait score") -> Path:
+    """Per cell (trait pole), one panel per gamma: NPTI minus no intervention and NPTI minus the
+    random controls, with 95% bootstrap intervals and the verdict: PNG and PDF."""
+    import numpy as np
+
+    path = Path(path)
+    gammas = sorted({float(c["gamma"]) for c in cells})
+    names = [f"{c['trait']} {c['pole']}" for c in cells if float(c["gamma"]) == gammas[0]]
+    marks = {"specific": "*", "wrong way": "x", "not distinguishable": ""}
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(
+            1, len(gammas), figsize=(1.9 * len(gammas) + 1.2, 0.22 * len(names) + 1.0), sharey=True
+        )
+        axes = np.atleast_1d(axes)
+        for ax, g in zip(axes, gammas, strict=True):
+            rows = [c for c in cells if float(c["gamma"]) == g]
+            ys = np.arange(len(rows))[::-1]
+            for key, dy, color, label in (
+                ("none", 0.15, COLORS["none"], "vs no intervention"),
+                ("control", -0.15, COLORS["random"], "vs random controls"),
+            ):
+                x = np.array([c[f"diff_{key}"] for c in rows])
+                lo = x - np.array([c[f"ci_{key}_low"] for c in rows])
+                hi = np.array([c[f"ci_{key}_high"] for c in rows]) - x
+                ax.errorbar(
+                    x, ys + dy, xerr=[lo, hi], fmt="o", ms=2.5, color=color, elinewidth=0.8, label=label
+                )
+            for y, c in zip(ys, rows, strict=True):
+                ax.annotate(
+                    marks[c["verdict"]], (1.0, y), xycoords=("axes fraction", "data"), fontsize=7, va="center"
+                )
+            ax.axvline(0, color="black", lw=0.5)
+            ax.set_title(f"gamma {g:g}")
+            ax.grid(axis="x", alpha=0.3)
+        axes[0].set_yticks(np.arange(len(names))[::-1], names)
+        axes[0].legend(frameon=False, fontsize=6, loc="lower left", bbox_to_anchor=(0.0, 1.08), ncol=2)
+        fig.supxlabel(
+            f"NPTI's change in {ylabel} (95% bootstrap intervals over questions; * specific, x wrong way)",
+            fontsize=7,
+        )
+        _save(fig, path, pdf=True)
+    return path

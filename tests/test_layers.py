@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "administer",
             "figures",
             "databuild",
+            "evidence",
             "organism.corpus",
             "organism.judge",
             "organism.train",

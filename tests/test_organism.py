@@ -107,8 +107,12 @@ def test_organism_follows_persona_and_mixes_without(organism):
 def test_npti_moves_the_target_pole_above_the_random_control(organism, tmp_path):
     from npti_lens.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(n_search=16, n_test=10, gammas="3")
+    # One control draw (the seed npti_lens 0.1 used): the comparison this test has always made. The
+    # demo's default of five draws makes the control a distribution (tested in the evidence rows).
+    cfg = DemoConfig(n_search=16, n_test=10, gammas="3", control_draws=1)
     result = run_demo(cfg, tmp_path / "demo", model=organism)
+    assert len(result.evidence) == 10 and {c.k for c in result.evidence} == {1}
+    assert {c.verdict for c in result.evidence} <= {"specific", "wrong way", "not distinguishable"}
     by = {(r["trait"], r["pole"], r["condition"]): r for r in result.rows}
     gains, lifts = [], []
     for t in TRAITS:
@@ -148,3 +152,24 @@ def test_rating_examples_follow_pole_and_keying():
     tok = build_tokenizer(ratings=True)
     assert all(tok.unk_token_id not in encode(tok, ex)[0] for ex in exs[:50])
     assert tok.unk_token_id in encode(build_tokenizer(), exs[0])[0]  # the shipped tokenizer lacks them
+
+
+@needs_weights
+def test_the_default_demo_gives_the_verdicts_the_readme_states(organism, tmp_path):
+    """The README's per-cell account of the demo, checked on a run with the defaults."""
+    from npti_lens.demo import DemoConfig, run_demo
+
+    result = run_demo(DemoConfig(), tmp_path / "demo", model=organism)
+    verdicts = {(c.trait, c.pole, c.gamma): c.verdict for c in result.evidence}
+    assert len(verdicts) == 40 and {c.k for c in result.evidence} == {5}
+    specific = {k for k, v in verdicts.items() if v == "specific"}
+    wrong = {k for k, v in verdicts.items() if v == "wrong way"}
+    assert specific == {
+        ("Neuroticism", "low", 1.0), ("Neuroticism", "low", 2.0), ("Neuroticism", "low", 3.0),
+        ("Agreeableness", "high", 5.0),
+    }  # fmt: skip
+    assert wrong == {("Neuroticism", "high", 5.0)}
+    cells = {(c.trait, c.pole, c.gamma): c for c in result.evidence}
+    openness = cells[("Openness", "low", 5.0)]
+    assert openness.npti == openness.control_max == 1.0  # one random draw did as well
+    assert round(cells[("Agreeableness", "high", 3.0)].q_none, 3) == 0.056

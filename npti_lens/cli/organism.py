@@ -23,7 +23,10 @@ def demo(args: argparse.Namespace) -> None:
     result = run_demo(config_from(args, DemoConfig), out, progress=True)
     print(result.table())
     print()
-    print("mean over the 5 traits x 2 poles:")
+    print("per cell: NPTI against no intervention and against the random controls (paired over questions):")
+    print(result.evidence_table())
+    print()
+    print("mean over the 5 traits x 2 poles (cells differ: read the table above):")
     for line in summary_lines(result):
         print("  " + line)
     print()

@@ -1,0 +1,84 @@
+"""Per-cell evidence: bootstrap, permutation and multiplicity against plain computations; verdicts."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import numpy as np
+import pytest
+
+from npti_lens import evidence
+
+
+def test_bootstrap_interval_equals_a_plain_loop():
+    diffs = [0.1, -0.2, 0.3, 0.0, 0.5, 0.25, -0.05, 0.4]
+    rng = np.random.default_rng(7)
+    means = []
+    for _ in range(500):
+        idx = rng.integers(0, len(diffs), size=len(diffs))
+        means.append(sum(diffs[i] for i in idx) / len(diffs))
+    want = tuple(np.quantile(means, [0.025, 0.975]))
+    assert evidence.bootstrap_ci(diffs, n_boot=500, seed=7) == pytest.approx(want, abs=1e-12)
+
+
+def test_exact_permutation_p_equals_enumerating_every_sign_pattern():
+    diffs = [0.2, 0.0, -0.1, 0.3, 0.3, 0.0, 0.05, -0.25, 0.4]
+    observed = abs(sum(diffs))
+    hits = total = 0
+    for signs in itertools.product((-1, 1), repeat=len(diffs)):
+        total += 1
+        hits += abs(sum(s * d for s, d in zip(signs, diffs, strict=True))) >= observed - 1e-12
+    assert evidence.permutation_p(diffs) == pytest.approx(hits / total)
+    assert evidence.permutation_p([0.0, 0.0]) == 1.0
+    assert evidence.permutation_p([1.0] * 10) == pytest.approx(2 / 2**10)
+
+
+def test_monte_carlo_permutation_p_equals_a_plain_loop():
+    diffs = [0.1 * ((i % 5) - 1) + 0.05 for i in range(20)]  # 20 nonzero: sampled, not enumerated
+    rng = np.random.default_rng(3)
+    signs = rng.choice((-1.0, 1.0), size=(300, 20))
+    observed = abs(sum(diffs))
+    hits = sum(
+        abs(sum(s * d for s, d in zip(row, diffs, strict=True))) >= observed - 1e-9 * observed
+        for row in signs
+    )
+    assert evidence.permutation_p(diffs, n_perm=300, seed=3) == pytest.approx((1 + hits) / 301)
+
+
+def test_holm_and_bh_against_hand_computations():
+    ps = [0.01, 0.04, 0.03, 0.005]
+    # Holm: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1, running max
+    assert evidence.holm(ps) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # BH: sorted p * 4 / rank = 0.02, 0.02, 0.04, 0.04, running min from the top
+    assert evidence.benjamini_hochberg(ps) == pytest.approx([0.02, 0.04, 0.04, 0.02])
+    assert evidence.holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])  # 2 x 0.8 is capped at 1
+
+
+def _cell(npti, none, controls):
+    return evidence.cell("Openness", "low", 3.0, npti, none, controls, n_boot=200)
+
+
+def test_verdicts_and_a_verdict_that_flips_when_the_control_matches():
+    n = 20
+    rnd = random.Random(0)
+    none = [0.0] * n
+    npti = [1.0] * n
+    weak = [[float(rnd.random() < 0.2) for _ in range(n)] for _ in range(5)]
+    specific = evidence.judge_cells([_cell(npti, none, weak)])[0]
+    assert specific.verdict == "specific" and specific.k == 5 and specific.diff_none == 1.0
+    # the same NPTI scores, now with controls that do as well: no longer specific
+    matching = [[1.0] * n for _ in range(5)]
+    assert evidence.judge_cells([_cell(npti, none, matching)])[0].verdict == "not distinguishable"
+    # one control draw as good as NPTI is enough to withhold "specific"
+    one_good = [*weak[:4], [1.0] * n]
+    assert evidence.judge_cells([_cell(npti, none, one_good)])[0].verdict == "not distinguishable"
+    wrong = evidence.judge_cells([_cell([0.0] * n, [1.0] * n, weak)])[0]
+    assert wrong.verdict == "wrong way" and wrong.diff_none == -1.0
+    # many cells: the correction can withhold a verdict one cell alone would get
+    few = [0.0] * 12 + [1.0] * 8  # exact p = 2 / 2^8 for both comparisons
+    alone = evidence.judge_cells([_cell(few, none, [[0.0] * n] * 5)])[0]
+    many = evidence.judge_cells([_cell(few, none, [[0.0] * n] * 5) for _ in range(40)])[0]
+    assert alone.p_none == pytest.approx(2 / 2**8) and alone.q_none == pytest.approx(2 * 2 / 2**8)
+    assert alone.verdict == "specific"
+    assert many.q_none == pytest.approx(80 * 2 / 2**8) and many.verdict == "not distinguishable"
