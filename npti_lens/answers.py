@@ -20,6 +20,8 @@ from typing import Any
 
 from transformer_lens.model_bridge import TransformerBridge
 
+from npti_lens.directions import Direction
+from npti_lens.directions import steer as steer_with
 from npti_lens.errors import UserError
 from npti_lens.generate import GenerateConfig, check_context, generate
 from npti_lens.induce import InduceConfig, check_fits, induce
@@ -37,6 +39,8 @@ STAGE_OF = {
     "p2": "p2",
     "p2-as-written": "p2-as-written",
     "search": "search",
+    "vector": "neutral",
+    "random-vector": "neutral",
 }
 BASELINES = ("simple", "p2", "p2-as-written")
 
@@ -55,6 +59,9 @@ class Condition:
     personalities: tuple[str, ...] = ()  # simple / p2 / search: the persona text, one per question
     name: str = ""  # the rows' `condition` (default: kind)
     extra: dict[str, Any] = field(default_factory=dict)  # more fields for every row
+    direction: Direction | None = None  # vector / random-vector: the direction added
+    coef: float = 0.0
+    layers: tuple[int, ...] | None = None  # the layers steered (None: all)
 
     def __post_init__(self) -> None:
         if self.kind not in STAGE_OF:
@@ -70,6 +77,9 @@ class Condition:
 
     @property
     def gamma(self) -> float | None:
+        """The strength: NPTI's gamma, or a vector's coefficient."""
+        if self.direction is not None:
+            return self.coef
         return self.induce_cfg.gamma if self.pairs and self.induce_cfg is not None else None
 
     @classmethod
@@ -96,6 +106,23 @@ class Condition:
         if method not in BASELINES:
             raise UserError(f"--method: unknown baseline {method!r}; choose {', '.join(BASELINES)}")
         return cls(method, trait, pole, personalities=tuple(personalities), **kw)
+
+    @classmethod
+    def vector(
+        cls,
+        direction: Direction,
+        coef: float,
+        layers: Sequence[int] | None = None,
+        *,
+        random: bool = False,
+        **kw: Any,
+    ) -> Condition:
+        """The direction baseline: `coef` times the pole's mean-difference vector added on `layers`."""
+        kind = "random-vector" if random else "vector"
+        return cls(
+            kind, direction.trait, direction.pole, direction=direction, coef=float(coef),
+            layers=None if layers is None else tuple(layers), **kw,
+        )  # fmt: skip
 
     @classmethod
     def search(cls, trait: str, pole: str, personalities: Sequence[str], **kw: Any) -> Condition:
@@ -131,6 +158,24 @@ def baseline_condition(
         descs = load_personas(personas, [trait])[(trait, pole)]
         texts = draw_personas(descs, n, seed=seed, trait=trait, pole=pole)
     return Condition.baseline(method, trait, pole, texts, extra={"method": method})
+
+
+def intervention(
+    model: TransformerBridge,
+    condition: Condition,
+    protocol: Protocol | str | None = None,
+    *,
+    allow_other_model: bool = False,
+) -> Any:
+    """The context manager that applies `condition`'s intervention (a no-op for prompt conditions)."""
+    if condition.direction is not None:
+        return steer_with(
+            model, condition.direction, condition.coef, condition.layers, allow_other_model=allow_other_model
+        )
+    if condition.pairs:
+        cfg = condition.induce_cfg or protocol_for(model, protocol).induce_config()
+        return induce(model, condition.pairs, cfg, allow_other_model=allow_other_model)
+    return contextlib.nullcontext()
 
 
 def answer(
@@ -171,15 +216,7 @@ def answer(
     if checks:
         check_context(model, ids, gcfg.max_new_tokens, sources)
         warn_unknown(model.tokenizer, ids, sources)
-    steer: Any = contextlib.nullcontext()
-    if condition.pairs:
-        steer = induce(
-            model,
-            condition.pairs,
-            condition.induce_cfg or proto.induce_config(),
-            allow_other_model=allow_other_model,
-        )
-    with steer:
+    with intervention(model, condition, proto, allow_other_model=allow_other_model):
         gens = generate(model, ids, gcfg, progress=progress)
     rows = []
     for i, (q, p, g) in enumerate(zip(texts, prompts, gens, strict=True)):

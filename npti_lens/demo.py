@@ -19,6 +19,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from npti_lens import evidence
 from npti_lens.answers import Condition, answer
 from npti_lens.constants import POLES, opposite, pole_name
+from npti_lens.directions import Direction, random_direction
 from npti_lens.errors import UserError
 from npti_lens.evidence import Cell
 from npti_lens.generate import GenerateConfig
@@ -39,6 +40,7 @@ from npti_lens.search import SearchConfig, run_search
 from npti_lens.select import SelectConfig, select_run
 
 RESULTS_CSV = "demo_results.csv"
+METHODS = ("npti", "vector", "simple", "p2")
 
 
 @dataclass
@@ -58,11 +60,23 @@ class DemoConfig:
     compare_gamma: float = field(
         default=3.0, metadata={"help": "gamma of NPTI in the method comparison figure"}
     )
+    compare_coef: float = field(default=1.0, metadata={"help": "coefficient of the vector in that figure"})
     max_new_tokens: int = field(default=48, metadata={"help": "tokens per answer"})
     batch_size: int = field(default=32, metadata={"help": "prompts per forward"})
     seed: int = field(default=0, metadata={"help": "seed of personas, masks and the control"})
     control_draws: int = field(
-        default=5, metadata={"help": "random-neuron controls drawn per pole (each with its own seed)"}
+        default=5, metadata={"help": "random controls drawn per pole (each with its own seed)"}
+    )
+    methods: str = field(
+        default="npti,simple,p2",
+        metadata={"help": "methods compared: npti, vector (the mean-difference direction), simple, p2"},
+    )
+    vector_coefs: str = field(
+        default="0.25,0.5,1,2",
+        metadata={"help": "coefficients of the vector method (its fluency breaks near 2)"},
+    )
+    vector_layers: str = field(
+        default="all", metadata={"help": "layers the vector is added to: all or 0,1,..."}
     )
 
 
@@ -75,14 +89,14 @@ class DemoResult:
 
     def evidence_table(self) -> str:
         """Per cell: the change from no intervention and from the controls, with the verdict."""
-        head = f"{'trait':<18}{'pole':<6}{'gamma':>6}{'none':>7}{'npti':>7}{'control':>9}{'vs none [95% CI]':>24}{'vs control [95% CI]':>24}  verdict"
+        head = f"{'method':<8}{'trait':<18}{'pole':<6}{'gamma':>6}{'none':>7}{'induced':>8}{'control':>9}{'vs none [95% CI]':>24}{'vs control [95% CI]':>24}{'fluency':>8}  verdict"
         lines = [head, "-" * len(head)]
         for c in self.evidence:
             vs_none = f"{c.diff_none:+.2f} [{c.ci_none_low:+.2f}, {c.ci_none_high:+.2f}]"
             vs_ctrl = f"{c.diff_control:+.2f} [{c.ci_control_low:+.2f}, {c.ci_control_high:+.2f}]"
             lines.append(
-                f"{c.trait:<18}{c.pole:<6}{c.gamma:>6g}{c.none:>7.2f}{c.npti:>7.2f}{c.control:>9.2f}"
-                f"{vs_none:>24}{vs_ctrl:>24}  {c.verdict}"
+                f"{c.method:<8}{c.trait:<18}{c.pole:<6}{c.gamma:>6g}{c.none:>7.2f}{c.npti:>8.2f}{c.control:>9.2f}"
+                f"{vs_none:>24}{vs_ctrl:>24}{c.fluency:>8.2f}  {c.verdict}"
             )
         return "\n".join(lines)
 
@@ -110,8 +124,22 @@ def run_demo(
     out = Path(out)
     model = model or load_model("organism")
     gammas = parse_numbers(cfg.gammas, "--gammas")
+    methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown or not methods:
+        raise UserError(f"{cfg.methods!r}: choose from {', '.join(METHODS)}", field="methods")
+    coefs = parse_numbers(cfg.vector_coefs, "--vector-coefs")
+    layers = (
+        None
+        if cfg.vector_layers.strip() == "all"
+        else parse_numbers(cfg.vector_layers, "--vector-layers", int)
+    )
     if cfg.compare_gamma not in gammas:
         raise UserError(f"--compare-gamma: {cfg.compare_gamma:g} is not one of --gammas {cfg.gammas}")
+    if "vector" in methods and cfg.compare_coef not in coefs:
+        raise UserError(
+            f"{cfg.compare_coef:g} is not one of --vector-coefs {cfg.vector_coefs}", field="compare_coef"
+        )
     gcfg = GenerateConfig(
         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, repetition_penalty=1.0, seed=cfg.seed
     )
@@ -130,6 +158,7 @@ def run_demo(
     )
     scfg = SelectConfig(min_neurons=cfg.min_neurons, threshold=cfg.threshold)
     sets = select_run(out / "run", out / "neurons", scfg)
+    vectors = {name: Direction.load(out / "neurons" / name) for name in sets} if "vector" in methods else {}
     if cfg.control_draws < 1:
         raise UserError(f"{cfg.control_draws} is not 1 or more", field="control_draws")
     controls = {}
@@ -197,29 +226,47 @@ def run_demo(
             bar.update(1)
             (none,) = add(t, p, "none", None, plain)
             target, opp = pole_name(t, p), pole_name(t, opposite(p))
-            for g in gammas:
+            for g in gammas if "npti" in methods else []:
                 icfg = proto.induce_config(gamma=g, seed=cfg.seed)
                 (npti,) = add(t, p, "npti", g, ask(Condition.npti([(sets[target], sets[opp])], icfg)))
+                fluency = rows[-1]["fluency"]
                 draws = [
                     ask(Condition.random([(c_t, c_o)], icfg, trait=t, pole=p))
                     for c_t, c_o in zip(controls[target], controls[opp], strict=True)
                 ]
+                scores = add(t, p, "random", g, *draws)
+                cells.append(evidence.cell(t, p, g, npti, none, scores, seed=cfg.seed, fluency=fluency))
+            for coef in coefs if "vector" in methods else []:
+                (steered,) = add(t, p, "vector", coef, ask(Condition.vector(vectors[target], coef, layers)))
+                fluency = rows[-1]["fluency"]
+                draws = [
+                    ask(Condition.vector(random_direction(vectors[target], seed=cfg.seed + 1000 * j), coef, layers,
+                                         random=True))
+                    for j in range(cfg.control_draws)
+                ]  # fmt: skip
+                scores = add(t, p, "random-vector", coef, *draws)
                 cells.append(
-                    evidence.cell(t, p, g, npti, none, add(t, p, "random", g, *draws), seed=cfg.seed)
+                    evidence.cell(
+                        t, p, coef, steered, none, scores, seed=cfg.seed, method="vector", fluency=fluency
+                    )
                 )
-            add(
-                t,
-                p,
-                "simple",
-                None,
-                ask(Condition.baseline("simple", t, p, [proto.adjective(t, p)] * len(qs))),
-            )
-            rng = random.Random(f"{cfg.seed}:demo-persona:{t}:{p}")
-            descs = corpus.personas(t, p)
-            add(t, p, "persona", None, ask(Condition.baseline("p2", t, p, [rng.choice(descs) for _ in qs])))
+            if "simple" in methods:
+                simple = Condition.baseline("simple", t, p, [proto.adjective(t, p)] * len(qs))
+                add(t, p, "simple", None, ask(simple))
+            if "p2" in methods:
+                rng = random.Random(f"{cfg.seed}:demo-persona:{t}:{p}")
+                descs = corpus.personas(t, p)
+                add(
+                    t,
+                    p,
+                    "persona",
+                    None,
+                    ask(Condition.baseline("p2", t, p, [rng.choice(descs) for _ in qs])),
+                )
 
     bar.close()
-    evidence.judge_cells(cells)
+    for method in METHODS:  # one correction family per method: adding a method leaves the others' verdicts
+        evidence.judge_cells([c for c in cells if c.method == method])
     files = {
         "csv": out / RESULTS_CSV,
         "json": out / "demo_results.json",
@@ -228,6 +275,7 @@ def run_demo(
         "methods": out / "method_comparison.png",
         "evidence": out / "demo_evidence.csv",
         "cells": out / "evidence.png",
+        "vector_cells": out / "evidence_vector.png",
     }
     write_text_atomic(files["csv"], to_csv(rows))
     write_text_atomic(files["evidence"], to_csv(evidence.to_rows(cells)))
@@ -238,9 +286,23 @@ def run_demo(
     from npti_lens.figures import evidence_forest, gamma_sweep, method_comparison
 
     gamma_sweep(rows, files["figure"])
-    evidence_forest(evidence.to_rows(cells), files["cells"], ylabel="target-pole fraction")
+    for method, key in (("npti", "cells"), ("vector", "vector_cells")):
+        if any(c.method == method for c in cells):
+            evidence_forest(
+                evidence.to_rows([c for c in cells if c.method == method]),
+                files[key],
+                ylabel="target-pole fraction",
+            )
+    if not any(c.method == "vector" for c in cells):
+        del files["vector_cells"]
+    if not any(c.method == "npti" for c in cells):
+        del files["cells"]
     method_comparison(
-        [{**r, "score": r["target"]} for r in rows],
+        [
+            {**r, "score": r["target"], **({"gamma": None} if r["condition"] == "vector" else {})}
+            for r in rows
+            if r["condition"] != "vector" or r["gamma"] == cfg.compare_coef
+        ],
         files["methods"],
         gamma=cfg.compare_gamma,
         ylabel="target-pole fraction",

@@ -98,7 +98,7 @@ class Cell:
     gamma: float
     n: int
     none: float
-    npti: float
+    npti: float  # the score under the method (NPTI's neurons, or the vector)
     control: float  # mean over questions of the mean over the control draws
     control_min: float  # the lowest and highest single draw's mean
     control_max: float
@@ -114,6 +114,8 @@ class Cell:
     q_none: float = float("nan")  # adjusted across the table's cells
     q_control: float = float("nan")
     verdict: str = ""
+    method: str = "npti"  # what was induced: npti (neurons) or vector (a residual direction)
+    fluency: float = float("nan")  # mean fluency under the method, where the judge gives one
 
 
 def cell(
@@ -127,6 +129,8 @@ def cell(
     n_boot: int = 2000,
     n_perm: int = 10000,
     seed: int = 0,
+    method: str = "npti",
+    fluency: float = float("nan"),
 ) -> Cell:
     """The evidence of one cell from per-question scores (controls: one list per draw)."""
     s, b = np.asarray(npti, dtype=float), np.asarray(none, dtype=float)
@@ -146,7 +150,7 @@ def cell(
         trait, pole, float(gamma), len(s), float(b.mean()), float(s.mean()), float(c.mean()),
         float(draw_means.min()), float(draw_means.max()), len(controls),
         float(d_none.mean()), *ci_n, permutation_p(d_none, n_perm=n_perm, seed=seed),
-        float(d_control.mean()), *ci_c, permutation_p(d_control, n_perm=n_perm, seed=seed),
+        float(d_control.mean()), *ci_c, permutation_p(d_control, n_perm=n_perm, seed=seed), method=method, fluency=fluency,
     )  # fmt: skip
 
 

@@ -20,6 +20,7 @@ COLORS = {
     "persona": "#d62728",
     "p2": "#d62728",
     "simple": "#ff7f0e",
+    "vector": "#9467bd",
 }
 # The methods the paper compares, in the order of its figures, with their labels.
 METHODS = {
@@ -28,6 +29,7 @@ METHODS = {
     "p2": "P2 (persona)",
     "npti": "NPTI",
     "random": "random neurons",
+    "vector": "mean-difference vector",
 }
 STYLE = {
     "font.size": 8,
@@ -345,5 +347,29 @@ def evidence_forest(cells: list[dict[str, Any]], path: str | Path, *, ylabel: st
             f"NPTI's change in {ylabel} (95% bootstrap intervals over questions; * specific, x wrong way)",
             fontsize=7,
         )
+        _save(fig, path, pdf=True)
+    return path
+
+
+def tune_curve(
+    curve: list[dict[str, Any]], choice: dict[str, Any] | None, path: str | Path, *, label: str
+) -> Path:
+    """Effect, fluency and NLL cost against strength, the chosen point marked: PNG and PDF."""
+    path = Path(path)
+    pts = [p for p in curve if p["strength"] is not None]
+    xs = [p["strength"] for p in pts]
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 3, figsize=(6.8, 2.0))
+        for ax, key, title in (
+            (axes[0], "effect", "effect on the trait score"),
+            (axes[1], "fluency", "fluency"),
+            (axes[2], "delta_nll", "NLL per token, change"),
+        ):
+            ax.plot(xs, [p[key] for p in pts], marker="o", ms=3, color=COLORS["npti"])
+            if choice is not None:
+                ax.plot([choice["strength"]], [choice[key]], marker="*", ms=9, color="black", ls="none")
+            ax.set_title(title)
+            ax.set_xlabel(label)
+            ax.grid(alpha=0.3)
         _save(fig, path, pdf=True)
     return path

@@ -29,7 +29,7 @@ from npti_lens.errors import UserError
 from npti_lens.generate import generated_positions, positions_context
 from npti_lens.io import atomic_path, read_json, write_json_atomic
 from npti_lens.model import model_device, pad_batch
-from npti_lens.sites import MLPSites, hooks_added, mlp_sites
+from npti_lens.sites import MLPSites, hooks_added, mlp_sites, resid_site
 
 # Tokens x neurons handled at once when binning, to bound the temporary index tensor.
 _CHUNK_ELEMENTS = 1 << 24
@@ -85,11 +85,23 @@ class Stats:
     sum: Float[Tensor, "n_layers d_mlp"]
     sum_sq: Float[Tensor, "n_layers d_mlp"]
     meta: dict[str, Any] = field(default_factory=dict)
+    # sum of each block's output (the residual stream after block l) at the same answer tokens:
+    # the pole's mean residual, for the mean-difference direction (npti_lens.directions)
+    resid_sum: Float[Tensor, "n_layers d_model"] | None = None
 
     @classmethod
     def zeros(
-        cls, n_layers: int, d_mlp: int, device: torch.device | str = "cpu", meta: dict[str, Any] | None = None
+        cls,
+        n_layers: int,
+        d_mlp: int,
+        device: torch.device | str = "cpu",
+        meta: dict[str, Any] | None = None,
+        d_model: int | None = None,
     ) -> Stats:
+        """Empty statistics; with `d_model`, the residual stream is summed too."""
+        resid = (
+            None if d_model is None else torch.zeros((n_layers, d_model), dtype=torch.float64, device=device)
+        )
         return cls(
             n_tokens=0,
             n_active=torch.zeros((n_layers, d_mlp), dtype=torch.int64, device=device),
@@ -97,6 +109,7 @@ class Stats:
             sum=torch.zeros((n_layers, d_mlp), dtype=torch.float64, device=device),
             sum_sq=torch.zeros((n_layers, d_mlp), dtype=torch.float64, device=device),
             meta=dict(meta or {}),
+            resid_sum=resid,
         )
 
     @property
@@ -123,6 +136,9 @@ class Stats:
             sum=self.sum + other.sum.to(self.sum.device),
             sum_sq=self.sum_sq + other.sum_sq.to(self.sum_sq.device),
             meta=dict(self.meta),
+            resid_sum=None
+            if self.resid_sum is None or other.resid_sum is None
+            else self.resid_sum + other.resid_sum.to(self.resid_sum.device),
         )
 
     def to(self, device: torch.device | str) -> Stats:
@@ -133,6 +149,7 @@ class Stats:
             self.sum.to(device),
             self.sum_sq.to(device),
             dict(self.meta),
+            None if self.resid_sum is None else self.resid_sum.to(device),
         )
 
     def save(self, path: str | Path) -> None:
@@ -158,6 +175,7 @@ class Stats:
             "sum": self.sum,
             "sum_sq": self.sum_sq,
             "n_tokens": torch.tensor([self.n_tokens]),
+            **({} if self.resid_sum is None else {"resid_sum": self.resid_sum}),
         }
 
     @classmethod
@@ -192,6 +210,7 @@ class Stats:
             sum=t["sum"],
             sum_sq=t["sum_sq"],
             meta=meta,
+            resid_sum=t.get("resid_sum"),
         )
         problem = stats.check()
         if problem:
@@ -218,6 +237,12 @@ class Stats:
             return "n_active differs from the histogram's count above 0"
         if not bool(torch.isfinite(self.sum).all() & torch.isfinite(self.sum_sq).all()):
             return "non-finite sums"
+        if self.resid_sum is not None and (
+            self.resid_sum.dim() != 2
+            or self.resid_sum.shape[0] != self.n_active.shape[0]
+            or not bool(torch.isfinite(self.resid_sum).all())
+        ):
+            return "the residual sums do not fit the layers or are not finite"
         return None
 
 
@@ -285,7 +310,17 @@ def recording(model: TransformerBridge, stats: Stats, sites: MLPSites | None = N
 
         return hook
 
-    with hooks_added(model, [(sites.pre(layer), make_hook(layer)) for layer in range(sites.n_layers)]):
+    def resid_hook(layer: int):  # noqa: ANN202 - closure over the layer
+        def hook(x: Tensor, hook: Any) -> None:
+            idx = answer_rows(generated_positions())
+            stats.resid_sum[layer] += x.flatten(0, 1).index_select(0, idx).sum(0, dtype=torch.float64)
+
+        return hook
+
+    hooks = [(sites.pre(layer), make_hook(layer)) for layer in range(sites.n_layers)]
+    if stats.resid_sum is not None:
+        hooks += [(resid_site(layer), resid_hook(layer)) for layer in range(sites.n_layers)]
+    with hooks_added(model, hooks):
         yield
 
 

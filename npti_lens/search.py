@@ -163,7 +163,7 @@ def search_pole(
         if stats.meta.get("complete"):
             return stats
     else:
-        stats = Stats.zeros(sites.n_layers, sites.d_mlp, meta=meta)
+        stats = Stats.zeros(sites.n_layers, sites.d_mlp, meta=meta, d_model=int(model.cfg.d_model))
     stats.meta.update(meta)
     n_done = int(stats.meta.get("n_questions", 0))
     kept = _kept_answers(apath, questions, n_done, gcfg.batch_size)

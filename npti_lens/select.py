@@ -230,6 +230,12 @@ def select_run(
         )
         sets[ns.name] = ns
     if out is not None:
-        for ns in sets.values():
+        from npti_lens.directions import mean_difference
+
+        for (trait, pole), sp in stats.items():
+            ns = sets[pole_name(trait, pole)]
             ns.save(Path(out) / ns.name)
+            if sp.resid_sum is not None:  # the direction baseline from the same tokens
+                sq = stats[(trait, opposite(pole))]
+                mean_difference(sp, sq, trait=trait, pole=pole, model=ns.model).save(Path(out) / ns.name)
     return sets

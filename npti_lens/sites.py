@@ -45,6 +45,11 @@ class MLPSites:
         return self.n_layers * self.d_mlp
 
 
+def resid_site(layer: int) -> str:
+    """The residual stream after block `layer` (its output): where directions are read and added."""
+    return f"blocks.{layer}.hook_resid_post"
+
+
 def _act_fn(hf_mlp: torch.nn.Module, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     for attr in ("act_fn", "act", "activation_fn", "activation"):
         fn = getattr(hf_mlp, attr, None)

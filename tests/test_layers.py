@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("model", {"model", "sites"}),
     ("generation", {"generate"}),
     ("statistics and interventions", {"record", "neurons", "induce"}),
-    ("selection and protocol", {"select", "protocol"}),
+    ("selection, directions and protocol", {"select", "directions", "protocol"}),
     (
         "evaluation",
         {
@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "organism.train",
         },
     ),  # fmt: skip
-    ("workflow", {"answers", "search", "scoring", "ablation"}),
+    ("workflow", {"answers", "search", "scoring", "ablation", "tune"}),
     ("apps", {"demo"}),
     (
         "front ends",
@@ -46,6 +46,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "cli.evaluate",
             "cli.figures",
             "cli.organism",
+            "cli.tune",
             "cli.__main__",
             "",
         },

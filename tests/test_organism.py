@@ -159,8 +159,19 @@ def test_the_default_demo_gives_the_verdicts_the_readme_states(organism, tmp_pat
     """The README's per-cell account of the demo, checked on a run with the defaults."""
     from npti_lens.demo import DemoConfig, run_demo
 
-    result = run_demo(DemoConfig(), tmp_path / "demo", model=organism)
-    verdicts = {(c.trait, c.pole, c.gamma): c.verdict for c in result.evidence}
+    # the vector's cells are judged in their own family, so adding them leaves NPTI's verdicts as in
+    # the default demo; simple and p2 are left out to save time (they do not enter the evidence)
+    result = run_demo(DemoConfig(methods="npti,vector"), tmp_path / "demo", model=organism)
+    vector = {(c.trait, c.pole, c.gamma): c.verdict for c in result.evidence if c.method == "vector"}
+    assert {k for k, v in vector.items() if v == "specific"} == {
+        ("Openness", "low", 0.5), ("Openness", "low", 1.0), ("Extraversion", "low", 0.5),
+        ("Extraversion", "low", 1.0), ("Openness", "high", 2.0),
+    }  # fmt: skip
+    assert {k for k, v in vector.items() if v == "wrong way"} == {
+        *(("Neuroticism", "high", c) for c in (0.25, 0.5, 1.0, 2.0)), ("Conscientiousness", "low", 1.0),
+        ("Openness", "low", 2.0), ("Agreeableness", "high", 2.0),
+    }  # fmt: skip
+    verdicts = {(c.trait, c.pole, c.gamma): c.verdict for c in result.evidence if c.method == "npti"}
     assert len(verdicts) == 40 and {c.k for c in result.evidence} == {5}
     specific = {k for k, v in verdicts.items() if v == "specific"}
     wrong = {k for k, v in verdicts.items() if v == "wrong way"}
@@ -169,7 +180,32 @@ def test_the_default_demo_gives_the_verdicts_the_readme_states(organism, tmp_pat
         ("Agreeableness", "high", 5.0),
     }  # fmt: skip
     assert wrong == {("Neuroticism", "high", 5.0)}
-    cells = {(c.trait, c.pole, c.gamma): c for c in result.evidence}
+    cells = {(c.trait, c.pole, c.gamma): c for c in result.evidence if c.method == "npti"}
     openness = cells[("Openness", "low", 5.0)]
     assert openness.npti == openness.control_max == 1.0  # one random draw did as well
     assert round(cells[("Agreeableness", "high", 3.0)].q_none, 3) == 0.056
+
+
+@needs_weights
+def test_demo_compares_the_vector_baseline_cell_by_cell(organism, tmp_path):
+    from npti_lens.demo import DemoConfig, run_demo
+    from npti_lens.errors import UserError
+
+    cfg = DemoConfig(
+        traits="Neuroticism", n_search=16, n_test=6, gammas="3", methods="npti,vector",
+        vector_coefs="0.5", compare_coef=0.5, control_draws=2,
+    )  # fmt: skip
+    result = run_demo(cfg, tmp_path / "demo", model=organism)
+    assert {(c.method, c.pole) for c in result.evidence} == {
+        ("npti", "high"),
+        ("npti", "low"),
+        ("vector", "high"),
+        ("vector", "low"),
+    }
+    assert {r["condition"] for r in result.rows} == {"none", "npti", "random", "vector", "random-vector"}
+    assert (
+        result.files["vector_cells"].is_file()
+        and (tmp_path / "demo/neurons/Neuroticism_low/direction.safetensors").is_file()
+    )
+    with pytest.raises(UserError, match="methods"):
+        run_demo(DemoConfig(methods="npti,magic"), tmp_path / "bad", model=organism)

@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from npti_lens.cli import answer, evaluate, figures, method, organism
+from npti_lens.cli import answer, evaluate, figures, method, organism, tune
 from npti_lens.cli._common import Command
 from npti_lens.constants import VERSION
 from npti_lens.errors import UserError
@@ -24,6 +24,7 @@ COMMANDS: list[Command] = [
     *answer.COMMANDS,
     *evaluate.COMMANDS,
     *figures.COMMANDS,
+    *tune.COMMANDS,
     *organism.COMMANDS,
 ]
 GROUPS = {
