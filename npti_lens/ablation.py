@@ -19,7 +19,10 @@ from typing import Any
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from npti_lens import evidence
 from npti_lens.answers import Condition, answer
+from npti_lens.errors import UserError
+from npti_lens.evidence import Cell
 from npti_lens.generate import GenerateConfig
 from npti_lens.induce import InduceConfig, random_control
 from npti_lens.io import parse_numbers
@@ -33,6 +36,7 @@ class AblationConfig:
     gammas: str = field(default="0.6,1.0,1.5", metadata={"help": "comma-separated gammas of the sweep"})
     top_k: str = field(default="10,100,1000", metadata={"help": "comma-separated neuron counts per set"})
     seed: int = field(default=0, metadata={"help": "seed of the masks and the random control"})
+    control_draws: int = field(default=5, metadata={"help": "random controls drawn (each with its own seed)"})
 
 
 def layer_bands(n_layers: int) -> dict[str, list[int]]:
@@ -60,11 +64,14 @@ def conditions(
         {"condition": "deactivate_only", "pairs": [(target, opp)], "icfg": replace(base, activate=False)},
     ]
     both = torch.cat([target.flat(), opp.flat()])
-    rand = (
-        random_control(target, seed=cfg.seed, exclude=both),
-        random_control(opp, seed=cfg.seed + 1, exclude=both),
-    )
-    out.append({"condition": "random", "pairs": [rand], "icfg": base})
+    if cfg.control_draws < 1:
+        raise UserError(f"{cfg.control_draws} is not 1 or more", field="control_draws")
+    for j in range(cfg.control_draws):  # draw 0 has the seeds npti_lens 0.1 used
+        rand = (
+            random_control(target, seed=cfg.seed + 2 * j, exclude=both),
+            random_control(opp, seed=cfg.seed + 2 * j + 1, exclude=both),
+        )
+        out.append({"condition": "random", "draw": j, "pairs": [rand], "icfg": base})
     for g in parse_numbers(cfg.gammas, "--gammas"):
         out.append({"condition": "gamma_sweep", "pairs": [(target, opp)], "icfg": replace(base, gamma=g)})
     for k in parse_numbers(cfg.top_k, "--top-k", int):
@@ -101,6 +108,7 @@ def run_ablation(
         extra = {
             "k": c.get("k"),
             "layers": c.get("layers"),
+            "draw": c.get("draw"),
             "n_shifted": sum(len(t) for t, _ in pairs) if pairs and icfg.activate else 0,
             "n_clamped": sum(len(o) for _, o in pairs) if pairs and icfg.deactivate else 0,
         }
@@ -113,3 +121,30 @@ def run_ablation(
             condition = Condition.npti(pairs, icfg, **named)
         rows += answer(model, questions, condition, gcfg, protocol=proto, allow_other_model=allow_other_model)
     return rows
+
+
+def ablation_evidence(scored: list[dict[str, Any]], score: str = "trait_score") -> Cell:
+    """The evidence of the full induction (`both`) against `none` and the `random` draws, paired over
+    the questions (rows as `run_ablation` makes them, with the judge's `score`)."""
+
+    def scores(cond: str, draw: Any = None) -> list[float]:
+        rows = [r for r in scored if r["condition"] == cond and r.get("draw") == draw]
+        return [float(r[score]) for r in rows]
+
+    both = [r for r in scored if r["condition"] == "both"]
+    if not both:
+        raise UserError("ablation rows hold no 'both' condition")
+    draws = sorted({r["draw"] for r in scored if r["condition"] == "random"})
+    first = both[0]
+    return evidence.judge_cells(
+        [
+            evidence.cell(
+                first["trait"],
+                first["pole"],
+                first["gamma"],
+                scores("both"),
+                scores("none"),
+                [scores("random", d) for d in draws],
+            )
+        ]  # fmt: skip
+    )[0]

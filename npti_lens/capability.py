@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,9 +169,13 @@ def retention(
     allow_other_model: bool = False,
     choices: Sequence[ChoiceItem] = (),
     rules: InduceConfig | None = None,
+    intervention_at: Callable[[float], Any] | None = None,
 ) -> Retention:
     """Perplexity of the reference answers (and accuracy on `choices`, if any) with no intervention
-    and with the induction at each gamma; `rules` gives the keep rule and clamp (a protocol's)."""
+    and with the induction at each gamma; `rules` gives the keep rule and clamp (a protocol's).
+
+    `intervention_at(strength)`, if given, returns the context manager to measure under instead of
+    the NPTI induction (e.g. the direction baseline's `steer` at that coefficient)."""
     base_nll = None
 
     def row(gamma: float | None) -> dict[str, Any]:
@@ -186,13 +190,13 @@ def retention(
         return r
 
     rows = [row(None)]
+
+    def npti_at(g: float) -> Any:
+        cfg = dataclasses.replace(rules or InduceConfig(), gamma=g, seed=seed)
+        return induce(model, [(target, opposite)], cfg, allow_other_model=allow_other_model)
+
     for g in gammas:
-        with induce(
-            model,
-            [(target, opposite)],
-            dataclasses.replace(rules or InduceConfig(), gamma=g, seed=seed),
-            allow_other_model=allow_other_model,
-        ):
+        with (intervention_at or npti_at)(g):
             rows.append(row(g))
     if choices:
         for r in rows:

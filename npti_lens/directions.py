@@ -79,7 +79,7 @@ class Direction:
         path = Path(folder) / DIRECTION_FILE
         if not path.is_file():
             raise UserError(
-                f"{path}: no direction here; select from a search run made by npti_lens 0.2 or later"
+                f"{path}: no direction here; search again with this version (it records the residual stream) and select"
             )
         try:
             with safe_open(str(path), framework="pt") as f:
@@ -98,7 +98,7 @@ def mean_difference(stats_p: Stats, stats_q: Stats, *, trait: str, pole: str, mo
     """Pole P's mean block output at answer tokens minus the opposite pole's, per layer."""
     if stats_p.resid_sum is None or stats_q.resid_sum is None:
         raise UserError(
-            f"{trait}: the search run has no residual sums (made before npti_lens 0.2); rerun search"
+            f"{trait}: the search run has no residual sums (made by an earlier version); search again"
         )
     if stats_p.n_tokens == 0 or stats_q.n_tokens == 0:
         raise UserError(f"{trait}: a pole has no recorded answer tokens; run search first")

@@ -56,5 +56,15 @@ def test_every_condition_runs_on_the_organism():
         by[("activate_only", 3.0, None)]["trait_score_mean"]
         > by[("deactivate_only", 3.0, None)]["trait_score_mean"]
     )
+    assert names.count("random") == 5  # five control draws, each its own seed
+    draws = [c["pairs"][0][0].flat().tolist() for c in conds if c["condition"] == "random"]
+    assert len({tuple(d) for d in draws}) == 5
+    from npti_lens.ablation import ablation_evidence
+
+    cell = ablation_evidence(score_rows(rows, OrganismJudge()))
+    assert cell.k == 5 and cell.n == len(qs) and cell.gamma == 3.0
+    assert cell.diff_none == pytest.approx(
+        by[("both", 3.0, None)]["trait_score_mean"] - by[("none", None, None)]["trait_score_mean"]
+    )
     act = [r for r in rows if r["condition"] == "activate_only"]
     assert act[0]["n_clamped"] == 0 and act[0]["n_shifted"] == len(target)

@@ -134,3 +134,22 @@ def test_gpt2_npti_shift_is_exactly_a_vector(tiny_dirs, tiny_models, tmp_path):
     assert not torch.allclose(plain, added, atol=1e-3)  # the shift does something
     with pytest.raises(Exception, match="gated MLP"):
         npti_as_vector(tiny_models["llama"], high, 1.0)
+
+
+def test_vector_in_capability_and_inventory(llama_run, tiny_dirs, tmp_path):
+    _, neurons = llama_run
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text(
+        json.dumps({"question": "what would you do ?", "answer": "i go out with friends ."}) + "\n"
+    )
+    model = str(tiny_dirs["llama"])
+    target = ["--neurons", str(neurons), "--trait", "Extraversion", "--pole", "high", "--model", model]
+    assert main(["analyze", "capability", *target, "--texts", str(texts), "--gammas", "0.5,20",
+                 "--method", "vector", "--out", str(tmp_path / "cap")]) == 0  # fmt: skip
+    rows = (tmp_path / "cap" / "capability.csv").read_text().splitlines()
+    nll = [float(r.split(",")[4]) for r in rows[1:]]  # delta_nll_per_token
+    assert len(nll) == 3 and nll[0] == 0.0 and nll[2] != 0.0
+    assert main(["inventory", *target, "--method", "vector", "--gamma", "20", "--respondents", "0",
+                 "--out", str(tmp_path / "inv")]) == 0  # fmt: skip
+    domains = (tmp_path / "inv" / "domains.csv").read_text()
+    assert "Extraversion_high vector coef=20" in domains

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
 
 from npti_lens.cli._common import (
     FROM_PROTOCOL,
@@ -97,6 +100,11 @@ def inventory_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pole", default=None, help="high or low (one, or one per trait)")
     p.add_argument("--allow-other-model", action="store_true", help="use neuron sets made on another model")
     p.add_argument("--overwrite", action="store_true", help="replace an inventory run already in --out")
+    p.add_argument(
+        "--method",
+        default="npti",
+        help="npti, or vector (the directions beside the sets; --gamma is the coefficient)",
+    )
     add_config(p, InduceConfig, from_protocol=FROM_PROTOCOL)
     add_config(p, InventoryConfig)
 
@@ -120,10 +128,26 @@ def inventory(args: argparse.Namespace) -> None:
         poles = parse_poles(args.trait, args.pole)
         pairs = [load_pair(args.neurons, t, p) for t, p in poles]
         icfg = induce_config(args, proto)
-        name = "+".join(f"{t}_{p}" for t, p in poles) + f" gamma={icfg.gamma:g}"
+        if args.method not in ("npti", "vector"):
+            raise UserError(f"--method: {args.method!r} is not npti or vector")
+        strength = "gamma" if args.method == "npti" else "vector coef"
+        name = "+".join(f"{t}_{p}" for t, p in poles) + f" {strength}={icfg.gamma:g}"
     model = load_model_for(args, proto)
     inductions = {}
-    if pairs:
+    if pairs and args.method == "vector":
+        from npti_lens.directions import Direction, steer
+
+        directions = [Direction.load(Path(args.neurons) / t.name) for t, _ in pairs]
+
+        @contextlib.contextmanager
+        def steered() -> Iterator[None]:
+            with contextlib.ExitStack() as stack:
+                for d in directions:
+                    stack.enter_context(steer(model, d, icfg.gamma, allow_other_model=args.allow_other_model))
+                yield
+
+        inductions[name] = steered
+    elif pairs:
         inductions[name] = lambda: induce(model, pairs, icfg, allow_other_model=args.allow_other_model)
     result = measure(model, items, cfg, inductions, progress=True)
     files = result.save(out)
@@ -188,7 +212,14 @@ def capability_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--choices", default=None, help="JSON lines with question, choices and answer index (accuracy)"
     )
-    p.add_argument("--gammas", default="0.6,1.0,1.5", help="comma-separated gammas (default: 0.6,1.0,1.5)")
+    p.add_argument(
+        "--gammas", default="0.6,1.0,1.5", help="comma-separated gammas, or coefficients with --method vector"
+    )
+    p.add_argument(
+        "--method",
+        default="npti",
+        help="npti (the neurons), or vector (the direction beside them; npti select)",
+    )
     p.add_argument("--out", required=True, help="folder for capability.csv")
     p.add_argument("--overwrite", action="store_true", help="replace a capability.csv already in --out")
     add_config(p, ModelConfig)
@@ -208,8 +239,20 @@ def capability(args: argparse.Namespace) -> None:
     texts = load_texts(args.texts) if args.texts else []
     choices = load_choice_items(args.choices) if args.choices else []
     target, opp = load_pair(args.neurons, trait, pole)
+    intervention_at = None
+    if args.method == "vector":
+        from npti_lens.directions import Direction, steer
+
+        direction = Direction.load(Path(args.neurons) / target.name)
+    elif args.method != "npti":
+        raise UserError(f"--method: {args.method!r} is not npti or vector")
     proto = protocol_of(args)
     model = load_model_for(args, proto)
+    if args.method == "vector":
+
+        def intervention_at(coef: float) -> object:
+            return steer(model, direction, coef, allow_other_model=args.allow_other_model)
+
     result = retention(
         model,
         target,
@@ -219,6 +262,7 @@ def capability(args: argparse.Namespace) -> None:
         allow_other_model=args.allow_other_model,
         choices=choices,
         rules=proto.induce_config(),
+        intervention_at=intervention_at,
     )
     write_text_atomic(out / "capability.csv", to_csv(result.rows))
     print(result.to_frame().to_string(index=False))
@@ -243,11 +287,13 @@ def ablation_flags(p: argparse.ArgumentParser) -> None:
 
 
 def ablation(args: argparse.Namespace) -> None:
-    from npti_lens.ablation import AblationConfig, run_ablation
+    from npti_lens.ablation import AblationConfig, ablation_evidence, run_ablation
     from npti_lens.answers import write_answers
     from npti_lens.bench import load_questions
+    from npti_lens.evidence import to_rows
+    from npti_lens.figures import evidence_forest
     from npti_lens.induce import load_pair
-    from npti_lens.io import check_pole, check_trait
+    from npti_lens.io import check_pole, check_trait, to_csv, write_text_atomic
     from npti_lens.score import summarize
     from npti_lens.scoring import judges, score_file
 
@@ -274,7 +320,16 @@ def ablation(args: argparse.Namespace) -> None:
         for r in summarize(result.scored):
             cells = ("" if r[c] is None else f"{r[c]:.3f}" if isinstance(r[c], float) else r[c] for c in cols)
             print(" ".join(f"{x:>16}" for x in cells))
-        print(f"scores -> {result.scores}, {result.summary}")
+        cell = ablation_evidence(result.scored)
+        write_text_atomic(out / "evidence.csv", to_csv(to_rows([cell])))
+        evidence_forest(to_rows([cell]), out / "evidence.png")
+        print(
+            f"both vs none {cell.diff_none:+.3f} [{cell.ci_none_low:+.3f}, {cell.ci_none_high:+.3f}] p={cell.p_none:.3g}; "
+            f"vs {cell.k} random controls {cell.diff_control:+.3f} [{cell.ci_control_low:+.3f}, "
+            f"{cell.ci_control_high:+.3f}] p={cell.p_control:.3g} (single draws {cell.control_min:.2f}-"
+            f"{cell.control_max:.2f}, both {cell.npti:.2f}): {cell.verdict}"
+        )
+        print(f"scores -> {result.scores}, {result.summary}; evidence -> {out / 'evidence.csv'}")
 
 
 COMMANDS = [
