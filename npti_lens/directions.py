@@ -119,19 +119,25 @@ def random_direction(direction: Direction, *, seed: int) -> Direction:
     )
 
 
-def npti_as_vector(model: TransformerBridge, neurons: NeuronSet, gamma: float) -> Direction:
+def npti_as_vector(
+    model: TransformerBridge, neurons: NeuronSet, gamma: float, up_mean: Tensor | None = None
+) -> Direction:
     """NPTI's shift of `neurons` written as a residual-stream vector per layer: sum_i shift_i W_out[i].
 
     For a non-gated MLP (GPT-2) this is exact: shifting neuron i by shift_i adds shift_i * W_out[i]
     to the MLP's output, hence to the block's output, whatever the input (all neurons kept, no
-    clamp). For a gated MLP the neuron is multiplied by up(x) before W_out, so the shift depends on
-    the input and this constant vector does not apply: refused.
+    clamp). For a gated MLP the shifted neuron is multiplied by up(x) before W_out, so the shift
+    depends on the input; with `up_mean` (n_layers x d_mlp, e.g. `Stats.up_sum / n_tokens` of a
+    search) the vector uses up(x)'s mean instead, an approximation.
     """
-    if mlp_sites(model).gated:
-        raise UserError("npti_as_vector: a gated MLP scales each shift by up(x); no constant vector is exact")
+    gated = mlp_sites(model).gated
+    if gated and up_mean is None:
+        raise UserError("npti_as_vector: a gated MLP scales each shift by up(x); pass up_mean (its mean)")
     w_out = model.W_out.detach().double()  # n_layers d_mlp d_model
     vectors = torch.zeros((w_out.shape[0], w_out.shape[2]), dtype=torch.float64)
     shifts = shift_sizes(neurons, gamma)
+    if gated and up_mean is not None:
+        shifts = shifts * up_mean.double().cpu()[neurons.layer, neurons.index]
     for layer, index, shift in zip(
         neurons.layer.tolist(), neurons.index.tolist(), shifts.tolist(), strict=True
     ):

@@ -88,6 +88,9 @@ class Stats:
     # sum of each block's output (the residual stream after block l) at the same answer tokens:
     # the pole's mean residual, for the mean-difference direction (npti_lens.directions)
     resid_sum: Float[Tensor, "n_layers d_model"] | None = None
+    # gated MLPs: the sum of up(x) per neuron at the same tokens (its mean turns an NPTI shift into
+    # an approximate residual vector, npti_lens.directions.npti_as_vector)
+    up_sum: Float[Tensor, "n_layers d_mlp"] | None = None
 
     @classmethod
     def zeros(
@@ -102,6 +105,7 @@ class Stats:
         resid = (
             None if d_model is None else torch.zeros((n_layers, d_model), dtype=torch.float64, device=device)
         )
+        up = None if d_model is None else torch.zeros((n_layers, d_mlp), dtype=torch.float64, device=device)
         return cls(
             n_tokens=0,
             n_active=torch.zeros((n_layers, d_mlp), dtype=torch.int64, device=device),
@@ -110,6 +114,7 @@ class Stats:
             sum_sq=torch.zeros((n_layers, d_mlp), dtype=torch.float64, device=device),
             meta=dict(meta or {}),
             resid_sum=resid,
+            up_sum=up,
         )
 
     @property
@@ -139,6 +144,9 @@ class Stats:
             resid_sum=None
             if self.resid_sum is None or other.resid_sum is None
             else self.resid_sum + other.resid_sum.to(self.resid_sum.device),
+            up_sum=None
+            if self.up_sum is None or other.up_sum is None
+            else self.up_sum + other.up_sum.to(self.up_sum.device),
         )
 
     def to(self, device: torch.device | str) -> Stats:
@@ -150,6 +158,7 @@ class Stats:
             self.sum_sq.to(device),
             dict(self.meta),
             None if self.resid_sum is None else self.resid_sum.to(device),
+            None if self.up_sum is None else self.up_sum.to(device),
         )
 
     def save(self, path: str | Path) -> None:
@@ -176,6 +185,7 @@ class Stats:
             "sum_sq": self.sum_sq,
             "n_tokens": torch.tensor([self.n_tokens]),
             **({} if self.resid_sum is None else {"resid_sum": self.resid_sum}),
+            **({} if self.up_sum is None else {"up_sum": self.up_sum}),
         }
 
     @classmethod
@@ -211,6 +221,7 @@ class Stats:
             sum_sq=t["sum_sq"],
             meta=meta,
             resid_sum=t.get("resid_sum"),
+            up_sum=t.get("up_sum"),
         )
         problem = stats.check()
         if problem:
@@ -243,6 +254,10 @@ class Stats:
             or not bool(torch.isfinite(self.resid_sum).all())
         ):
             return "the residual sums do not fit the layers or are not finite"
+        if self.up_sum is not None and (
+            self.up_sum.shape != self.n_active.shape or not bool(torch.isfinite(self.up_sum).all())
+        ):
+            return "the up(x) sums do not fit the neurons or are not finite"
         return None
 
 
@@ -317,9 +332,18 @@ def recording(model: TransformerBridge, stats: Stats, sites: MLPSites | None = N
 
         return hook
 
+    def up_hook(layer: int):  # noqa: ANN202 - closure over the layer
+        def hook(x: Tensor, hook: Any) -> None:
+            idx = answer_rows(generated_positions())
+            stats.up_sum[layer] += x.flatten(0, 1).index_select(0, idx).sum(0, dtype=torch.float64)
+
+        return hook
+
     hooks = [(sites.pre(layer), make_hook(layer)) for layer in range(sites.n_layers)]
     if stats.resid_sum is not None:
         hooks += [(resid_site(layer), resid_hook(layer)) for layer in range(sites.n_layers)]
+    if stats.up_sum is not None and sites.gated:
+        hooks += [(sites.up(layer), up_hook(layer)) for layer in range(sites.n_layers)]
     with hooks_added(model, hooks):
         yield
 

@@ -132,7 +132,7 @@ def test_gpt2_npti_shift_is_exactly_a_vector(tiny_dirs, tiny_models, tmp_path):
     with torch.no_grad():
         plain = model.original_model(input_ids=ids).logits
     assert not torch.allclose(plain, added, atol=1e-3)  # the shift does something
-    with pytest.raises(Exception, match="gated MLP"):
+    with pytest.raises(Exception, match="pass up_mean"):
         npti_as_vector(tiny_models["llama"], high, 1.0)
 
 
@@ -153,3 +153,29 @@ def test_vector_in_capability_and_inventory(llama_run, tiny_dirs, tmp_path):
                  "--out", str(tmp_path / "inv")]) == 0  # fmt: skip
     domains = (tmp_path / "inv" / "domains.csv").read_text()
     assert "Extraversion_high vector coef=20" in domains
+
+
+def test_up_sums_equal_a_full_activation_computation(llama_run, tiny_dirs):
+    from transformers import AutoTokenizer
+
+    from npti_lens.record import load_run_stats
+
+    run, _ = llama_run
+    hf = hf_reference(tiny_dirs["llama"])
+    tok = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
+    stats = load_run_stats(run, "Extraversion", "low")
+    want = torch.zeros_like(stats.up_sum)
+    rows = [json.loads(x) for x in (run / "answers" / "Extraversion_low.jsonl").read_text().splitlines()]
+    for r in rows:
+        p, a = tokenize(tok, r["prompt"]), r["answer_token_ids"]
+        ups: list[torch.Tensor] = []
+        hs = [
+            layer.mlp.up_proj.register_forward_hook(lambda m, i, o, ups=ups: ups.append(o[0].double()))
+            for layer in hf.model.layers
+        ]
+        with torch.no_grad():
+            hf(input_ids=torch.tensor([p + a]))
+        for h in hs:
+            h.remove()
+        want += torch.stack([u[len(p) : len(p) + len(a)].sum(0) for u in ups])
+    torch.testing.assert_close(stats.up_sum, want, rtol=1e-4, atol=1e-5)
