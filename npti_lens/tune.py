@@ -36,7 +36,10 @@ class TuneConfig:
     max_nll_increase: float = field(
         default=0.5, metadata={"help": "keep points whose NLL per token of --texts rises by at most this"}
     )
-    layers: str = field(default="all", metadata={"help": "vector: layers steered (all or 0,1,...)"})
+    layers: str = field(
+        default="all",
+        metadata={"help": "vector: layer bands to sweep too: all, or early,middle,late (thirds), or 0,1,..."},
+    )
     seed: int = field(default=0, metadata={"help": "seed of the neuron masks"})
 
     def check(self) -> None:
@@ -53,6 +56,20 @@ class TuneResult:
     curve: list[dict[str, Any]]  # one row per strength (and the baseline, strength None)
     choice: dict[str, Any] | None  # the chosen point, None when no point meets the limits
     cfg: TuneConfig
+
+
+def bands(spec: str, n_layers: int) -> dict[str, list[int] | None]:
+    """Named layer bands: `all` (None: every layer), `early`/`middle`/`late` thirds, or one explicit list."""
+    from npti_lens.ablation import layer_bands
+
+    thirds = {k.removeprefix("layers_"): v for k, v in layer_bands(n_layers).items()}
+    out: dict[str, list[int] | None] = {}
+    names = [x.strip() for x in spec.split(",") if x.strip()]
+    if all(n in ("all", *thirds) for n in names):
+        for n in names:
+            out[n] = None if n == "all" else thirds[n]
+        return out
+    return {spec: parse_numbers(spec, "--layers", int)}
 
 
 def choose(
@@ -99,10 +116,18 @@ def tune(
 
     first = condition_at(strengths[0])
     base = measure(Condition.none(first.trait, first.pole), None)
-    curve = [{**base, "effect": 0.0, "delta_nll": 0.0}]
-    for s in strengths:
-        point = measure(condition_at(s), s)
-        point.update(effect=point["trait_score"] - base["trait_score"], delta_nll=point["nll"] - base["nll"])
-        curve.append(point)
+    curve = [{**base, "layers": None, "effect": 0.0, "delta_nll": 0.0}]
+    for band, layers in (
+        bands(cfg.layers, int(model.cfg.n_layers)).items() if cfg.method == "vector" else [(None, None)]
+    ):
+        for s in strengths:
+            cond = condition_at(s)
+            if layers is not None:
+                cond = Condition.vector(cond.direction, s, layers)
+            point = {**measure(cond, s), "layers": band}
+            point.update(
+                effect=point["trait_score"] - base["trait_score"], delta_nll=point["nll"] - base["nll"]
+            )
+            curve.append(point)
     choice = choose(curve[1:], cfg.fluency_floor, cfg.max_nll_increase)
     return TuneResult(curve=curve, choice=choice, cfg=cfg)

@@ -45,6 +45,9 @@ def test_tune_on_the_organism(tmp_path, capsys):
     for method, strengths in (("npti", "1,3"), ("vector", "0.5,2")):
         out = tmp_path / method
         argv = [*base, "--method", method, "--strengths", strengths, "--out", str(out)]
+        bands = ["all", "late"] if method == "vector" else [""]
+        if method == "vector":
+            argv += ["--layers", "all,late"]
         if method == "vector":  # the shipped sets have no direction: select them from a search first
             run = tmp_path / "run"
             assert main(["search", "--model", "organism", "--questions", str(tmp_path / "data/search"), "--personas",
@@ -68,7 +71,8 @@ def test_tune_on_the_organism(tmp_path, capsys):
             argv[argv.index("--neurons") + 1] = str(tmp_path / "n")
         assert main(argv) == 0
         rows = list(csv.DictReader((out / "tune.csv").open()))
-        assert [r["strength"] for r in rows] == ["", *[str(float(s)) for s in strengths.split(",")]]
+        sweep = [(b, str(float(s))) for b in bands for s in strengths.split(",")]
+        assert [(r["layers"], r["strength"]) for r in rows] == [("", ""), *sweep]
         choice = json.loads((out / "choice.json").read_text())["choice"]
         ok = [r for r in rows[1:] if float(r["fluency"]) >= 0.9 and float(r["delta_nll"]) <= 0.5]
         if ok:

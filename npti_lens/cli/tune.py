@@ -48,7 +48,6 @@ def tune(args: argparse.Namespace) -> None:
     from npti_lens.io import (
         check_pole,
         check_trait,
-        parse_numbers,
         to_csv,
         write_json_atomic,
         write_text_atomic,
@@ -72,10 +71,9 @@ def tune(args: argparse.Namespace) -> None:
         from npti_lens.constants import pole_name
 
         direction = Direction.load(f"{args.neurons}/{pole_name(trait, pole)}")
-        layers = None if cfg.layers.strip() == "all" else parse_numbers(cfg.layers, "--layers", int)
 
-        def condition_at(s: float) -> Condition:
-            return Condition.vector(direction, s, layers)
+        def condition_at(s: float) -> Condition:  # tune() sets the layers of each band it sweeps
+            return Condition.vector(direction, s)
 
     model = load_model_for(args, proto)
     judge = (
@@ -94,15 +92,17 @@ def tune(args: argparse.Namespace) -> None:
     )
     for p in result.curve:
         s = "none" if p["strength"] is None else f"{p['strength']:g}"
+        band = f"  layers {p['layers']}" if p.get("layers") else ""
         print(
-            f"{s:>6}  effect {p['effect']:+.3f}  fluency {p['fluency']:.3f}  NLL change {p['delta_nll']:+.3f}"
+            f"{s:>6}{band}  effect {p['effect']:+.3f}  fluency {p['fluency']:.3f}  NLL change {p['delta_nll']:+.3f}"
         )
     if result.choice is None:
         print(
             f"no strength keeps fluency >= {cfg.fluency_floor:g} and the NLL change <= {cfg.max_nll_increase:g}"
         )
     else:
-        print(f"chosen: {result.choice['strength']:g} (effect {result.choice['effect']:+.3f})")
+        band = f", layers {result.choice['layers']}" if result.choice.get("layers") else ""
+        print(f"chosen: {result.choice['strength']:g}{band} (effect {result.choice['effect']:+.3f})")
     print(f"-> {out / 'tune.csv'}, {out / 'choice.json'}, {fig}")
 
 
