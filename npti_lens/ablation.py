@@ -21,6 +21,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from npti_lens import evidence
 from npti_lens.answers import Condition, answer
+from npti_lens.directions import Direction
 from npti_lens.errors import UserError
 from npti_lens.evidence import Cell
 from npti_lens.generate import GenerateConfig
@@ -37,6 +38,9 @@ class AblationConfig:
     top_k: str = field(default="10,100,1000", metadata={"help": "comma-separated neuron counts per set"})
     seed: int = field(default=0, metadata={"help": "seed of the masks and the random control"})
     control_draws: int = field(default=5, metadata={"help": "random controls drawn (each with its own seed)"})
+    vector_coef: float | None = field(
+        default=None, metadata={"help": "also answer under the direction baseline at this coefficient"}
+    )
 
 
 def layer_bands(n_layers: int) -> dict[str, list[int]]:
@@ -95,13 +99,19 @@ def run_ablation(
     *,
     protocol: Protocol | str | None = None,
     allow_other_model: bool = False,
+    direction: Direction | None = None,
 ) -> list[dict[str, Any]]:
     """Answer `questions` under every condition; one answers row per (condition, question).
 
     Prompts, sampling (when `gcfg` is None), keep rule and clamp come from `protocol` (default:
-    the model's, see `protocol_for`).
+    the model's, see `protocol_for`). With `direction` and `cfg.vector_coef`, the direction baseline
+    answers too (condition `vector`), beside the parts of the induction.
     """
     proto = protocol_for(model, protocol)
+    if cfg.vector_coef is not None and direction is None:  # before any answer is generated
+        raise UserError(
+            "no direction beside the neuron sets: select from a search of this version", field="vector_coef"
+        )
     rows = []
     for c in conditions(target, opp, cfg, proto.induce_config()):
         pairs, icfg = c["pairs"], c["icfg"]
@@ -120,6 +130,9 @@ def run_ablation(
         else:
             condition = Condition.npti(pairs, icfg, **named)
         rows += answer(model, questions, condition, gcfg, protocol=proto, allow_other_model=allow_other_model)
+    if cfg.vector_coef is not None:
+        vector = Condition.vector(direction, cfg.vector_coef, extra={"k": None, "layers": None, "draw": None})
+        rows += answer(model, questions, vector, gcfg, protocol=proto, allow_other_model=allow_other_model)
     return rows
 
 

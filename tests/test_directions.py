@@ -179,3 +179,20 @@ def test_up_sums_equal_a_full_activation_computation(llama_run, tiny_dirs):
             h.remove()
         want += torch.stack([u[len(p) : len(p) + len(a)].sum(0) for u in ups])
     torch.testing.assert_close(stats.up_sum, want, rtol=1e-4, atol=1e-5)
+
+
+def test_vector_in_ablations(llama_run, tiny_models):
+    from npti_lens.ablation import AblationConfig, run_ablation
+
+    _, neurons = llama_run
+    target, opp = load_pole(neurons, "Extraversion", "high"), load_pole(neurons, "Extraversion", "low")
+    d = Direction.load(neurons / "Extraversion_high")
+    cfg = AblationConfig(gamma=1.0, gammas="1", top_k="5", control_draws=2, vector_coef=3.0)
+    gcfg = load_protocol("lens").generate_config("neutral", max_new_tokens=3)
+    qs = ["what would you do on the weekend ?", "how do you feel in the morning ?"]
+    rows = run_ablation(tiny_models["llama"], target, opp, qs, cfg, gcfg, protocol="lens", direction=d)
+    vec = [r for r in rows if r["condition"] == "vector"]
+    assert len(vec) == 2 and {r["gamma"] for r in vec} == {3.0}
+    assert sum(r["condition"] == "random" for r in rows) == 2 * len(qs)
+    with pytest.raises(Exception, match="no direction"):
+        run_ablation(tiny_models["llama"], target, opp, qs, cfg, gcfg, protocol="lens")

@@ -306,9 +306,15 @@ def ablation(args: argparse.Namespace) -> None:
     proto = protocol_of(args)
     gcfg = generate_config(args, proto, "neutral")
     model = load_model_for(args, proto)
+    acfg = config_from(args, AblationConfig)
+    direction = None
+    if acfg.vector_coef is not None:
+        from npti_lens.directions import Direction
+
+        direction = Direction.load(Path(args.neurons) / target.name)
     rows = run_ablation(
-        model, target, opp, questions, config_from(args, AblationConfig), gcfg,
-        protocol=proto, allow_other_model=args.allow_other_model,
+        model, target, opp, questions, acfg, gcfg,
+        protocol=proto, allow_other_model=args.allow_other_model, direction=direction,
     )  # fmt: skip
     path = write_answers(out / "generations.jsonl", rows)
     print(f"{len(rows)} answers -> {path}")
