@@ -124,6 +124,13 @@ def fresh_file(path: str, overwrite: bool, flag: str = "--out") -> Path:
     return p
 
 
+def writable_dir(path: str) -> Path:
+    """An output folder that can be written, whatever it holds (outputs remade from their inputs)."""
+    from npti_lens.io import check_writable
+
+    return check_writable(path, "--out", folder=True)
+
+
 def fresh_dir(path: str, overwrite: bool, holds: str | None = None) -> Path:
     """An output folder that is empty or absent, unless --overwrite says to write into it.
 

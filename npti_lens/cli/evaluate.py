@@ -20,6 +20,7 @@ from npti_lens.cli._common import (
     induce_config,
     load_model_for,
     protocol_of,
+    writable_dir,
 )
 from npti_lens.errors import UserError
 
@@ -181,7 +182,7 @@ def overlap(args: argparse.Namespace) -> None:
     from npti_lens.figures import overlap_heatmap
     from npti_lens.neurons import load_neuron_sets
 
-    out = fresh_dir(args.out, True)  # tables and figure are remade from the sets: writable is enough
+    out = writable_dir(args.out)  # tables and figure are remade from the sets: writable is enough
     ov = overlap(load_neuron_sets(args.neurons))
     files = ov.save(out)
     fig = overlap_heatmap(ov, out / "overlap_jaccard.png")
@@ -196,7 +197,7 @@ def layers(args: argparse.Namespace) -> None:
     from npti_lens.figures import layer_distribution as plot_layers
     from npti_lens.neurons import load_neuron_sets
 
-    out = fresh_dir(args.out, True)
+    out = writable_dir(args.out)
     dist = layer_distribution(load_neuron_sets(args.neurons))
     files = dist.save(out)
     fig = plot_layers(dist, out / "layers.png")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from npti_lens.cli._common import Command, fresh_dir
+from npti_lens.cli._common import Command, writable_dir
 from npti_lens.errors import UserError
 
 
@@ -34,7 +34,7 @@ def figures(args: argparse.Namespace) -> None:
     from npti_lens import figures
     from npti_lens.io import read_json, read_summary
 
-    out = fresh_dir(args.out, True)  # figures are remade from stored results: writable is enough
+    out = writable_dir(args.out)  # figures are remade from stored results: writable is enough
     made = []
     if args.neurons:
         from npti_lens.analysis import layer_distribution, overlap

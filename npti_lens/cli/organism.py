@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import shutil
 
-from npti_lens.cli._common import Command, add_config, config_from, fresh_dir
+from npti_lens.cli._common import Command, add_config, config_from, fresh_dir, writable_dir
 
 
 def demo_flags(p: argparse.ArgumentParser) -> None:
@@ -80,7 +80,7 @@ def build(args: argparse.Namespace) -> None:
     from npti_lens.databuild import BuildConfig, build_questions
     from npti_lens.llm import ChatConfig
 
-    out = fresh_dir(args.out, True)  # a build resumes from its ledger in --out
+    out = writable_dir(args.out)  # a build resumes from its ledger in --out
     res = build_questions(config_from(args, BuildConfig), config_from(args, ChatConfig), out)
     for trait, qs in res.questions.items():
         print(f"{trait:<18}{len(qs)} questions")
