@@ -26,6 +26,7 @@ from npti_lens.errors import UserError
 from npti_lens.generate import GenerateConfig, check_context, generate
 from npti_lens.induce import InduceConfig, check_fits, induce
 from npti_lens.io import read_jsonl, write_jsonl_atomic
+from npti_lens.model import engine_name, is_engine
 from npti_lens.neurons import NeuronSet
 from npti_lens.prompts import warn_unknown
 from npti_lens.protocol import Protocol, protocol_for
@@ -179,7 +180,7 @@ def intervention(
 
 
 def answer(
-    model: TransformerBridge,
+    model: TransformerBridge | Any,
     questions: Sequence[Any],
     condition: Condition,
     gcfg: GenerateConfig | None = None,
@@ -192,6 +193,8 @@ def answer(
 ) -> list[dict[str, Any]]:
     """One answers row per question (a str or a `Question`) under `condition`.
 
+    `model`: a TransformerBridge (the TransformerLens loop) or an engine such as
+    `npti_lens.vllm_engine.VLLMEngine` (its rows carry `engine`); same token ids in, same rows out.
     Prompts and, when `gcfg` is None, sampling come from `protocol` (default: the model's). Neuron
     sets are checked against the model and prompts against its positions before anything runs.
     With `token_ids`, rows keep the token ids (`prompt_token_ids`, `answer_token_ids`). `checks=False`
@@ -216,8 +219,7 @@ def answer(
     if checks:
         check_context(model, ids, gcfg.max_new_tokens, sources)
         warn_unknown(model.tokenizer, ids, sources)
-    with intervention(model, condition, proto, allow_other_model=allow_other_model):
-        gens = generate(model, ids, gcfg, progress=progress)
+    gens = _generate(model, ids, gcfg, condition, proto, allow_other_model, progress)
     rows = []
     for i, (q, p, g) in enumerate(zip(texts, prompts, gens, strict=True)):
         row: dict[str, Any] = {"question": q, "prompt": p.text, "answer": g.text}
@@ -235,8 +237,32 @@ def answer(
             hit_eos=g.hit_eos,
             **proto.record(),
         )
+        if is_engine(model):
+            row["engine"] = engine_name(model)
         rows.append(row)
     return rows
+
+
+def _generate(
+    model: Any,
+    ids: list[list[int]],
+    gcfg: GenerateConfig,
+    condition: Condition,
+    proto: Protocol,
+    allow_other_model: bool,
+    progress: bool,
+) -> list[Any]:
+    """The engine seam: the TransformerLens loop under the condition's hooks, or another engine
+    (vLLM) told per request what to induce."""
+    if not is_engine(model):
+        with intervention(model, condition, proto, allow_other_model=allow_other_model):
+            return generate(model, ids, gcfg, progress=progress)
+    if condition.direction is not None:
+        raise UserError(f"--engine {engine_name(model)}: the vector baseline runs on --engine tl")
+    extra = None
+    if condition.pairs:
+        extra = model.induce_extra(condition.pairs, condition.induce_cfg or proto.induce_config())
+    return model.generate(ids, gcfg, extra=extra, progress=progress)
 
 
 def write_answers(path: str | Path, rows: list[dict[str, Any]]) -> Path:

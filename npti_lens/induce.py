@@ -34,7 +34,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from npti_lens.errors import UserError
 from npti_lens.generate import any_generated, generated_positions
-from npti_lens.model import model_device, model_id, same_model_key
+from npti_lens.model import model_device, model_dims, model_id, same_model_key
 from npti_lens.neurons import NeuronSet
 from npti_lens.sites import MLPSites, hooks_added, mlp_sites
 
@@ -82,11 +82,11 @@ def check_fits(
     sites: MLPSites | None = None,
 ) -> None:
     """Refuse a neuron set made for other dimensions (or, unless allowed, another model)."""
-    sites = sites or mlp_sites(model)
-    if (neurons.n_layers, neurons.d_mlp) != (sites.n_layers, sites.d_mlp):
+    n_layers, d_mlp = (sites.n_layers, sites.d_mlp) if sites is not None else model_dims(model)
+    if (neurons.n_layers, neurons.d_mlp) != (n_layers, d_mlp):
         raise UserError(
             f"neuron set {neurons.name} is for {neurons.model} ({neurons.n_layers} layers x "
-            f"{neurons.d_mlp} neurons) but the model has {sites.n_layers} x {sites.d_mlp}; "
+            f"{neurons.d_mlp} neurons) but the model has {n_layers} x {d_mlp}; "
             "select neurons for this model first"
         )
     if same_model_key(neurons.model).lower() != model_id(model).lower() and not allow_other_model:
@@ -96,8 +96,63 @@ def check_fits(
         )
 
 
+def check_config(cfg: InduceConfig, stacklevel: int = 2) -> None:
+    """Refuse a setting outside its choices or a non-finite gamma; warn on a gamma far out of range."""
+    if cfg.positions not in POSITIONS:
+        raise UserError(f"{cfg.positions!r} is not one of {', '.join(POSITIONS)}", field="positions")
+    if not 0.0 <= cfg.keep_prob <= 1.0:
+        raise UserError(f"{cfg.keep_prob} is not between 0 and 1", field="keep_prob")
+    for name, value, allowed in (
+        ("keep", cfg.keep, KEEP_RULES),
+        ("clamp_order", cfg.clamp_order, CLAMP_ORDERS),
+        ("clamp_layers", cfg.clamp_layers, CLAMP_LAYERS),
+    ):
+        if value not in allowed:
+            raise UserError(f"{value!r} is not one of {', '.join(allowed)}", field=name)
+    if not math.isfinite(cfg.gamma):
+        raise UserError(f"{cfg.gamma} is not a finite number", field="gamma")
+    if not -GAMMA_WARN <= cfg.gamma <= GAMMA_WARN:
+        warnings.warn(
+            f"gamma {cfg.gamma:g} is far outside the paper's 0.6-1.5: expect broken text (and an error "
+            "if activations overflow)",
+            stacklevel=stacklevel,
+        )
+
+
+def shifted(a: Tensor, plan: LayerPlan, keep: Tensor, clamp_order: str) -> Tensor:
+    """The edited activations of `plan.idx`: the opposite pole clamped at 0 (before or after) and the
+    kept targets shifted. `keep` is per neuron, or per row and neuron (shape of `a`)."""
+    if clamp_order == "before":
+        a = torch.where(plan.clamp, a.clamp(max=0), a)
+    a = a + plan.delta * keep
+    if clamp_order == "after":
+        a = torch.where(plan.clamp, a.clamp(max=0), a)
+    return a
+
+
+_M1, _M2, _GOLDEN = -4658895280553007687, -7723592293110705685, -7046029254386353131  # splitmix64, signed
+
+
+def _mix64(x: Tensor) -> Tensor:
+    """splitmix64's finaliser on int64 (multiplications wrap; shifts made logical by masking)."""
+    x = x ^ ((x >> 30) & ((1 << 34) - 1))
+    x = x * _M1
+    x = x ^ ((x >> 27) & ((1 << 37) - 1))
+    x = x * _M2
+    return x ^ ((x >> 31) & ((1 << 33) - 1))
+
+
+def counter_uniform(seed: int, position: Tensor, layer: int, neuron: Tensor) -> Tensor:
+    """Uniform [0, 1) float32 draws, one per (position row, neuron), from a hash of (seed, position,
+    layer, neuron): the same numbers whatever else shares the batch (the vLLM engine's keep draws)."""
+    base = _mix64(torch.tensor(seed * 1_000_003 + layer, dtype=torch.int64))
+    x = _mix64(base + position.long()[:, None] * _GOLDEN)
+    x = _mix64(x + neuron.long()[None, :] * _GOLDEN)
+    return ((x >> 40) & ((1 << 24) - 1)).float() / float(1 << 24)
+
+
 @dataclass
-class _LayerPlan:
+class LayerPlan:
     idx: Tensor  # sorted union of edited neuron indices
     delta: Tensor  # shift per idx (0 where not a target neuron), model dtype
     is_target: Tensor  # bool per idx
@@ -120,16 +175,19 @@ class InductionHandle:
     nonfinite: dict[int, Tensor] = field(default_factory=dict)
 
 
-def _plan(
-    sites: MLPSites,
+def plan_layers(
+    n_layers: int,
+    d_mlp: int,
     pairs: Sequence[tuple[NeuronSet, NeuronSet | None]],
     cfg: InduceConfig,
-    device: torch.device,
+    device: torch.device | str,
     dtype: torch.dtype,
-) -> dict[int, _LayerPlan]:
-    delta = torch.zeros(sites.n_neurons, dtype=torch.float64)
-    target = torch.zeros(sites.n_neurons, dtype=torch.bool)
-    clamp = torch.zeros(sites.n_neurons, dtype=torch.bool)
+) -> dict[int, LayerPlan]:
+    """Per layer with edits: the neurons edited, their shifts, which are targets and which clamped."""
+    n_neurons = n_layers * d_mlp
+    delta = torch.zeros(n_neurons, dtype=torch.float64)
+    target = torch.zeros(n_neurons, dtype=torch.bool)
+    clamp = torch.zeros(n_neurons, dtype=torch.bool)
     for tgt, opp in pairs:
         if cfg.activate:
             delta.index_add_(0, tgt.flat(), shift_sizes(tgt, cfg.gamma))
@@ -137,15 +195,15 @@ def _plan(
         if opp is not None and cfg.deactivate:
             clamp[opp.flat()] = True
     plans = {}
-    for layer in range(sites.n_layers):
-        sl = slice(layer * sites.d_mlp, (layer + 1) * sites.d_mlp)
+    for layer in range(n_layers):
+        sl = slice(layer * d_mlp, (layer + 1) * d_mlp)
         n_t = int(target[sl].sum())
         if n_t == 0 and cfg.clamp_layers == "targets":
             continue  # the released code clamps only where it also shifts
         idx = (target[sl] | clamp[sl]).nonzero().squeeze(-1)
         if idx.numel() == 0:
             continue
-        plans[layer] = _LayerPlan(
+        plans[layer] = LayerPlan(
             idx=idx.to(device),
             delta=delta[sl][idx].to(device=device, dtype=dtype),
             is_target=target[sl][idx].to(device),
@@ -170,25 +228,7 @@ def induce(
     by the end of a block that ran without error raises.
     """
     cfg = cfg or InduceConfig()
-    if cfg.positions not in POSITIONS:
-        raise UserError(f"{cfg.positions!r} is not one of {', '.join(POSITIONS)}", field="positions")
-    if not 0.0 <= cfg.keep_prob <= 1.0:
-        raise UserError(f"{cfg.keep_prob} is not between 0 and 1", field="keep_prob")
-    for name, value, allowed in (
-        ("keep", cfg.keep, KEEP_RULES),
-        ("clamp_order", cfg.clamp_order, CLAMP_ORDERS),
-        ("clamp_layers", cfg.clamp_layers, CLAMP_LAYERS),
-    ):
-        if value not in allowed:
-            raise UserError(f"{value!r} is not one of {', '.join(allowed)}", field=name)
-    if not math.isfinite(cfg.gamma):
-        raise UserError(f"{cfg.gamma} is not a finite number", field="gamma")
-    if not -GAMMA_WARN <= cfg.gamma <= GAMMA_WARN:
-        warnings.warn(
-            f"gamma {cfg.gamma:g} is far outside the paper's 0.6-1.5: expect broken text (and an error "
-            "if activations overflow)",
-            stacklevel=3,
-        )
+    check_config(cfg, stacklevel=4)
     sites = mlp_sites(model)
     for tgt, opp in pairs:
         for s in (tgt, opp):
@@ -196,7 +236,7 @@ def induce(
                 check_fits(model, s, allow_other_model=allow_other_model, sites=sites)
     device = model_device(model)
     dtype = next(model.original_model.parameters()).dtype
-    plans = _plan(sites, pairs, cfg, device, dtype)
+    plans = plan_layers(sites.n_layers, sites.d_mlp, pairs, cfg, device, dtype)
     handle = InductionHandle(
         cfg=cfg,
         layers=sorted(plans),
@@ -218,7 +258,7 @@ def induce(
             raise RuntimeError(f"position mask {tuple(mask.shape)} does not match activations {tuple(shape)}")
         return mask
 
-    def edit(layer: int, plan: _LayerPlan, post: Tensor, a: Tensor, up: Tensor | None) -> Tensor:
+    def edit(layer: int, plan: LayerPlan, post: Tensor, a: Tensor, up: Tensor | None) -> Tensor:
         handle.fired[layer] = handle.fired.get(layer, 0) + 1
         pos = position_mask(post.shape)
         if pos is not None and not any_generated():
@@ -232,11 +272,7 @@ def induce(
             scores = scores.masked_fill(~plan.is_target, 2.0)
             keep = torch.zeros_like(keep)
             keep[scores.argsort()[: plan.n_keep]] = True
-        if cfg.clamp_order == "before":
-            a = torch.where(plan.clamp, a.clamp(max=0), a)
-        a = a + plan.delta * keep
-        if cfg.clamp_order == "after":
-            a = torch.where(plan.clamp, a.clamp(max=0), a)
+        a = shifted(a, plan, keep, cfg.clamp_order)
         new = a * up if up is not None else a
         if pos is not None:
             new = torch.where(pos[..., None], new, post[..., plan.idx])
@@ -246,7 +282,7 @@ def induce(
         handle.nonfinite[layer] = handle.nonfinite[layer] | bad if layer in handle.nonfinite else bad
         return post.index_copy(-1, plan.idx, new)
 
-    def gated_hooks(layer: int, plan: _LayerPlan) -> list[tuple[str, Any]]:
+    def gated_hooks(layer: int, plan: LayerPlan) -> list[tuple[str, Any]]:
         stash: dict[str, Tensor] = {}
         act_fn = sites.act_fns[layer]
 
@@ -264,7 +300,7 @@ def induce(
 
         return [(sites.pre(layer), on_pre), (sites.up(layer), on_up), (sites.post(layer), on_post)]
 
-    def plain_hooks(layer: int, plan: _LayerPlan) -> list[tuple[str, Any]]:
+    def plain_hooks(layer: int, plan: LayerPlan) -> list[tuple[str, Any]]:
         def on_post(x: Tensor, hook: Any) -> Tensor:
             return edit(layer, plan, x, x[..., plan.idx], None)
 

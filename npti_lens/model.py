@@ -37,6 +37,40 @@ class ModelConfig:
     )
 
 
+@dataclass
+class EngineConfig:
+    engine: str = field(
+        default="tl",
+        metadata={"help": "tl (the TransformerLens loop: any model, the reference) or vllm (fast, at scale)"},
+    )
+    tensor_parallel: int = field(
+        default=1, metadata={"help": "vllm: GPUs (or CPU ranks) to shard the model over"}
+    )
+    kv_cache_gib: float | None = field(
+        default=None,
+        metadata={"help": "vllm: GiB of KV cache (default: on a GPU its share of memory, else 1)"},
+    )
+
+
+def is_engine(model: Any) -> bool:
+    """True for an engine of the seam other than a TransformerBridge (npti_lens.vllm_engine)."""
+    return getattr(type(model), "engine_name", "tl") != "tl"
+
+
+def engine_name(model: Any) -> str:
+    return getattr(type(model), "engine_name", "tl")
+
+
+def model_dims(model: Any) -> tuple[int, int]:
+    """(layers, neurons per layer) of a TransformerBridge or an engine."""
+    if is_engine(model):
+        return int(model.n_layers), int(model.d_mlp)
+    from npti_lens.sites import mlp_sites
+
+    sites = mlp_sites(model)
+    return sites.n_layers, sites.d_mlp
+
+
 def resolve_device(device: str) -> str:
     """`auto`: cuda where torch sees a GPU, else cpu; a device this machine lacks is a UserError."""
     if device == "auto":
@@ -165,6 +199,8 @@ def eos_token_ids(model: TransformerBridge) -> list[int]:
 
 def n_positions(model: TransformerBridge) -> int | None:
     """The longest sequence the model takes (max_position_embeddings), if its config says."""
+    if is_engine(model):
+        return int(model.n_positions)
     n = getattr(model.original_model.config, "max_position_embeddings", None)
     return int(n) if n else None
 

@@ -40,7 +40,7 @@ from npti_lens.io import (
     write_json_atomic,
     write_jsonl_atomic,
 )
-from npti_lens.model import model_id
+from npti_lens.model import engine_name, is_engine, model_dims, model_id
 from npti_lens.prompts import warn_unknown
 from npti_lens.protocol import Protocol, protocol_for
 from npti_lens.record import Stats, record_batch, stats_path
@@ -65,11 +65,12 @@ def answers_path(run: str | Path, trait: str, pole: str) -> Path:
 def _run_identity(
     model: TransformerBridge, personas_fp: str, gcfg: GenerateConfig, scfg: SearchConfig, proto: Protocol
 ) -> dict[str, Any]:
-    sites = mlp_sites(model)
+    n_layers, d_mlp = model_dims(model)
     return {
         "model": model_id(model),
-        "n_layers": sites.n_layers,
-        "d_mlp": sites.d_mlp,
+        "engine": engine_name(model),
+        "n_layers": n_layers,
+        "d_mlp": d_mlp,
         **proto.record(),
         "personas_fingerprint": personas_fp,
         "generate": asdict(gcfg),
@@ -81,7 +82,7 @@ def _claim_run(run: Path, identity: dict[str, Any], resume: bool) -> None:
     cfg_path = run / RUN_CFG_FILE
     if cfg_path.is_file():
         old = read_json(cfg_path)
-        old_id = {k: old.get(k) for k in identity}
+        old_id = {k: old.get(k, "tl" if k == "engine" else None) for k in identity}  # runs before engines: tl
         if old_id != identity:
             changed = sorted(k for k in identity if old_id.get(k) != identity[k])
             raise UserError(
@@ -140,13 +141,15 @@ def search_pole(
 ) -> Stats:
     """Answer and record one trait pole, continuing from its checkpoint when there is one."""
     proto = protocol_for(model, protocol)
-    sites = mlp_sites(model)
+    n_layers, d_mlp = model_dims(model)
+    sites = None if is_engine(model) else mlp_sites(model)
     tok = model.tokenizer
     spath, apath = stats_path(run, trait, pole), answers_path(run, trait, pole)
     meta = {
         "model": model_id(model),
-        "n_layers": sites.n_layers,
-        "d_mlp": sites.d_mlp,
+        "engine": engine_name(model),
+        "n_layers": n_layers,
+        "d_mlp": d_mlp,
         "trait": trait,
         "pole": pole,
         **proto.record(),
@@ -163,7 +166,7 @@ def search_pole(
         if stats.meta.get("complete"):
             return stats
     else:
-        stats = Stats.zeros(sites.n_layers, sites.d_mlp, meta=meta, d_model=int(model.cfg.d_model))
+        stats = Stats.zeros(n_layers, d_mlp, meta=meta, d_model=int(model.cfg.d_model))
     stats.meta.update(meta)
     n_done = int(stats.meta.get("n_questions", 0))
     kept = _kept_answers(apath, questions, n_done, gcfg.batch_size)
@@ -192,7 +195,10 @@ def search_pole(
                 out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
                 out.flush()
                 os.fsync(out.fileno())
-            record_batch(model, pairs, stats, sites)
+            if sites is None:  # an engine records in its own workers
+                model.record(pairs, stats)
+            else:
+                record_batch(model, pairs, stats, sites)
             stats.meta["n_questions"] = end
             since_save += 1
             if since_save >= scfg.checkpoint_every:

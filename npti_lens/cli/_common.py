@@ -103,15 +103,56 @@ def induce_config(args: argparse.Namespace, proto: Any) -> Any:
     return proto.induce_config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(InduceConfig)})
 
 
+def add_engine_flags(p: argparse.ArgumentParser) -> None:
+    from npti_lens.model import EngineConfig
+
+    add_config(p, EngineConfig)
+
+
 def load_model_for(args: argparse.Namespace, proto: Any) -> Any:
-    """The model of --model/--device/--dtype; --dtype auto: the protocol's dtype on a GPU, else float32."""
+    """The model of --model/--device/--dtype; --dtype auto: the protocol's dtype on a GPU, else float32.
+
+    With --engine vllm (where the command has the flag): a `VLLMEngine` instead of a TransformerBridge.
+    """
     from transformers.utils import logging as hf_logging
 
-    from npti_lens.model import ModelConfig, load_model
+    from npti_lens.model import EngineConfig, ModelConfig, load_model
 
     if not getattr(args, "verbose", False):
         hf_logging.disable_progress_bar()  # the weight-loading bar; ours stay
+    if hasattr(args, "engine"):
+        ecfg = config_from(args, EngineConfig)
+        if ecfg.engine not in ("tl", "vllm"):
+            raise UserError(f"--engine: unknown engine {ecfg.engine!r}; choose tl or vllm")
+        if ecfg.engine == "vllm":
+            return load_engine(args, proto, ecfg)
+        if ecfg.tensor_parallel != 1:
+            raise UserError("--tensor-parallel: only with --engine vllm")
     return load_model(config_from(args, ModelConfig), gpu_dtype=proto.gpu_dtype)
+
+
+def load_engine(args: argparse.Namespace, proto: Any, ecfg: Any) -> Any:
+    import torch
+
+    from npti_lens.model import ORGANISM
+    from npti_lens.vllm_engine import VLLMEngine
+
+    model = args.model
+    if model == ORGANISM:
+        from npti_lens.organism import organism_path
+
+        model = str(organism_path())
+    dtype = args.dtype
+    if dtype == "auto":
+        dtype = proto.gpu_dtype if torch.cuda.is_available() else "float32"
+    return VLLMEngine(
+        model,
+        dtype=dtype,
+        tensor_parallel=ecfg.tensor_parallel,
+        seed=getattr(args, "seed", 0) or 0,
+        kv_cache_gib=ecfg.kv_cache_gib,
+        induce_defaults=proto.induce_config(),
+    )
 
 
 def fresh_file(path: str, overwrite: bool, flag: str = "--out") -> Path:

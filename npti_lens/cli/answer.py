@@ -8,6 +8,7 @@ from npti_lens.cli._common import (
     FROM_PROTOCOL,
     Command,
     add_config,
+    add_engine_flags,
     add_protocol_flag,
     add_target_flags,
     fresh_file,
@@ -30,6 +31,7 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     from npti_lens.model import ModelConfig
 
     add_config(p, ModelConfig)
+    add_engine_flags(p)
     add_protocol_flag(p)
     add_config(p, GenerateConfig, from_protocol=FROM_PROTOCOL)
 
@@ -82,6 +84,9 @@ def _run(args: argparse.Namespace, make_condition: object) -> None:
         allow_other_model=getattr(args, "allow_other_model", False),
         progress=True,
     )
+    close = getattr(model, "close", None)
+    if close is not None:
+        close()
     write_answers(out, rows)
     print(f"{len(rows)} answers -> {out}")
 

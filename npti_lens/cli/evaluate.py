@@ -12,6 +12,7 @@ from npti_lens.cli._common import (
     PROTOCOL_HELP,
     Command,
     add_config,
+    add_engine_flags,
     add_protocol_flag,
     add_target_flags,
     config_from,
@@ -283,6 +284,7 @@ def ablation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an ablation already in --out")
     add_config(p, AblationConfig)
     add_config(p, ModelConfig)
+    add_engine_flags(p)
     add_protocol_flag(p)
     add_config(p, GenerateConfig, from_protocol=FROM_PROTOCOL)
 

@@ -9,6 +9,7 @@ from npti_lens.cli._common import (
     FROM_PROTOCOL,
     Command,
     add_config,
+    add_engine_flags,
     add_protocol_flag,
     config_from,
     fresh_dir,
@@ -28,6 +29,7 @@ def search_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder (answers/ and stats/)")
     p.add_argument("--resume", action="store_true", help="continue the run already in --out")
     add_config(p, ModelConfig)
+    add_engine_flags(p)
     add_protocol_flag(p)
     add_config(p, SearchConfig)
     add_config(p, GenerateConfig, from_protocol=FROM_PROTOCOL)

@@ -1,0 +1,471 @@
+"""The vLLM side of the engine seam: NPTI's edit and answer-token statistics inside vLLM's workers.
+
+`NPTIWorkerExtension` is mixed into every vLLM worker (`LLM(worker_extension_cls=...)`); the driver
+(`npti_lens.vllm_engine`) calls its methods with `collective_rpc`. It hooks each layer's MLP
+activation (`mlp.act_fn`, SiluAndMul: input gate|up, output silu(gate) * up; GPT-2's `mlp.act`) and,
+once per forward, reads from the model runner which rows of the flattened batch belong to which
+request and at which position. Each request says in `SamplingParams.extra_args` what to do with it:
+
+- an induction: `npti_induction` (a registered key) or `npti_trait` + `npti_pole` (+ `npti_neurons`,
+  the name of a loaded neuron folder), and `npti_gamma`, optionally `npti_keep_prob`, `npti_keep`,
+  `npti_clamp_order`, `npti_clamp_layers`, `npti_positions`, `npti_seed`; the edit is the one of
+  `npti_lens.induce` (same plan, same `shifted`), at rows whose position holds a generated token;
+- a recording: `npti_record` (a bucket name) and `npti_record_from` (the first answer position of a
+  teacher-forced prompt + answer): rows at or after it add to the bucket's statistics, each position
+  once (a recomputed prefill is not counted twice).
+
+Keep draws hash (seed, position, layer, neuron) (`counter_uniform`), so a request's answer does not
+depend on what else shares its batch. Under tensor parallelism each rank holds a contiguous slice of
+the neurons (the column-split gate_up) and edits and records only its own.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from npti_lens.constants import POLES, TRAITS
+from npti_lens.induce import (
+    CLAMP_LAYERS,
+    CLAMP_ORDERS,
+    KEEP_RULES,
+    POSITIONS,
+    InduceConfig,
+    LayerPlan,
+    counter_uniform,
+    plan_layers,
+    shifted,
+)
+from npti_lens.neurons import NeuronSet
+
+PREFIX = "npti_"
+# extra_args key -> (InduceConfig field, type)
+INDUCE_ARGS = {
+    "npti_gamma": ("gamma", float),
+    "npti_keep_prob": ("keep_prob", float),
+    "npti_keep": ("keep", str),
+    "npti_clamp_order": ("clamp_order", str),
+    "npti_clamp_layers": ("clamp_layers", str),
+    "npti_positions": ("positions", str),
+    "npti_seed": ("seed", int),
+}
+CHOICES = {
+    "keep": KEEP_RULES,
+    "clamp_order": CLAMP_ORDERS,
+    "clamp_layers": CLAMP_LAYERS,
+    "positions": POSITIONS,
+}
+OTHER_ARGS = {"npti_induction", "npti_trait", "npti_pole", "npti_neurons", "npti_record", "npti_record_from"}
+GAMMA_LIMIT = 1e4  # a gamma beyond this only makes NaNs
+
+
+def induction_args(extra: dict[str, Any] | None) -> dict[str, Any]:
+    """The npti_* entries of a request's extra_args, checked: a ValueError names the bad one."""
+    args = {k: v for k, v in (extra or {}).items() if k.startswith(PREFIX)}
+    unknown = set(args) - set(INDUCE_ARGS) - OTHER_ARGS
+    if unknown:
+        known = ", ".join(sorted({*INDUCE_ARGS, *OTHER_ARGS}))
+        raise ValueError(f"unknown npti argument {sorted(unknown)[0]!r}; the known ones: {known}")
+    if "npti_trait" in args or "npti_pole" in args:
+        trait, pole = args.get("npti_trait"), args.get("npti_pole")
+        if trait not in TRAITS:
+            raise ValueError(f"npti_trait {trait!r} is not one of {', '.join(TRAITS)}")
+        if pole not in POLES:
+            raise ValueError(f"npti_pole {pole!r} is not one of {', '.join(POLES)}")
+    for key, (name, kind) in INDUCE_ARGS.items():
+        if key not in args:
+            continue
+        value = args[key]
+        if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{key} must be a number, not {value!r}")
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{key} must be an integer, not {value!r}")
+        if kind is str and value not in CHOICES[name]:
+            raise ValueError(f"{key} {value!r} is not one of {', '.join(CHOICES[name])}")
+    gamma = args.get("npti_gamma", 1.0)
+    if not (math.isfinite(gamma) and abs(gamma) <= GAMMA_LIMIT):
+        raise ValueError(f"npti_gamma {gamma!r} is not a finite number of at most {GAMMA_LIMIT:g} in size")
+    if not 0.0 <= args.get("npti_keep_prob", 0.5) <= 1.0:
+        raise ValueError(f"npti_keep_prob {args['npti_keep_prob']!r} is not between 0 and 1")
+    return args
+
+
+def induction_key(args: dict[str, Any], default_neurons: str | None) -> str | None:
+    """The registered induction a request asks for, or None for the plain model."""
+    if "npti_induction" in args:
+        return str(args["npti_induction"])
+    if "npti_trait" in args:
+        return f"{args.get('npti_neurons', default_neurons)}/{args['npti_trait']}/{args['npti_pole']}"
+    return None
+
+
+def induce_config(args: dict[str, Any], base: InduceConfig) -> InduceConfig:
+    kw = {name: args[key] for key, (name, _) in INDUCE_ARGS.items() if key in args}
+    return InduceConfig(**{**{f.name: getattr(base, f.name) for f in fields(base)}, **kw})
+
+
+@dataclass
+class _Site:
+    layer: int
+    gated: bool
+    d_local: int  # neurons on this rank
+    offset: int  # global index of the first
+
+
+@dataclass
+class _Plans:
+    pairs: list[tuple[NeuronSet, NeuronSet | None]]
+    by_cfg: dict[tuple, dict[int, _RankPlan]] = field(default_factory=dict)
+
+
+@dataclass
+class _Step:
+    """Who owns which row in the forward under way."""
+
+    n_rows: int
+    positions: Tensor  # per row, on the device
+    edits: list[
+        tuple[Tensor, Tensor, InduceConfig, dict[int, _RankPlan]]
+    ]  # (rows, their positions, cfg, plans)
+    records: list[tuple[str, Tensor]]  # (bucket, rows)
+
+
+class NPTIWorkerExtension:
+    """Methods every vLLM worker gains; the driver calls them by name with `collective_rpc`."""
+
+    def npti_setup(self, base: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Hook the model (once): returns its dimensions as this rank sees them."""
+        if getattr(self, "_npti", None) is not None:
+            return self._npti_dims()
+        from vllm.distributed import get_tensor_model_parallel_rank
+
+        model = self.model_runner.model
+        sites: dict[int, tuple[torch.nn.Module, _Site]] = {}
+        blocks: dict[int, torch.nn.Module] = {}
+        rank = get_tensor_model_parallel_rank()
+        for name, module in model.named_modules():
+            m = re.search(r"(?:layers|\.h)\.(\d+)\.mlp\.(act_fn|act)$", name)
+            if m:
+                gated = type(module).__name__.endswith("AndMul")
+                sites[int(m.group(1))] = (module, _Site(int(m.group(1)), gated, 0, 0))
+            b = re.search(r"(?:layers|\.h)\.(\d+)$", name)
+            if b:
+                blocks[int(b.group(1))] = module
+        if not sites:
+            raise RuntimeError(f"npti: no MLP activation module found in {type(model).__name__}")
+        cfg = self.model_runner.model_config.hf_config
+        d_mlp = int(getattr(cfg, "intermediate_size", 0) or getattr(cfg, "n_inner", 0) or 4 * cfg.n_embd)
+        tp = d_mlp // self._npti_local_width(sites, model)
+        self._npti = {
+            "base": InduceConfig(**(base or {})),
+            "n_layers": len(sites),
+            "d_mlp": d_mlp,
+            "tp": tp,
+            "rank": rank,
+            "inductions": {},
+            "stats": {},
+            "recorded_upto": {},
+            "nonfinite": None,  # a device flag: no sync per layer
+            "step": None,
+            "handles": [],
+        }
+        for module, site in sites.values():
+            site.d_local = d_mlp // tp
+            site.offset = rank * site.d_local
+            self._npti["handles"].append(module.register_forward_hook(self._npti_act_hook(site)))
+        for layer, module in blocks.items():
+            self._npti["handles"].append(module.register_forward_hook(self._npti_block_hook(layer)))
+        self._npti["handles"].append(model.register_forward_pre_hook(self._npti_pre_hook, with_kwargs=True))
+        self._npti["gated"] = next(iter(sites.values()))[1].gated
+        return self._npti_dims()
+
+    def _npti_local_width(self, sites: dict, model: torch.nn.Module) -> int:
+        # The rank's neuron count: the down projection's input width (GPT-2: c_proj).
+        for name, module in model.named_modules():
+            if re.search(r"(?:layers|\.h)\.0\.mlp\.(down_proj|c_proj)$", name):
+                w = getattr(module, "input_size_per_partition", None)
+                if w:
+                    return int(w)
+        raise RuntimeError("npti: cannot find layer 0's MLP down projection")
+
+    def _npti_dims(self) -> dict[str, Any]:
+        s = self._npti
+        return {
+            "n_layers": s["n_layers"],
+            "d_mlp": s["d_mlp"],
+            "tp": s["tp"],
+            "rank": s["rank"],
+            "gated": s["gated"],
+        }
+
+    # ----- what the driver registers and takes back ----------------------------------------------
+
+    def npti_register(self, key: str, pairs: list[tuple[dict, dict | None]]) -> None:
+        """Register an induction: (target set, opposite set or None) pairs as plain dicts."""
+        self._npti["inductions"][key] = _Plans(
+            [(_neurons(t), None if o is None else _neurons(o)) for t, o in pairs]
+        )
+
+    def npti_load(self, name: str, folder: str) -> list[str]:
+        """Register every trait pole of a NEURONS folder as `name/Trait/pole`; returns the keys."""
+        from npti_lens.constants import pole_name
+        from npti_lens.induce import load_pair
+
+        keys = []
+        for trait in TRAITS:
+            for pole in POLES:
+                if not (Path(folder) / pole_name(trait, pole)).is_dir():
+                    continue
+                tgt, opp = load_pair(folder, trait, pole)
+                self._npti["inductions"][f"{name}/{trait}/{pole}"] = _Plans([(tgt, opp)])
+                keys.append(f"{name}/{trait}/{pole}")
+        return keys
+
+    def npti_keys(self) -> list[str]:
+        return sorted(self._npti["inductions"])
+
+    def npti_take(self, bucket: str, folder: str) -> str | None:
+        """Write the statistics of `bucket` on this rank's neurons into `folder` (safetensors: vLLM's
+        RPC carries no typed tensors) and forget them; returns the file, or None if none were taken."""
+        from safetensors.torch import save_file
+
+        taken = self._npti["stats"].pop(bucket, None)
+        self._npti["recorded_upto"] = {k: v for k, v in self._npti["recorded_upto"].items() if k[0] != bucket}
+        if taken is None:
+            return None
+        st = taken["stats"]
+        tensors = {
+            "n_tokens": torch.tensor([taken["n_tokens"]]),
+            "n_active": st.n_active,
+            "hist": st.hist,
+            "sum": st.sum,
+            "sum_sq": st.sum_sq,
+            "up_sum": taken["up_sum"],
+            **({} if taken["resid_sum"] is None else {"resid_sum": taken["resid_sum"]}),
+        }
+        path = Path(folder) / f"{bucket}.rank{self._npti['rank']}.safetensors"
+        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(path))
+        return str(path)
+
+    def npti_take_nonfinite(self) -> bool:
+        flag = self._npti["nonfinite"]
+        self._npti["nonfinite"] = None
+        return flag is not None and bool(flag)
+
+    # ----- per forward ---------------------------------------------------------------------------
+
+    def _npti_pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
+        self._npti["step"] = None if positions is None else self._npti_step(positions)
+
+    def _npti_step(self, positions: Tensor) -> _Step | None:
+        runner = self.model_runner
+        batch = runner.input_batch
+        n_reqs = batch.num_reqs
+        starts = runner.query_start_loc.cpu[: n_reqs + 1].tolist()
+        edits: dict[tuple, list[int]] = {}
+        records: dict[str, list[int]] = {}
+        owners: dict[tuple, tuple[InduceConfig, dict[int, _RankPlan]]] = {}
+        pos_cpu: Tensor | None = None
+        for r, req_id in enumerate(batch.req_ids[:n_reqs]):
+            state = runner.requests.get(req_id)
+            extra = getattr(getattr(state, "sampling_params", None), "extra_args", None)
+            if not extra or not any(k.startswith(PREFIX) for k in extra):
+                continue
+            args = induction_args(extra)
+            lo, hi = starts[r], starts[r + 1]
+            if hi == lo:
+                continue
+            if pos_cpu is None:  # one copy per forward, only when a request asks for something
+                pos_cpu = positions[: starts[-1]].cpu()
+            first = int(pos_cpu[lo])  # rows lo..hi hold positions first, first + 1, ...
+            if "npti_record" in args:
+                bucket = str(args["npti_record"])
+                upto = self._npti["recorded_upto"].get((bucket, req_id), int(args.get("npti_record_from", 0)))
+                begin = max(upto, first)
+                if begin < first + (hi - lo):
+                    records.setdefault(bucket, []).extend(range(lo + begin - first, hi))
+                    self._npti["recorded_upto"][(bucket, req_id)] = first + (hi - lo)
+            key = induction_key(args, None)
+            if key is None:
+                continue
+            plans = self._npti["inductions"].get(key)
+            if plans is None:
+                raise RuntimeError(
+                    f"npti: no induction {key!r} is loaded (loaded: {', '.join(self.npti_keys())})"
+                )
+            cfg = induce_config(args, self._npti["base"])
+            cfg_key = (key, *(getattr(cfg, f.name) for f in fields(cfg)))
+            if cfg_key not in owners:
+                owners[cfg_key] = (cfg, self._npti_plans(plans, cfg))
+            n_prompt = int(batch.num_prompt_tokens[r])
+            begin = lo if cfg.positions == "all" else lo + max(0, n_prompt - first)
+            edits.setdefault(cfg_key, []).extend(range(begin, hi))
+        if not edits and not records:
+            return None
+        device = positions.device
+
+        def rows(idx: list[int]) -> Tensor:
+            return torch.tensor(idx, dtype=torch.long, device=device)
+
+        return _Step(
+            n_rows=int(positions.shape[0]),
+            positions=positions,
+            edits=[(rows(idx), pos_cpu[idx].to(device), *owners[k]) for k, idx in edits.items() if idx],
+            records=[(b, rows(idx)) for b, idx in records.items()],
+        )
+
+    def _npti_plans(self, plans: _Plans, cfg: InduceConfig) -> dict[int, _RankPlan]:
+        ckey = tuple(getattr(cfg, f.name) for f in fields(cfg) if f.name not in ("seed", "positions"))
+        if ckey not in plans.by_cfg:
+            s = self._npti
+            device = next(self.model_runner.model.parameters()).device
+            dtype = self.model_runner.model_config.dtype
+            full = plan_layers(s["n_layers"], s["d_mlp"], plans.pairs, cfg, "cpu", dtype)
+            d_local = s["d_mlp"] // s["tp"]
+            plans.by_cfg[ckey] = {
+                layer: _rank_plan(p, s["rank"], d_local, device) for layer, p in full.items()
+            }
+        return plans.by_cfg[ckey]
+
+    def _npti_act_hook(self, site: _Site):  # noqa: ANN202 - a closure over the site
+        def hook(module: torch.nn.Module, inputs: tuple, out: Tensor) -> Tensor | None:
+            step = self._npti["step"]
+            if step is None:
+                return None
+            x = inputs[0]
+            for bucket, rows in step.records:
+                self._npti_record(bucket, site, rows, x, out)
+            if not step.edits:
+                return None
+            out = out.clone()
+            for rows, positions, cfg, plans in step.edits:
+                plan = plans.get(site.layer)
+                if plan is None or plan.cols.numel() == 0:
+                    continue
+                self._npti_edit(site, plan, cfg, rows, positions, x, out)
+            return out
+
+        return hook
+
+    def _npti_edit(
+        self,
+        site: _Site,
+        plan: _RankPlan,
+        cfg: InduceConfig,
+        rows: Tensor,
+        positions: Tensor,
+        x: Tensor,
+        out: Tensor,
+    ) -> None:
+        full, cols = plan.full, plan.cols
+        if site.gated:
+            block = x.index_select(0, rows)
+            a, up = torch.nn.functional.silu(block[:, cols]), block[:, cols + site.d_local]
+        else:
+            a, up = out.index_select(0, rows)[:, cols], None
+        keep = full.is_target
+        if cfg.keep == "bernoulli" and cfg.keep_prob < 1.0:
+            keep = keep & (counter_uniform(cfg.seed, positions, site.layer, full.idx) <= cfg.keep_prob)
+        elif cfg.keep == "exact" and full.n_keep < full.n_target:
+            u = counter_uniform(cfg.seed, positions, site.layer, full.idx).masked_fill(~full.is_target, 2.0)
+            keep = torch.zeros_like(u, dtype=torch.bool)
+            keep.scatter_(1, u.argsort(-1)[:, : full.n_keep], True)
+        new = shifted(a.to(full.delta.dtype), plan.part, keep[..., plan.mine], cfg.clamp_order)
+        new = (new * up if up is not None else new).to(out.dtype)
+        bad = ~torch.isfinite(new).all()
+        flag = self._npti["nonfinite"]
+        self._npti["nonfinite"] = bad if flag is None else flag | bad
+        block = out.index_select(0, rows)
+        block[:, cols] = new
+        out.index_copy_(0, rows, block)
+
+    def _npti_record(self, bucket: str, site: _Site, rows: Tensor, x: Tensor, out: Tensor) -> None:
+        from npti_lens.record import Stats, accumulate
+
+        stats = self._npti["stats"].get(bucket)
+        if stats is None:
+            s = self._npti
+            d = site.d_local
+            device = x.device
+            stats = {
+                "n_tokens": 0,
+                "stats": Stats.zeros(s["n_layers"], d, device=device),
+                "up_sum": torch.zeros((s["n_layers"], d), dtype=torch.float64, device=device),
+                "resid_sum": None,
+            }
+            self._npti["stats"][bucket] = stats
+        if site.gated:
+            gate_up = x.index_select(0, rows)
+            a = torch.nn.functional.silu(gate_up[:, : site.d_local])
+            stats["up_sum"][site.layer] += gate_up[:, site.d_local :].sum(0, dtype=torch.float64)
+        else:
+            a = out.index_select(0, rows)
+        if site.layer == 0:
+            stats["n_tokens"] += int(rows.numel())
+        accumulate(stats["stats"], site.layer, a)
+
+    def _npti_block_hook(self, layer: int):  # noqa: ANN202 - a closure over the layer
+        def hook(module: torch.nn.Module, inputs: tuple, out: Any) -> None:
+            step = self._npti["step"]
+            if step is None or not step.records:
+                return
+            h = (
+                out[0] + out[1]
+                if isinstance(out, tuple) and out[1] is not None
+                else (out[0] if isinstance(out, tuple) else out)
+            )
+            for bucket, rows in step.records:
+                stats = self._npti["stats"][bucket]
+                if stats["resid_sum"] is None:
+                    stats["resid_sum"] = torch.zeros(
+                        (self._npti["n_layers"], h.shape[-1]), dtype=torch.float64, device=h.device
+                    )
+                stats["resid_sum"][layer] += h.index_select(0, rows).sum(0, dtype=torch.float64)
+
+        return hook
+
+
+@dataclass
+class _RankPlan:
+    """A layer's whole plan (keep draws are made over all its neurons, so every rank agrees) and
+    the part on this rank: `mine` selects it, `cols` are its columns in the rank's activations."""
+
+    full: LayerPlan
+    mine: Tensor
+    part: LayerPlan
+    cols: Tensor
+
+
+def _rank_plan(plan: LayerPlan, rank: int, d_local: int, device: torch.device) -> _RankPlan:
+    lo, hi = rank * d_local, (rank + 1) * d_local
+    mine = (plan.idx >= lo) & (plan.idx < hi)
+
+    def take(sel: Tensor | slice) -> LayerPlan:
+        return LayerPlan(
+            idx=plan.idx[sel].to(device),
+            delta=plan.delta[sel].to(device),
+            is_target=plan.is_target[sel].to(device),
+            clamp=plan.clamp[sel].to(device),
+            n_target=plan.n_target,
+            n_keep=plan.n_keep,
+        )
+
+    return _RankPlan(
+        full=take(slice(None)), mine=mine.to(device), part=take(mine), cols=(plan.idx[mine] - lo).to(device)
+    )
+
+
+def _neurons(d: dict) -> NeuronSet:
+    """A neuron set from `npti_lens.vllm_engine.set_payload`'s lists."""
+    ints, floats = ("layer", "index"), ("diff", "p_active", "q95")
+    cols = {
+        k: torch.tensor(d[k], dtype=torch.int64 if k in ints else torch.float64) for k in (*ints, *floats)
+    }
+    return NeuronSet(**{**d, **cols})
