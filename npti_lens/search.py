@@ -56,6 +56,30 @@ class SearchConfig:
     limit: int | None = field(default=None, metadata={"help": "at most this many questions per trait"})
     checkpoint_every: int = field(default=10, metadata={"help": "save statistics every this many batches"})
     seed: int = field(default=0, metadata={"help": "seed of the persona draw"})
+    shard: str | None = field(
+        default=None,
+        metadata={
+            "help": "i/N: search the i-th of N contiguous parts of the questions (npti merge joins them)"
+        },
+    )
+
+
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    """`i/N` as (i, N), 0 <= i < N; None stays None."""
+    if spec is None:
+        return None
+    i, sep, n = str(spec).partition("/")
+    if not (sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+        raise UserError(f"--shard: {spec!r} is not i/N with 0 <= i < N (e.g. 0/4 ... 3/4)")
+    return int(i), int(n)
+
+
+def shard_slice(n: int, shard: tuple[int, int] | None) -> slice:
+    """The questions of a shard: contiguous, sizes differing by at most one."""
+    if shard is None:
+        return slice(0, n)
+    i, k = shard
+    return slice(i * n // k, (i + 1) * n // k)
 
 
 def answers_path(run: str | Path, trait: str, pole: str) -> Path:
@@ -75,6 +99,7 @@ def _run_identity(
         "personas_fingerprint": personas_fp,
         "generate": asdict(gcfg),
         "seed": scfg.seed,
+        "shard": scfg.shard,
     }
 
 
@@ -138,8 +163,11 @@ def search_pole(
     scfg: SearchConfig,
     progress: bool = False,
     protocol: Protocol | str | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Stats:
-    """Answer and record one trait pole, continuing from its checkpoint when there is one."""
+    """Answer and record one trait pole, continuing from its checkpoint when there is one.
+
+    With `shard` (i, N), only that part of `questions` / `personas` (the whole lists) is searched."""
     proto = protocol_for(model, protocol)
     n_layers, d_mlp = model_dims(model)
     sites = None if is_engine(model) else mlp_sites(model)
@@ -156,6 +184,12 @@ def search_pole(
         "dataset_fingerprint": fingerprint(questions, personas),
         "n_questions_total": len(questions),
     }
+    if shard is not None:
+        part = shard_slice(len(questions), shard)
+        meta["full_dataset_fingerprint"] = meta["dataset_fingerprint"]
+        meta["shard"] = f"{shard[0]}/{shard[1]}"
+        questions, personas = questions[part], personas[part]
+        meta["dataset_fingerprint"] = fingerprint(questions, personas)
     if spath.is_file():
         stats = Stats.load(spath)
         if stats.meta.get("dataset_fingerprint") != meta["dataset_fingerprint"]:
@@ -230,6 +264,7 @@ def run_search(
     proto = protocol_for(model, protocol)
     proto.stage("search")  # a protocol without a search stage fails before any work
     scfg, gcfg = scfg or SearchConfig(), gcfg or proto.generate_config("search")
+    parse_shard(scfg.shard)
     traits = parse_traits(scfg.traits)
     questions = {t: load_questions(trait_question_file(questions_dir, t), limit=scfg.limit) for t in traits}
     personas = load_personas(personas_file, traits)
@@ -298,6 +333,7 @@ def _search_all(
         for pole in POLES:
             drawn = draw_personas(personas[(trait, pole)], len(texts), seed=scfg.seed, trait=trait, pole=pole)
             result[pole_name(trait, pole)] = search_pole(
-                model, run, trait, pole, texts, drawn, gcfg, scfg, progress=progress, protocol=proto
-            )
+                model, run, trait, pole, texts, drawn, gcfg, scfg, progress=progress, protocol=proto,
+                shard=parse_shard(scfg.shard),
+            )  # fmt: skip
     return result

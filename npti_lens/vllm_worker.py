@@ -15,13 +15,12 @@ request and at which position. Each request says in `SamplingParams.extra_args` 
   once (a recomputed prefill is not counted twice).
 
 Keep draws hash (seed, position, layer, neuron) (`counter_uniform`), so a request's answer does not
-depend on what else shares its batch. Under tensor parallelism each rank holds a contiguous slice of
-the neurons (the column-split gate_up) and edits and records only its own.
+depend on what else shares its batch. Under tensor parallelism each rank edits and records only its
+own contiguous slice of the neurons (the column-split gate_up).
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -32,10 +31,6 @@ from torch import Tensor
 
 from npti_lens.constants import POLES, TRAITS
 from npti_lens.induce import (
-    CLAMP_LAYERS,
-    CLAMP_ORDERS,
-    KEEP_RULES,
-    POSITIONS,
     InduceConfig,
     LayerPlan,
     counter_uniform,
@@ -43,71 +38,7 @@ from npti_lens.induce import (
     shifted,
 )
 from npti_lens.neurons import NeuronSet
-
-PREFIX = "npti_"
-# extra_args key -> (InduceConfig field, type)
-INDUCE_ARGS = {
-    "npti_gamma": ("gamma", float),
-    "npti_keep_prob": ("keep_prob", float),
-    "npti_keep": ("keep", str),
-    "npti_clamp_order": ("clamp_order", str),
-    "npti_clamp_layers": ("clamp_layers", str),
-    "npti_positions": ("positions", str),
-    "npti_seed": ("seed", int),
-}
-CHOICES = {
-    "keep": KEEP_RULES,
-    "clamp_order": CLAMP_ORDERS,
-    "clamp_layers": CLAMP_LAYERS,
-    "positions": POSITIONS,
-}
-OTHER_ARGS = {"npti_induction", "npti_trait", "npti_pole", "npti_neurons", "npti_record", "npti_record_from"}
-GAMMA_LIMIT = 1e4  # a gamma beyond this only makes NaNs
-
-
-def induction_args(extra: dict[str, Any] | None) -> dict[str, Any]:
-    """The npti_* entries of a request's extra_args, checked: a ValueError names the bad one."""
-    args = {k: v for k, v in (extra or {}).items() if k.startswith(PREFIX)}
-    unknown = set(args) - set(INDUCE_ARGS) - OTHER_ARGS
-    if unknown:
-        known = ", ".join(sorted({*INDUCE_ARGS, *OTHER_ARGS}))
-        raise ValueError(f"unknown npti argument {sorted(unknown)[0]!r}; the known ones: {known}")
-    if "npti_trait" in args or "npti_pole" in args:
-        trait, pole = args.get("npti_trait"), args.get("npti_pole")
-        if trait not in TRAITS:
-            raise ValueError(f"npti_trait {trait!r} is not one of {', '.join(TRAITS)}")
-        if pole not in POLES:
-            raise ValueError(f"npti_pole {pole!r} is not one of {', '.join(POLES)}")
-    for key, (name, kind) in INDUCE_ARGS.items():
-        if key not in args:
-            continue
-        value = args[key]
-        if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ValueError(f"{key} must be a number, not {value!r}")
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ValueError(f"{key} must be an integer, not {value!r}")
-        if kind is str and value not in CHOICES[name]:
-            raise ValueError(f"{key} {value!r} is not one of {', '.join(CHOICES[name])}")
-    gamma = args.get("npti_gamma", 1.0)
-    if not (math.isfinite(gamma) and abs(gamma) <= GAMMA_LIMIT):
-        raise ValueError(f"npti_gamma {gamma!r} is not a finite number of at most {GAMMA_LIMIT:g} in size")
-    if not 0.0 <= args.get("npti_keep_prob", 0.5) <= 1.0:
-        raise ValueError(f"npti_keep_prob {args['npti_keep_prob']!r} is not between 0 and 1")
-    return args
-
-
-def induction_key(args: dict[str, Any], default_neurons: str | None) -> str | None:
-    """The registered induction a request asks for, or None for the plain model."""
-    if "npti_induction" in args:
-        return str(args["npti_induction"])
-    if "npti_trait" in args:
-        return f"{args.get('npti_neurons', default_neurons)}/{args['npti_trait']}/{args['npti_pole']}"
-    return None
-
-
-def induce_config(args: dict[str, Any], base: InduceConfig) -> InduceConfig:
-    kw = {name: args[key] for key, (name, _) in INDUCE_ARGS.items() if key in args}
-    return InduceConfig(**{**{f.name: getattr(base, f.name) for f in fields(base)}, **kw})
+from npti_lens.vllm_args import PREFIX, induce_config, induction_args, induction_key
 
 
 @dataclass
@@ -115,7 +46,6 @@ class _Site:
     layer: int
     gated: bool
     d_local: int  # neurons on this rank
-    offset: int  # global index of the first
 
 
 @dataclass
@@ -144,7 +74,6 @@ class NPTIWorkerExtension:
         if getattr(self, "_npti", None) is not None:
             return self._npti_dims()
         from vllm.distributed import get_tensor_model_parallel_rank
-
         model = self.model_runner.model
         sites: dict[int, tuple[torch.nn.Module, _Site]] = {}
         blocks: dict[int, torch.nn.Module] = {}
@@ -153,7 +82,7 @@ class NPTIWorkerExtension:
             m = re.search(r"(?:layers|\.h)\.(\d+)\.mlp\.(act_fn|act)$", name)
             if m:
                 gated = type(module).__name__.endswith("AndMul")
-                sites[int(m.group(1))] = (module, _Site(int(m.group(1)), gated, 0, 0))
+                sites[int(m.group(1))] = (module, _Site(int(m.group(1)), gated, 0))
             b = re.search(r"(?:layers|\.h)\.(\d+)$", name)
             if b:
                 blocks[int(b.group(1))] = module
@@ -177,7 +106,6 @@ class NPTIWorkerExtension:
         }
         for module, site in sites.values():
             site.d_local = d_mlp // tp
-            site.offset = rank * site.d_local
             self._npti["handles"].append(module.register_forward_hook(self._npti_act_hook(site)))
         for layer, module in blocks.items():
             self._npti["handles"].append(module.register_forward_hook(self._npti_block_hook(layer)))
@@ -225,6 +153,7 @@ class NPTIWorkerExtension:
                 tgt, opp = load_pair(folder, trait, pole)
                 self._npti["inductions"][f"{name}/{trait}/{pole}"] = _Plans([(tgt, opp)])
                 keys.append(f"{name}/{trait}/{pole}")
+        self._npti.setdefault("default_neurons", name)  # the first folder: requests may omit npti_neurons
         return keys
 
     def npti_keys(self) -> list[str]:
@@ -292,7 +221,7 @@ class NPTIWorkerExtension:
                 if begin < first + (hi - lo):
                     records.setdefault(bucket, []).extend(range(lo + begin - first, hi))
                     self._npti["recorded_upto"][(bucket, req_id)] = first + (hi - lo)
-            key = induction_key(args, None)
+            key = induction_key(args, self._npti.get("default_neurons"))
             if key is None:
                 continue
             plans = self._npti["inductions"].get(key)

@@ -17,6 +17,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("generation", {"generate"}),
     ("statistics and interventions", {"record", "neurons", "induce"}),
     ("selection, directions and protocol", {"select", "directions", "protocol"}),
+    ("engines", {"vllm_args", "vllm_worker", "vllm_engine", "vllm_check"}),
     (
         "evaluation",
         {
@@ -34,8 +35,8 @@ LAYERS: list[tuple[str, set[str]]] = [
             "organism.train",
         },
     ),  # fmt: skip
-    ("workflow", {"answers", "search", "scoring", "ablation", "tune"}),
-    ("apps", {"demo"}),
+    ("workflow", {"answers", "search", "merge", "scoring", "ablation", "tune"}),
+    ("apps", {"demo", "serve"}),
     (
         "front ends",
         {
@@ -47,6 +48,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "cli.figures",
             "cli.organism",
             "cli.tune",
+            "cli.serve",
             "cli.__main__",
             "",
         },

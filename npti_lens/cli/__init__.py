@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from npti_lens.cli import answer, evaluate, figures, method, organism, tune
+from npti_lens.cli import answer, evaluate, figures, method, organism, serve, tune
 from npti_lens.cli._common import Command
 from npti_lens.constants import VERSION
 from npti_lens.errors import UserError
@@ -26,6 +26,7 @@ COMMANDS: list[Command] = [
     *figures.COMMANDS,
     *tune.COMMANDS,
     *organism.COMMANDS,
+    *serve.COMMANDS,
 ]
 GROUPS = {
     "organism": "the shipped model organism",

@@ -1,0 +1,79 @@
+"""What a request may ask of NPTI's vLLM workers: the `npti_*` entries of `SamplingParams.extra_args`.
+
+Parsed and checked here (no vLLM import), by the workers (`npti_lens.vllm_worker`) and by the
+server's request check (`npti_lens.vllm_check`), whose ValueErrors become HTTP 400s.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from typing import Any
+
+from npti_lens.constants import POLES, TRAITS
+from npti_lens.induce import CLAMP_LAYERS, CLAMP_ORDERS, KEEP_RULES, POSITIONS, InduceConfig
+
+PREFIX = "npti_"
+# extra_args key -> (InduceConfig field, type)
+INDUCE_ARGS = {
+    "npti_gamma": ("gamma", float),
+    "npti_keep_prob": ("keep_prob", float),
+    "npti_keep": ("keep", str),
+    "npti_clamp_order": ("clamp_order", str),
+    "npti_clamp_layers": ("clamp_layers", str),
+    "npti_positions": ("positions", str),
+    "npti_seed": ("seed", int),
+}
+CHOICES = {
+    "keep": KEEP_RULES,
+    "clamp_order": CLAMP_ORDERS,
+    "clamp_layers": CLAMP_LAYERS,
+    "positions": POSITIONS,
+}
+OTHER_ARGS = {"npti_induction", "npti_trait", "npti_pole", "npti_neurons", "npti_record", "npti_record_from"}
+GAMMA_LIMIT = 1e4  # a gamma beyond this only makes NaNs
+
+
+def induction_args(extra: dict[str, Any] | None) -> dict[str, Any]:
+    """The npti_* entries of a request's extra_args, checked: a ValueError names the bad one."""
+    args = {k: v for k, v in (extra or {}).items() if k.startswith(PREFIX)}
+    unknown = set(args) - set(INDUCE_ARGS) - OTHER_ARGS
+    if unknown:
+        known = ", ".join(sorted({*INDUCE_ARGS, *OTHER_ARGS}))
+        raise ValueError(f"unknown npti argument {sorted(unknown)[0]!r}; the known ones: {known}")
+    if "npti_trait" in args or "npti_pole" in args:
+        trait, pole = args.get("npti_trait"), args.get("npti_pole")
+        if trait not in TRAITS:
+            raise ValueError(f"npti_trait {trait!r} is not one of {', '.join(TRAITS)}")
+        if pole not in POLES:
+            raise ValueError(f"npti_pole {pole!r} is not one of {', '.join(POLES)}")
+    for key, (name, kind) in INDUCE_ARGS.items():
+        if key not in args:
+            continue
+        value = args[key]
+        if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{key} must be a number, not {value!r}")
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{key} must be an integer, not {value!r}")
+        if kind is str and value not in CHOICES[name]:
+            raise ValueError(f"{key} {value!r} is not one of {', '.join(CHOICES[name])}")
+    gamma = args.get("npti_gamma", 1.0)
+    if not (math.isfinite(gamma) and abs(gamma) <= GAMMA_LIMIT):
+        raise ValueError(f"npti_gamma {gamma!r} is not a finite number of at most {GAMMA_LIMIT:g} in size")
+    if not 0.0 <= args.get("npti_keep_prob", 0.5) <= 1.0:
+        raise ValueError(f"npti_keep_prob {args['npti_keep_prob']!r} is not between 0 and 1")
+    return args
+
+
+def induction_key(args: dict[str, Any], default_neurons: str | None) -> str | None:
+    """The registered induction a request asks for, or None for the plain model."""
+    if "npti_induction" in args:
+        return str(args["npti_induction"])
+    if "npti_trait" in args:
+        return f"{args.get('npti_neurons', default_neurons)}/{args['npti_trait']}/{args['npti_pole']}"
+    return None
+
+
+def induce_config(args: dict[str, Any], base: InduceConfig) -> InduceConfig:
+    kw = {name: args[key] for key, (name, _) in INDUCE_ARGS.items() if key in args}
+    return InduceConfig(**{**{f.name: getattr(base, f.name) for f in fields(base)}, **kw})

@@ -1,0 +1,72 @@
+"""What `npti serve` checks of a request before vLLM admits it: its npti_* arguments.
+
+vLLM calls a logits processor's `validate_params` in the API server for every request; a ValueError
+there is an HTTP 400 with the message, and the server keeps serving. `RequestCheck` changes no
+logits. The neuron folders it checks against come from `NPTI_SERVE_NEURONS` (JSON {name: folder}),
+which `npti_lens.serve` sets. This module imports vLLM: load it only where vLLM is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from vllm import SamplingParams
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
+
+from npti_lens.constants import pole_name
+from npti_lens.vllm_args import induction_args
+
+NEURONS_ENV = "NPTI_SERVE_NEURONS"
+
+
+def served_neurons() -> dict[str, str]:
+    return json.loads(os.environ.get(NEURONS_ENV, "{}"))
+
+
+def check_request(extra: dict | None) -> None:
+    """Raise ValueError (HTTP 400) for npti arguments that are malformed or name no loaded set."""
+    args = induction_args(extra)
+    if not args:
+        return
+    if "npti_record" in args or "npti_record_from" in args:
+        raise ValueError("npti_record is for offline searches (npti search --engine vllm), not the server")
+    sets = served_neurons()
+    if "npti_induction" in args:
+        name, _, rest = str(args["npti_induction"]).partition("/")
+        trait, _, pole = rest.partition("/")
+        args = {**args, "npti_neurons": name, "npti_trait": trait, "npti_pole": pole}
+        induction_args(args)  # the trait and pole named in the key, checked
+    if "npti_trait" not in args:
+        if any(k in args for k in ("npti_gamma", "npti_neurons", "npti_keep_prob")):
+            raise ValueError("an induction needs npti_trait and npti_pole")
+        return
+    if not sets:
+        raise ValueError("this server was started without --neurons: it serves the plain model only")
+    name = args.get("npti_neurons", next(iter(sets)))
+    if name not in sets:
+        raise ValueError(f"npti_neurons {name!r} is not served; served: {', '.join(sets)}")
+    if not (Path(sets[name]) / pole_name(args["npti_trait"], args["npti_pole"])).is_dir():
+        raise ValueError(f"neuron set {name!r} has no {pole_name(args['npti_trait'], args['npti_pole'])}")
+
+
+class RequestCheck(LogitsProcessor):
+    """A logits processor that only validates (see the module doc)."""
+
+    @classmethod
+    def validate_params(cls, sampling_params: SamplingParams) -> None:
+        check_request(sampling_params.extra_args)
+
+    def __init__(self, vllm_config: object, device: torch.device, is_pin_memory: bool) -> None:
+        pass
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits
+
+    def is_argmax_invariant(self) -> bool:
+        return True
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        pass
