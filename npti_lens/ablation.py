@@ -17,7 +17,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from transformer_lens.model_bridge import TransformerBridge
 
 from npti_lens import evidence
 from npti_lens.answers import Condition, answer
@@ -27,6 +26,7 @@ from npti_lens.evidence import Cell
 from npti_lens.generate import GenerateConfig
 from npti_lens.induce import InduceConfig, random_control
 from npti_lens.io import parse_numbers
+from npti_lens.model import Model
 from npti_lens.neurons import NeuronSet
 from npti_lens.protocol import Protocol, protocol_for
 
@@ -90,7 +90,7 @@ def conditions(
 
 
 def run_ablation(
-    model: TransformerBridge,
+    model: Model,
     target: NeuronSet,
     opp: NeuronSet,
     questions: list[str],

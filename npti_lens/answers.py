@@ -26,7 +26,7 @@ from npti_lens.errors import UserError
 from npti_lens.generate import GenerateConfig, check_context, generate
 from npti_lens.induce import InduceConfig, check_fits, induce
 from npti_lens.io import read_jsonl, write_jsonl_atomic
-from npti_lens.model import engine_name, is_engine
+from npti_lens.model import Model, engine_name, is_engine
 from npti_lens.neurons import NeuronSet
 from npti_lens.prompts import warn_unknown
 from npti_lens.protocol import Protocol, protocol_for
@@ -180,7 +180,7 @@ def intervention(
 
 
 def answer(
-    model: TransformerBridge | Any,
+    model: Model,
     questions: Sequence[Any],
     condition: Condition,
     gcfg: GenerateConfig | None = None,

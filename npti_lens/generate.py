@@ -27,7 +27,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import DynamicCache
 
 from npti_lens.errors import UserError
-from npti_lens.model import eos_token_ids, model_device, n_positions, pad_batch
+from npti_lens.model import Model, eos_token_ids, model_device, n_positions, pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class GenerateConfig:
 
 
 def check_context(
-    model: TransformerBridge, prompts: list[list[int]], max_new_tokens: int, sources: list[str] | None = None
+    model: Model, prompts: list[list[int]], max_new_tokens: int, sources: list[str] | None = None
 ) -> None:
     """Refuse, before generating, a prompt that with `max_new_tokens` outgrows the model's positions."""
     if max_new_tokens < 1:

@@ -34,7 +34,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from npti_lens.errors import UserError
 from npti_lens.generate import any_generated, generated_positions
-from npti_lens.model import model_device, model_dims, model_id, same_model_key
+from npti_lens.model import Model, model_device, model_dims, model_id, same_model_key
 from npti_lens.neurons import NeuronSet
 from npti_lens.sites import MLPSites, hooks_added, mlp_sites
 
@@ -75,7 +75,7 @@ def shift_sizes(neurons: NeuronSet, gamma: float) -> Tensor:
 
 
 def check_fits(
-    model: TransformerBridge,
+    model: Model,
     neurons: NeuronSet,
     *,
     allow_other_model: bool = False,

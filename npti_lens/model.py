@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
@@ -50,6 +50,28 @@ class EngineConfig:
         default=None,
         metadata={"help": "vllm: GiB of KV cache (default: on a GPU its share of memory, else 1)"},
     )
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the answering layer needs of an engine other than the TransformerLens loop (vLLM)."""
+
+    engine_name: str
+    tokenizer: Any
+    n_layers: int
+    d_mlp: int
+    n_positions: int
+
+    def generate(
+        self, prompts: list[list[int]], gcfg: Any, *, extra: Any = None, progress: bool = False
+    ) -> list[Any]: ...
+
+    def record(
+        self, sequences: list[tuple[list[int], list[int]]], stats: Any, bucket: str = "record"
+    ) -> None: ...
+
+
+Model = TransformerBridge | Engine  # what answering, searching and checking accept
 
 
 def is_engine(model: Any) -> bool:
@@ -169,7 +191,7 @@ def _named_tokenizer(tokenizer: Any) -> Iterator[Any]:
         yield AutoTokenizer.from_pretrained(tmp)
 
 
-def model_id(model: TransformerBridge) -> str:
+def model_id(model: Model) -> str:
     """The name neuron sets and statistics are tied to: the last part of the hub id or folder.
 
     `meta-llama/Meta-Llama-3-8B-Instruct` and a local folder `.../Meta-Llama-3-8B-Instruct` are the
@@ -197,7 +219,7 @@ def eos_token_ids(model: TransformerBridge) -> list[int]:
     return sorted(ids)
 
 
-def n_positions(model: TransformerBridge) -> int | None:
+def n_positions(model: Model) -> int | None:
     """The longest sequence the model takes (max_position_embeddings), if its config says."""
     if is_engine(model):
         return int(model.n_positions)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
-from transformer_lens.model_bridge import TransformerBridge
 
 from npti_lens.answers import Condition, answer
 from npti_lens.bench import (
@@ -40,7 +39,7 @@ from npti_lens.io import (
     write_json_atomic,
     write_jsonl_atomic,
 )
-from npti_lens.model import engine_name, is_engine, model_dims, model_id
+from npti_lens.model import Model, engine_name, is_engine, model_dims, model_id
 from npti_lens.prompts import warn_unknown
 from npti_lens.protocol import Protocol, protocol_for
 from npti_lens.record import Stats, record_batch, stats_path
@@ -87,7 +86,7 @@ def answers_path(run: str | Path, trait: str, pole: str) -> Path:
 
 
 def _run_identity(
-    model: TransformerBridge, personas_fp: str, gcfg: GenerateConfig, scfg: SearchConfig, proto: Protocol
+    model: Model, personas_fp: str, gcfg: GenerateConfig, scfg: SearchConfig, proto: Protocol
 ) -> dict[str, Any]:
     n_layers, d_mlp = model_dims(model)
     return {
@@ -153,7 +152,7 @@ def _kept_answers(path: Path, questions: list[str], n_done: int, batch: int) -> 
 
 
 def search_pole(
-    model: TransformerBridge,
+    model: Model,
     run: Path,
     trait: str,
     pole: str,
@@ -245,7 +244,7 @@ def search_pole(
 
 
 def run_search(
-    model: TransformerBridge,
+    model: Model,
     questions_dir: str | Path,
     personas_file: str | Path,
     out: str | Path,
@@ -276,7 +275,7 @@ def run_search(
 
 
 def _check_prompts(
-    model: TransformerBridge,
+    model: Model,
     proto: Protocol,
     questions: dict[str, list[Question]],
     personas: dict[tuple[str, str], list[str]],
@@ -314,7 +313,7 @@ def _locked(run: Path) -> Iterator[None]:
 
 
 def _search_all(
-    model: TransformerBridge,
+    model: Model,
     run: Path,
     traits: list[str],
     questions: dict[str, list[Question]],

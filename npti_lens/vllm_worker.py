@@ -74,6 +74,7 @@ class NPTIWorkerExtension:
         if getattr(self, "_npti", None) is not None:
             return self._npti_dims()
         from vllm.distributed import get_tensor_model_parallel_rank
+
         model = self.model_runner.model
         sites: dict[int, tuple[torch.nn.Module, _Site]] = {}
         blocks: dict[int, torch.nn.Module] = {}

@@ -232,3 +232,40 @@ def write_data(folder: Path, traits=("Extraversion",), n: int = 7) -> tuple[Path
     personas = folder / "personas.jsonl"
     personas.write_text("".join(json.dumps(p) + "\n" for p in PERSONAS))
     return qdir, personas
+
+
+def build_tiny_vllm(family: str, folder: Path, *, seed: int = 0, init: float = 0.1) -> Path:
+    """A tiny chat model that vLLM's CPU attention takes (head_dim 64; it rejects 16)."""
+    from transformers import AutoModelForCausalLM
+
+    tok = make_tokenizer(True)
+    cfg = make_config(family, len(tok))
+    cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads = 128, 2, 1
+    cfg.intermediate_size, cfg.head_dim, cfg.initializer_range = 256, 64, init
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def random_pole_sets(model: str, n_layers: int, d_mlp: int, n: int = 60, trait: str = "Extraversion"):
+    """A high and a low neuron set of `n` random neurons each, with random diff and q95 (seeded)."""
+    from npti_lens.neurons import NeuronSet
+
+    out = []
+    for pole, seed in (("high", 1), ("low", 2)):
+        g = torch.Generator().manual_seed(seed)
+        flat = torch.randperm(n_layers * d_mlp, generator=g)[:n]
+        diff = torch.rand(n, generator=g, dtype=torch.float64) * 0.5
+        order = diff.argsort(descending=True)
+        out.append(
+            NeuronSet(
+                trait=trait, pole=pole, model=model, n_layers=n_layers, d_mlp=d_mlp,
+                layer=(flat // d_mlp)[order], index=(flat % d_mlp)[order], diff=diff[order],
+                p_active=torch.rand(n, generator=g, dtype=torch.float64),
+                q95=torch.rand(n, generator=g, dtype=torch.float64) * 2,
+            )
+        )  # fmt: skip
+    return out[0], out[1]

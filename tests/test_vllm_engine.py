@@ -1,0 +1,141 @@
+"""The vLLM engine against the TransformerLens loop (the oracle): answers token for token, plain and
+induced, a mixed batch against each request alone, and a search's statistics. One vLLM engine per
+model for the whole module (tiny Llama and Qwen2, head_dim 64, float32)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from npti_lens.vllm_engine import vllm_available
+
+pytestmark = pytest.mark.skipif(
+    vllm_available() is not None, reason=f"vLLM not importable: {vllm_available()}"
+)
+
+from npti_lens.answers import Condition, answer  # noqa: E402
+from npti_lens.generate import GenerateConfig  # noqa: E402
+from npti_lens.protocol import load_protocol  # noqa: E402
+from tests.helpers import QUESTIONS, build_tiny_vllm, random_pole_sets, write_data  # noqa: E402
+from tests.vllm_oracles import answer_acts, explain_differences  # noqa: E402
+
+GCFG = GenerateConfig(max_new_tokens=24, repetition_penalty=1.15, batch_size=4)
+FAMILIES = ("llama", "qwen2")
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    """{family: (TransformerBridge, VLLMEngine, high set, low set)}; the engines close at the end."""
+    from npti_lens.model import load_model, model_id
+    from npti_lens.sites import mlp_sites
+    from npti_lens.vllm_engine import VLLMEngine
+
+    out = {}
+    root = tmp_path_factory.mktemp("vllm_models")
+    try:
+        for family in FAMILIES:
+            folder = build_tiny_vllm(family, root / family)
+            tl = load_model(str(folder))
+            sites = mlp_sites(tl)
+            hi, lo = random_pole_sets(model_id(tl), sites.n_layers, sites.d_mlp)
+            out[family] = (tl, VLLMEngine(str(folder)), hi, lo)
+        yield out
+    finally:
+        for _, engine, _, _ in out.values():
+            engine.close()
+
+
+def strip(rows):
+    return [{k: v for k, v in r.items() if k != "engine"} for r in rows]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_plain_and_induced_answers_equal_the_transformerlens_loop(pairs, family):
+    tl, engine, hi, lo = pairs[family]
+    npti = load_protocol("npti").induce_config(gamma=3.0, keep_prob=1.0)
+    lens = load_protocol("lens").induce_config(
+        gamma=6.0, keep_prob=1.0
+    )  # exact keep, clamp after, all layers
+    conditions = {
+        "plain": Condition.none(),
+        "npti rules, high": Condition.npti([(hi, lo)], npti),
+        "lens rules, low": Condition.npti([(lo, hi)], lens),
+    }
+    got = {}
+    for name, cond in conditions.items():
+        ref = answer(tl, QUESTIONS, cond, GCFG, protocol="lens", token_ids=True)
+        rows = answer(engine, QUESTIONS, cond, GCFG, protocol="lens", token_ids=True)
+        assert all(r["engine"] == "vllm" for r in rows)
+        assert strip(rows) == ref, name
+        got[name] = [r["answer_token_ids"] for r in rows]
+    # the inductions change answers (else equality would prove nothing about the edit)
+    assert got["npti rules, high"] != got["plain"]
+    assert got["lens rules, low"] != got["plain"]
+
+
+def test_a_mixed_batch_equals_each_request_alone(pairs):
+    tl, engine, hi, lo = pairs["llama"]
+    proto = load_protocol("npti")
+    prompts = [proto.prompt(engine.tokenizer, "neutral", question=q).token_ids for q in QUESTIONS]
+    kinds = [
+        engine.induce_extra([(hi, lo)], proto.induce_config(gamma=1.5, keep_prob=1.0)),
+        engine.induce_extra([(lo, hi)], proto.induce_config(gamma=4.0, keep_prob=1.0)),
+        None,
+        engine.induce_extra([(hi, lo)], proto.induce_config(gamma=4.0, keep_prob=0.5, seed=3)),
+    ]
+    extras = [kinds[i % len(kinds)] for i in range(len(prompts))]
+    mixed = engine.generate(prompts, GCFG, extra=extras)
+    for i, p in enumerate(prompts):
+        alone = engine.generate([p], GCFG, extra=extras[i])[0]
+        assert alone.answer_ids == mixed[i].answer_ids, i
+    # a keep share below 1 draws per (seed, position, layer, neuron): the same in any batch, and it matters
+    full = engine.generate(
+        prompts[3:4], GCFG, extra=engine.induce_extra([(hi, lo)], proto.induce_config(gamma=4.0))
+    )
+    half = engine.generate(prompts[3:4], GCFG, extra=kinds[3])
+    assert half[0].answer_ids == mixed[3].answer_ids
+    assert full[0].answer_ids != half[0].answer_ids or full[0].answer_ids != mixed[2].answer_ids
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_search_statistics_equal_teacher_forcing_in_transformerlens(pairs, family, tmp_path):
+    from npti_lens.record import load_run_stats
+    from npti_lens.search import SearchConfig, answers_path, run_search
+
+    tl, engine, _, _ = pairs[family]
+    qdir, personas = write_data(tmp_path / "data")
+    scfg = SearchConfig(traits="Extraversion")
+    gcfg = GenerateConfig(max_new_tokens=20, repetition_penalty=1.1, batch_size=4)
+    run_search(tl, qdir, personas, tmp_path / "tl", scfg, gcfg, protocol="lens")
+    run_search(engine, qdir, personas, tmp_path / "vllm", scfg, gcfg, protocol="lens")
+    assert json.loads((tmp_path / "vllm" / "run.json").read_text())["engine"] == "vllm"
+    for pole in ("high", "low"):
+        a, b = (
+            [json.loads(x) for x in answers_path(tmp_path / run, "Extraversion", pole).read_text().splitlines()]
+            for run in ("tl", "vllm")
+        )
+        assert strip(b) == a
+        ref, got = (
+            load_run_stats(tmp_path / "tl", "Extraversion", pole),
+            load_run_stats(tmp_path / "vllm", "Extraversion", pole),
+        )
+        assert got.n_tokens == ref.n_tokens > 0
+        moved = explain_differences(ref, got, answer_acts(tl, _pairs(tl, a)))
+        print(f"{family} {pole}: {moved} of {ref.n_tokens * ref.n_active.numel()} activations in another bin")
+        assert moved <= 1e-4 * ref.n_tokens * ref.n_active.numel()
+        assert torch.allclose(got.sum, ref.sum, rtol=1e-4, atol=1e-4)
+        assert torch.allclose(got.up_sum, ref.up_sum, rtol=1e-4, atol=1e-3)
+        assert torch.allclose(got.resid_sum, ref.resid_sum, rtol=1e-4, atol=1e-3)
+
+
+def _pairs(tl, rows):
+    proto = load_protocol("lens")
+    return [
+        (
+            proto.prompt(tl.tokenizer, "search", personality=r["persona"], question=r["question"]).token_ids,
+            r["answer_token_ids"],
+        )
+        for r in rows
+    ]
