@@ -113,7 +113,10 @@ def test_search_statistics_equal_teacher_forcing_in_transformerlens(pairs, famil
     assert json.loads((tmp_path / "vllm" / "run.json").read_text())["engine"] == "vllm"
     for pole in ("high", "low"):
         a, b = (
-            [json.loads(x) for x in answers_path(tmp_path / run, "Extraversion", pole).read_text().splitlines()]
+            [
+                json.loads(x)
+                for x in answers_path(tmp_path / run, "Extraversion", pole).read_text().splitlines()
+            ]
             for run in ("tl", "vllm")
         )
         assert strip(b) == a

@@ -1,0 +1,133 @@
+"""`npti serve`: vLLM's OpenAI server with NPTI inductions chosen per request, through the official
+`openai` client; answers equal the TransformerLens loop's; bad requests are HTTP 400s and the server
+keeps serving."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from npti_lens.vllm_engine import vllm_available
+
+pytestmark = pytest.mark.skipif(
+    vllm_available() is not None, reason=f"vLLM not importable: {vllm_available()}"
+)
+
+from npti_lens.answers import Condition, answer  # noqa: E402
+from npti_lens.constants import pole_name  # noqa: E402
+from npti_lens.generate import GenerateConfig  # noqa: E402
+from npti_lens.protocol import load_protocol  # noqa: E402
+from tests.helpers import QUESTIONS, build_tiny_vllm, random_pole_sets  # noqa: E402
+
+GCFG = GenerateConfig(max_new_tokens=24, repetition_penalty=1.15)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from openai import OpenAI
+
+    from npti_lens.model import load_model, model_id
+    from npti_lens.sites import mlp_sites
+
+    root = tmp_path_factory.mktemp("serve")
+    folder = build_tiny_vllm("llama", root / "llama")
+    tl = load_model(str(folder))
+    sites = mlp_sites(tl)
+    hi, lo = random_pole_sets(model_id(tl), sites.n_layers, sites.d_mlp)
+    for ns in (hi, lo):
+        ns.save(root / "sets" / pole_name(ns.trait, ns.pole))
+    port = free_port()
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed in the teardown
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "npti_lens.cli", "serve", "--model", str(folder), "--neurons", f"sets={root / 'sets'}",
+         "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                client.models.list()
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError((root / "server.log").read_text()[-3000:]) from None
+                time.sleep(2)
+        yield client, str(folder), tl, hi, lo
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def ask(client, model: str, question: str, xargs: dict | None = None):
+    body = {"repetition_penalty": GCFG.repetition_penalty, "return_token_ids": True}
+    if xargs is not None:
+        body["vllm_xargs"] = xargs
+    return client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": question}],
+        temperature=0,
+        max_tokens=GCFG.max_new_tokens,
+        extra_body=body,
+    )
+
+
+def served_ids(reply) -> list[int]:
+    ids = list(reply.choices[0].token_ids)
+    return ids[:-1] if reply.choices[0].finish_reason == "stop" else ids
+
+
+def test_plain_and_induced_requests_equal_the_transformerlens_loop(server):
+    client, model, tl, hi, lo = server
+    cfg = load_protocol("npti").induce_config(gamma=3.0, keep_prob=1.0)
+    cases = [
+        (None, Condition.none()),
+        ({"npti_trait": "Extraversion", "npti_pole": "high", "npti_gamma": 3.0, "npti_keep_prob": 1.0},
+         Condition.npti([(hi, lo)], cfg)),
+        ({"npti_neurons": "sets", "npti_trait": "Extraversion", "npti_pole": "low", "npti_gamma": 3, "npti_keep_prob": 1.0},
+         Condition.npti([(lo, hi)], cfg)),
+    ]  # fmt: skip
+    got = []
+    for xargs, cond in cases:
+        ref = answer(tl, QUESTIONS[:4], cond, GCFG, protocol="lens", token_ids=True)
+        ids = [served_ids(ask(client, model, q, xargs)) for q in QUESTIONS[:4]]
+        assert ids == [r["answer_token_ids"] for r in ref], xargs
+        got.append(ids)
+    assert got[1] != got[0] and got[2] != got[0]
+
+
+@pytest.mark.parametrize(
+    ("xargs", "message"),
+    [
+        ({"npti_trait": "Extraverted", "npti_pole": "high"}, "npti_trait"),
+        ({"npti_trait": "Extraversion", "npti_pole": "up"}, "npti_pole"),
+        ({"npti_trait": "Extraversion", "npti_pole": "high", "npti_gamma": "strong"}, "npti_gamma"),
+        ({"npti_trait": "Extraversion", "npti_pole": "high", "npti_neurons": "other"}, "npti_neurons"),
+        ({"npti_trait": "Openness", "npti_pole": "high"}, "no Openness"),
+        ({"npti_gama": 1.0}, "unknown npti argument"),
+        ({"npti_gamma": 1.0}, "npti_trait and npti_pole"),
+    ],
+)
+def test_a_bad_request_is_a_400_and_the_server_keeps_serving(server, xargs, message):
+    import openai
+
+    client, model, *_ = server
+    with pytest.raises(openai.BadRequestError) as err:
+        ask(client, model, QUESTIONS[0], xargs)
+    assert err.value.status_code == 400 and message in str(err.value)
+    assert ask(client, model, QUESTIONS[0]).choices[0].message.content is not None
