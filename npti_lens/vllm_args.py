@@ -75,5 +75,5 @@ def induction_key(args: dict[str, Any], default_neurons: str | None) -> str | No
 
 
 def induce_config(args: dict[str, Any], base: InduceConfig) -> InduceConfig:
-    kw = {name: args[key] for key, (name, _) in INDUCE_ARGS.items() if key in args}
+    kw = {name: kind(args[key]) for key, (name, kind) in INDUCE_ARGS.items() if key in args}  # JSON 3 -> 3.0
     return InduceConfig(**{**{f.name: getattr(base, f.name) for f in fields(base)}, **kw})

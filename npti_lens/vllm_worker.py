@@ -60,9 +60,7 @@ class _Step:
 
     n_rows: int
     positions: Tensor  # per row, on the device
-    edits: list[
-        tuple[Tensor, Tensor, InduceConfig, dict[int, _RankPlan]]
-    ]  # (rows, their positions, cfg, plans)
+    edits: list[tuple[Tensor, Tensor, InduceConfig, dict[int, _RankPlan]]]  # rows, positions, cfg, plans
     records: list[tuple[str, Tensor]]  # (bucket, rows)
 
 
@@ -124,14 +122,7 @@ class NPTIWorkerExtension:
         raise RuntimeError("npti: cannot find layer 0's MLP down projection")
 
     def _npti_dims(self) -> dict[str, Any]:
-        s = self._npti
-        return {
-            "n_layers": s["n_layers"],
-            "d_mlp": s["d_mlp"],
-            "tp": s["tp"],
-            "rank": s["rank"],
-            "gated": s["gated"],
-        }
+        return {k: self._npti[k] for k in ("n_layers", "d_mlp", "tp", "rank", "gated")}
 
     # ----- what the driver registers and takes back ----------------------------------------------
 

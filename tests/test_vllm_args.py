@@ -1,0 +1,81 @@
+"""What needs no vLLM of the vLLM engine: request arguments, keep draws, the tensor-parallel split
+of a plan, and clear errors where vLLM is missing or a flag does not fit the engine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from npti_lens.induce import InduceConfig, counter_uniform, plan_layers
+from npti_lens.vllm_args import induce_config, induction_args, induction_key
+from npti_lens.vllm_worker import _rank_plan
+from tests.helpers import random_pole_sets
+
+
+def test_request_arguments():
+    assert induction_args(None) == {} and induction_args({"other": 1}) == {}
+    args = induction_args(
+        {"npti_trait": "Extraversion", "npti_pole": "low", "npti_gamma": 2, "npti_keep": "exact"}
+    )
+    assert induction_key(args, "sets") == "sets/Extraversion/low"
+    assert induction_key({"npti_induction": "k"}, "sets") == "k"
+    assert induction_key({}, "sets") is None
+    cfg = induce_config(args, InduceConfig(keep_prob=0.8))
+    assert (cfg.gamma, cfg.keep, cfg.keep_prob) == (2, "exact", 0.8)
+    for bad, word in [
+        ({"npti_trait": "Extra", "npti_pole": "low"}, "npti_trait"),
+        ({"npti_trait": "Extraversion", "npti_pole": "middle"}, "npti_pole"),
+        ({"npti_gamma": float("nan")}, "npti_gamma"),
+        ({"npti_gamma": True}, "npti_gamma"),
+        ({"npti_keep_prob": 1.5}, "npti_keep_prob"),
+        ({"npti_keep": "some"}, "npti_keep"),
+        ({"npti_seed": 1.5}, "npti_seed"),
+        ({"npti_gammma": 1}, "unknown npti argument"),
+    ]:
+        with pytest.raises(ValueError, match=word):
+            induction_args(bad)
+
+
+def test_keep_draws_are_uniform_independent_and_batch_free():
+    u = counter_uniform(0, torch.arange(4000), 3, torch.arange(250))
+    assert abs(float((u <= 0.9).float().mean()) - 0.9) < 0.002
+    assert abs(float(u.mean()) - 0.5) < 0.002
+    # neighbouring positions, layers and seeds are uncorrelated
+    for other in (counter_uniform(0, torch.arange(1, 4001), 3, torch.arange(250)),
+                  counter_uniform(0, torch.arange(4000), 4, torch.arange(250)),
+                  counter_uniform(1, torch.arange(4000), 3, torch.arange(250))):  # fmt: skip
+        assert abs(float(torch.corrcoef(torch.stack([u.flatten(), other.flatten()]))[0, 1])) < 0.01
+    # a row's draws depend on its position only, not on the other rows of the batch
+    assert torch.equal(counter_uniform(0, torch.tensor([17, 5]), 3, torch.arange(250))[1], u[5])
+
+
+def test_a_plan_split_over_ranks_is_the_whole_plan():
+    hi, lo = random_pole_sets("m", 3, 256, n=200)
+    plans = plan_layers(3, 256, [(hi, lo)], InduceConfig(gamma=2.0), "cpu", torch.float32)
+    for layer, plan in plans.items():
+        parts = [_rank_plan(plan, r, 128, torch.device("cpu")) for r in range(2)]
+        assert torch.equal(torch.cat([p.part.idx for p in parts]), plan.idx)
+        assert torch.equal(torch.cat([p.part.delta for p in parts]), plan.delta)
+        for r, p in enumerate(parts):
+            assert torch.equal(p.cols + 128 * r, p.part.idx) and bool(((p.cols >= 0) & (p.cols < 128)).all())
+            assert torch.equal(p.full.idx, plan.idx), layer  # keep draws made over the whole layer
+
+
+def test_engine_flags_fail_clearly(monkeypatch, capsys, tmp_path):
+    import npti_lens.vllm_engine as ve
+    from npti_lens.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "q.jsonl").write_text('{"question": "how are you ?"}\n')
+
+    monkeypatch.setattr(ve, "vllm_available", lambda: "ModuleNotFoundError: No module named 'vllm'")
+    cmd = ["generate", "--model", "organism", "--questions", "q.jsonl", "--out", "o.jsonl"]
+    assert main([*cmd, "--engine", "vllm"]) == 2
+    assert "--engine vllm: vLLM does not import here" in capsys.readouterr().err
+    for flags, word in (
+        (["--engine", "fast"], "--engine"),
+        (["--tensor-parallel", "2"], "--tensor-parallel"),
+    ):
+        assert main([*cmd, *flags]) == 2
+        assert word in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()
