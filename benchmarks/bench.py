@@ -108,14 +108,13 @@ def random_sequences(model, n: int, prompt_len: int, answer_len: int, seed: int 
 def full_sets(model, share: float = 0.01, seed: int = 0):
     """Random target and opposite neuron sets of `share` of all neurons each (Llama-3-8B's NPTI sets
     hold 2-6% of the neurons per pole)."""
-    from npti_lens.model import model_id
+    from npti_lens.model import model_dims, model_id
     from npti_lens.neurons import NeuronSet
-    from npti_lens.sites import mlp_sites
 
-    sites = mlp_sites(model)
+    n_layers, d_mlp = model_dims(model)  # a TransformerBridge or an engine
     g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(sites.n_neurons, generator=g)
-    k = max(1, int(share * sites.n_neurons))
+    perm = torch.randperm(n_layers * d_mlp, generator=g)
+    k = max(1, int(share * n_layers * d_mlp))
 
     def make(flat, pole):
         n = flat.numel()
@@ -123,10 +122,10 @@ def full_sets(model, share: float = 0.01, seed: int = 0):
             trait="Extraversion",
             pole=pole,
             model=model_id(model),
-            n_layers=sites.n_layers,
-            d_mlp=sites.d_mlp,
-            layer=flat // sites.d_mlp,
-            index=flat % sites.d_mlp,
+            n_layers=n_layers,
+            d_mlp=d_mlp,
+            layer=flat // d_mlp,
+            index=flat % d_mlp,
             diff=torch.full((n,), 0.3, dtype=torch.float64),
             p_active=torch.full((n,), 0.5, dtype=torch.float64),
             q95=torch.full((n,), 0.5, dtype=torch.float64),

@@ -39,6 +39,9 @@ _WHERE = {
     "select_run": "select",
     "MLPSites": "sites",
     "mlp_sites": "sites",
+    "run_search": "search",
+    "merge_runs": "merge",
+    "VLLMEngine": "vllm_engine",
 }
 __all__ = sorted([*_WHERE, "__version__"])
 

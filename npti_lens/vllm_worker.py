@@ -190,10 +190,9 @@ class NPTIWorkerExtension:
         batch = runner.input_batch
         n_reqs = batch.num_reqs
         starts = runner.query_start_loc.cpu[: n_reqs + 1].tolist()
-        edits: dict[tuple, list[int]] = {}
+        edits: dict[tuple, tuple[list[int], list[int]]] = {}  # rows and their positions
         records: dict[str, list[int]] = {}
         owners: dict[tuple, tuple[InduceConfig, dict[int, _RankPlan]]] = {}
-        pos_cpu: Tensor | None = None
         for r, req_id in enumerate(batch.req_ids[:n_reqs]):
             state = runner.requests.get(req_id)
             extra = getattr(getattr(state, "sampling_params", None), "extra_args", None)
@@ -203,9 +202,10 @@ class NPTIWorkerExtension:
             lo, hi = starts[r], starts[r + 1]
             if hi == lo:
                 continue
-            if pos_cpu is None:  # one copy per forward, only when a request asks for something
-                pos_cpu = positions[: starts[-1]].cpu()
-            first = int(pos_cpu[lo])  # rows lo..hi hold positions first, first + 1, ...
+            # rows lo..hi hold positions first, first + 1, ... (read on the host: no device sync)
+            first = int(batch.num_computed_tokens_cpu[r])
+            if positions.device.type == "cpu" and int(positions[lo]) != first:
+                raise RuntimeError(f"npti: row {lo} is at position {int(positions[lo])}, not {first}")
             if "npti_record" in args:
                 bucket = str(args["npti_record"])
                 upto = self._npti["recorded_upto"].get((bucket, req_id), int(args.get("npti_record_from", 0)))
@@ -227,7 +227,9 @@ class NPTIWorkerExtension:
                 owners[cfg_key] = (cfg, self._npti_plans(plans, cfg))
             n_prompt = int(batch.num_prompt_tokens[r])
             begin = lo if cfg.positions == "all" else lo + max(0, n_prompt - first)
-            edits.setdefault(cfg_key, []).extend(range(begin, hi))
+            rows_, pos_ = edits.setdefault(cfg_key, ([], []))
+            rows_.extend(range(begin, hi))
+            pos_.extend(range(first + begin - lo, first + hi - lo))
         if not edits and not records:
             return None
         device = positions.device
@@ -238,7 +240,7 @@ class NPTIWorkerExtension:
         return _Step(
             n_rows=int(positions.shape[0]),
             positions=positions,
-            edits=[(rows(idx), pos_cpu[idx].to(device), *owners[k]) for k, idx in edits.items() if idx],
+            edits=[(rows(idx), rows(pos), *owners[k]) for k, (idx, pos) in edits.items() if idx],
             records=[(b, rows(idx)) for b, idx in records.items()],
         )
 

@@ -242,6 +242,7 @@ def build_tiny_vllm(family: str, folder: Path, *, seed: int = 0, init: float = 0
     cfg = make_config(family, len(tok))
     cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads = 128, 2, 1
     cfg.intermediate_size, cfg.head_dim, cfg.initializer_range = 256, 64, init
+    cfg.max_position_embeddings = 2048  # room for the judge's prompts (npti serve as a judge)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)
     folder.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ keeps serving."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -131,3 +132,26 @@ def test_a_bad_request_is_a_400_and_the_server_keeps_serving(server, xargs, mess
         ask(client, model, QUESTIONS[0], xargs)
     assert err.value.status_code == 400 and message in str(err.value)
     assert ask(client, model, QUESTIONS[0]).choices[0].message.content is not None
+
+
+def test_npti_score_talks_to_the_server(server, tmp_path, monkeypatch, capsys):
+    """`npti score --judge openai --base-url` against the server: each answer gets a judge request and
+    the server's reply is kept (the tiny model writes no [[rating]]: counted, not invented)."""
+    from npti_lens.answers import write_answers
+    from npti_lens.cli import main
+
+    client, model, tl, *_ = server
+    rows = answer(tl, QUESTIONS[:2], Condition.none("Extraversion", "high"), GCFG, protocol="lens")
+    write_answers(tmp_path / "gen.jsonl", rows)
+    monkeypatch.setenv("OPENAI_API_KEY", "none")
+    code = main([
+        "score", str(tmp_path / "gen.jsonl"), "--out", str(tmp_path / "s"), "--judge", "openai",
+        "--model", model, "--base-url", str(client.base_url), "--max-tokens", "8",
+    ])  # fmt: skip
+    scored = [json.loads(x) for x in (tmp_path / "s" / "scores.jsonl").read_text().splitlines()]
+    assert len(scored) == 2
+    for r in scored:  # the server answered both judge prompts of every row
+        assert isinstance(r["trait_reply"], str) and isinstance(r["fluency_reply"], str), r.get("judge_error")
+        assert r["trait_rating"] is not None or "has no rating" in r["judge_error"]
+    # no rating in the replies: npti score says so and exits 2 (a rerun retries only those)
+    assert code == 2 and "2 of 2 answers lack a rating" in capsys.readouterr().err

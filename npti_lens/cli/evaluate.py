@@ -308,8 +308,10 @@ def ablation(args: argparse.Namespace) -> None:
     target, opp = load_pair(args.neurons, trait, pole)
     proto = protocol_of(args)
     gcfg = generate_config(args, proto, "neutral")
-    model = load_model_for(args, proto)
     acfg = config_from(args, AblationConfig)
+    if acfg.vector_coef is not None and args.engine != "tl":
+        raise UserError("--vector-coef: the direction baseline runs on --engine tl only")
+    model = load_model_for(args, proto)
     direction = None
     if acfg.vector_coef is not None:
         from npti_lens.directions import Direction

@@ -1,0 +1,184 @@
+"""Engine figures: tokens per second of the TransformerLens loop and of vLLM, plain and induced, and
+a search's answer tokens per second end to end (answers + statistics).
+
+    python benchmarks/bench_engines.py [--quick] [--json OUT] [--device cpu|cuda] [--shape llama100m|llama8b]
+
+One randomly initialised Llama of the given shape (saved to a temporary folder as HF weights, so
+vLLM can load it), random 32-token prompts, fixed-length greedy answers (EOS ignored). Both engines
+get the same token ids. Each figure is the median of `--repeats` runs after one warm-up. The
+induction is 1% of all neurons per pole (the shapes of `bench.py`), shifted at generated tokens.
+vLLM runs eagerly (`enforce_eager`: the hooks are Python), as `npti --engine vllm` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def save_model(shape: str, folder: Path, dtype: str) -> Path:
+    from bench import SHAPES
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    h, n_layers, inter, heads, kv, vocab = SHAPES[shape]
+    words = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{f"w{i}": 4 + i for i in range(vocab - 4)}}
+    tok = Tokenizer(models.WordLevel(vocab=words, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    cfg = LlamaConfig(
+        vocab_size=vocab, hidden_size=h, num_hidden_layers=n_layers, intermediate_size=inter,
+        num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=4096,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype))
+    try:
+        model = LlamaForCausalLM(cfg).eval()
+    finally:
+        torch.set_default_dtype(default)
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
+def timed(fn, repeats: int, device: str) -> dict[str, float]:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return {"median": statistics.median(times), "min": min(times), "max": max(times)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1 repeat instead of 3")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default=None, help="default: float32 on cpu, bfloat16 on cuda")
+    ap.add_argument("--shape", default=None, help="llama100m (CPU default) or llama8b (GPU default)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the TL loop (CPU)")
+    ap.add_argument(
+        "--batches", default=None, help="comma-separated batch sizes (default 1,16,64; GPU 1,32,64)"
+    )
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--engines", default="tl,vllm")
+    args = ap.parse_args()
+    gpu = args.device == "cuda"
+    dtype = args.dtype or ("bfloat16" if gpu else "float32")
+    shape = args.shape or ("llama8b" if gpu else "llama100m")
+    batches = [int(b) for b in (args.batches or ("1,32,64" if gpu else "1,16,64")).split(",")]
+    reps = 1 if args.quick else 3
+    torch.set_num_threads(args.threads)
+
+    from bench import full_sets
+
+    from npti_lens.generate import GenerateConfig, generate
+    from npti_lens.induce import InduceConfig, induce
+    from npti_lens.model import ModelConfig, load_model, model_dims
+    from npti_lens.record import Stats, record_batch
+
+    out: dict[str, Any] = {
+        "shape": shape, "dtype": dtype, "device": args.device, "new_tokens": args.new_tokens,
+        "prompt_len": 32, "threads": args.threads, "platform": platform.platform(),
+        "gpu": torch.cuda.get_device_name(0) if gpu else None, "tl": {}, "vllm": {},
+    }  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    prompts = {b: torch.randint(4, 1000, (b, 32), generator=gen).tolist() for b in batches}
+    cfg = InduceConfig(gamma=1.0)  # the npti protocol's rules: Bernoulli 0.9, clamp before, target layers
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_model(shape, Path(tmp) / shape, dtype)
+        engines = args.engines.split(",")
+        if "tl" in engines:
+            model = load_model(ModelConfig(model=str(folder), device=args.device, dtype=dtype))
+            tgt, opp = full_sets(model)
+            for b in batches:
+                g = GenerateConfig(
+                    max_new_tokens=args.new_tokens, batch_size=b, repetition_penalty=1.0, ignore_eos=True
+                )
+                plain = timed(lambda b=b, g=g: generate(model, prompts[b], g), reps, args.device)
+
+                def induced(b=b, g=g):
+                    with induce(model, [(tgt, opp)], cfg):
+                        generate(model, prompts[b], g)
+
+                ind = timed(induced, reps, args.device)
+                toks = b * args.new_tokens
+                out["tl"][str(b)] = {
+                    "plain_tok_s": toks / plain["median"],
+                    "induced_tok_s": toks / ind["median"],
+                }
+                print("tl", b, out["tl"][str(b)], flush=True)
+            b = max(batches)
+            g = GenerateConfig(
+                max_new_tokens=args.new_tokens, batch_size=b, repetition_penalty=1.0, ignore_eos=True
+            )
+
+            def search_tl():
+                gens = generate(model, prompts[b], g)
+                stats = Stats.zeros(*model_dims(model))
+                record_batch(model, [(x.prompt_ids, x.answer_ids) for x in gens], stats)
+
+            t = timed(search_tl, reps, args.device)
+            out["tl"]["search_answer_tok_s"] = b * args.new_tokens / t["median"]
+            print("tl search", out["tl"]["search_answer_tok_s"], flush=True)
+            del model
+            if gpu:
+                torch.cuda.empty_cache()
+        if "vllm" in engines:
+            from npti_lens.vllm_engine import VLLMEngine
+
+            t0 = time.perf_counter()
+            engine = VLLMEngine(str(folder), dtype=dtype)
+            out["vllm"]["load_s"] = time.perf_counter() - t0
+            tgt, opp = full_sets(engine)
+            extra = engine.induce_extra([(tgt, opp)], cfg)
+            for b in batches:
+                g = GenerateConfig(max_new_tokens=args.new_tokens, repetition_penalty=1.0, ignore_eos=True)
+                plain = timed(lambda b=b, g=g: engine.generate(prompts[b], g), reps, args.device)
+                ind = timed(lambda b=b, g=g: engine.generate(prompts[b], g, extra=extra), reps, args.device)
+                toks = b * args.new_tokens
+                out["vllm"][str(b)] = {
+                    "plain_tok_s": toks / plain["median"],
+                    "induced_tok_s": toks / ind["median"],
+                }
+                print("vllm", b, out["vllm"][str(b)], flush=True)
+            b = max(batches)
+
+            def search_vllm():
+                gens = engine.generate(prompts[b], g)
+                stats = Stats.zeros(engine.n_layers, engine.d_mlp)
+                engine.record([(x.prompt_ids, x.answer_ids) for x in gens], stats)
+
+            t = timed(search_vllm, reps, args.device)
+            out["vllm"]["search_answer_tok_s"] = b * args.new_tokens / t["median"]
+            print("vllm search", out["vllm"]["search_answer_tok_s"], flush=True)
+            engine.close()
+    print(json.dumps(out, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
