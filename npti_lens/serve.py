@@ -81,7 +81,7 @@ def serve(args: Any, neurons: dict[str, str], induce_defaults: InduceConfig) -> 
     """Run vLLM's OpenAI server on `args` (see `vllm_args`) with `neurons` loaded; blocks."""
     why = vllm_available()
     if why:
-        raise UserError(f"npti serve needs vLLM ({why}); install it (README: Install)")
+        raise UserError(f"npti serve needs vLLM ({why}); install it (README: Engines)")
     import uvloop
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
 

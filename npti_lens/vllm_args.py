@@ -23,6 +23,8 @@ INDUCE_ARGS = {
     "npti_clamp_layers": ("clamp_layers", str),
     "npti_positions": ("positions", str),
     "npti_seed": ("seed", int),
+    "npti_activate": ("activate", bool),  # false: only the opposite pole's clamp (ablations)
+    "npti_deactivate": ("deactivate", bool),  # false: only the shift
 }
 CHOICES = {
     "keep": KEEP_RULES,
@@ -55,6 +57,8 @@ def induction_args(extra: dict[str, Any] | None) -> dict[str, Any]:
             raise ValueError(f"{key} must be a number, not {value!r}")
         if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError(f"{key} must be an integer, not {value!r}")
+        if kind is bool and value not in (True, False):  # JSON true / false, or 1 / 0
+            raise ValueError(f"{key} must be true or false, not {value!r}")
         if kind is str and value not in CHOICES[name]:
             raise ValueError(f"{key} {value!r} is not one of {', '.join(CHOICES[name])}")
     gamma = args.get("npti_gamma", 1.0)

@@ -68,8 +68,6 @@ def pairs_key(pairs: Sequence[Pair]) -> str:
 def induction_extra(key: str, cfg: InduceConfig) -> dict[str, Any]:
     """The extra_args that ask a worker for induction `key` under `cfg`."""
     check_config(cfg, stacklevel=4)
-    if not cfg.activate or not cfg.deactivate:
-        raise UserError("--engine vllm: inductions without the shift or without the clamp run on --engine tl")
     return {
         "npti_induction": key,
         "npti_gamma": float(cfg.gamma),
@@ -79,6 +77,8 @@ def induction_extra(key: str, cfg: InduceConfig) -> dict[str, Any]:
         "npti_clamp_layers": cfg.clamp_layers,
         "npti_positions": cfg.positions,
         "npti_seed": int(cfg.seed),
+        "npti_activate": bool(cfg.activate),
+        "npti_deactivate": bool(cfg.deactivate),
     }
 
 
@@ -103,7 +103,7 @@ class VLLMEngine:
         why = vllm_available()
         if why:
             raise UserError(
-                f"--engine vllm: vLLM does not import here ({why}); install it (README: Install), "
+                f"--engine vllm: vLLM does not import here ({why}); install it (README: Engines), "
                 "or use --engine tl"
             )
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig

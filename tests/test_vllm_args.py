@@ -30,6 +30,7 @@ def test_request_arguments():
         ({"npti_keep_prob": 1.5}, "npti_keep_prob"),
         ({"npti_keep": "some"}, "npti_keep"),
         ({"npti_seed": 1.5}, "npti_seed"),
+        ({"npti_activate": "no"}, "npti_activate"),
         ({"npti_gammma": 1}, "unknown npti argument"),
     ]:
         with pytest.raises(ValueError, match=word):

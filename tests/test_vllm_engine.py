@@ -5,6 +5,7 @@ model for the whole module (tiny Llama and Qwen2, head_dim 64, float32)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -62,6 +63,8 @@ def test_plain_and_induced_answers_equal_the_transformerlens_loop(pairs, family)
         "plain": Condition.none(),
         "npti rules, high": Condition.npti([(hi, lo)], npti),
         "lens rules, low": Condition.npti([(lo, hi)], lens),
+        "shift only": Condition.npti([(hi, lo)], replace(npti, deactivate=False)),  # the ablations' parts
+        "clamp only": Condition.npti([(hi, lo)], replace(npti, activate=False)),
     }
     got = {}
     for name, cond in conditions.items():
@@ -73,6 +76,7 @@ def test_plain_and_induced_answers_equal_the_transformerlens_loop(pairs, family)
     # the inductions change answers (else equality would prove nothing about the edit)
     assert got["npti rules, high"] != got["plain"]
     assert got["lens rules, low"] != got["plain"]
+    assert got["shift only"] != got["npti rules, high"] or got["clamp only"] != got["plain"]
 
 
 def test_a_mixed_batch_equals_each_request_alone(pairs):
