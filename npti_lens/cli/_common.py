@@ -131,6 +131,13 @@ def load_model_for(args: argparse.Namespace, proto: Any) -> Any:
     return load_model(config_from(args, ModelConfig), gpu_dtype=proto.gpu_dtype)
 
 
+def close_engine(model: Any) -> None:
+    """End an engine's worker processes (a TransformerBridge has nothing to close)."""
+    close = getattr(type(model), "close", None)
+    if close is not None:
+        close(model)
+
+
 def load_engine(args: argparse.Namespace, proto: Any, ecfg: Any) -> Any:
     import torch
 

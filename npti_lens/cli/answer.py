@@ -11,6 +11,7 @@ from npti_lens.cli._common import (
     add_engine_flags,
     add_protocol_flag,
     add_target_flags,
+    close_engine,
     fresh_file,
     generate_config,
     induce_config,
@@ -84,9 +85,7 @@ def _run(args: argparse.Namespace, make_condition: object) -> None:
         allow_other_model=getattr(args, "allow_other_model", False),
         progress=True,
     )
-    close = getattr(model, "close", None)
-    if close is not None:
-        close()
+    close_engine(model)
     write_answers(out, rows)
     print(f"{len(rows)} answers -> {out}")
 

@@ -15,6 +15,7 @@ from npti_lens.cli._common import (
     add_engine_flags,
     add_protocol_flag,
     add_target_flags,
+    close_engine,
     config_from,
     fresh_dir,
     generate_config,
@@ -321,6 +322,7 @@ def ablation(args: argparse.Namespace) -> None:
         model, target, opp, questions, acfg, gcfg,
         protocol=proto, allow_other_model=args.allow_other_model, direction=direction,
     )  # fmt: skip
+    close_engine(model)
     path = write_answers(out / "generations.jsonl", rows)
     print(f"{len(rows)} answers -> {path}")
     if args.judge:

@@ -11,6 +11,7 @@ from npti_lens.cli._common import (
     add_config,
     add_engine_flags,
     add_protocol_flag,
+    close_engine,
     config_from,
     fresh_dir,
     generate_config,
@@ -54,6 +55,7 @@ def search(args: argparse.Namespace) -> None:
         resume=args.resume,
         progress=True,
     )
+    close_engine(model)
     for name, s in stats.items():
         print(f"{name}: {s.meta.get('n_questions', 0)} questions, {s.n_tokens} answer tokens")
     print(f"statistics and answers in {args.out} (protocol {proto.name})")

@@ -1,0 +1,55 @@
+"""`--engine vllm` from the command line: `npti induce` writes the rows `--engine tl` writes (plus
+`engine`), and `npti search` the same answers, with the engine in run.json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from npti_lens.vllm_engine import vllm_available
+
+pytestmark = pytest.mark.skipif(
+    vllm_available() is not None, reason=f"vLLM not importable: {vllm_available()}"
+)
+
+from npti_lens.constants import pole_name  # noqa: E402
+from tests.helpers import QUESTIONS, build_tiny_vllm, random_pole_sets, write_data  # noqa: E402
+
+
+def rows(path):
+    return [{k: v for k, v in json.loads(x).items() if k != "engine"} for x in path.read_text().splitlines()]
+
+
+def test_induce_and_search_on_either_engine(tmp_path):
+    from npti_lens.cli import main
+    from npti_lens.model import load_model, model_id
+    from npti_lens.sites import mlp_sites
+
+    folder = build_tiny_vllm("llama", tmp_path / "llama")
+    sites = mlp_sites(load_model(str(folder)))
+    for ns in random_pole_sets(model_id(load_model(str(folder))), sites.n_layers, sites.d_mlp):
+        ns.save(tmp_path / "neurons" / pole_name(ns.trait, ns.pole))
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps({"question": q}) + "\n" for q in QUESTIONS))
+    qdir, personas = write_data(tmp_path / "data", n=4)
+    common = ["--model", str(folder), "--protocol", "lens", "--max-new-tokens", "16"]
+    for engine in ("tl", "vllm"):
+        assert main([
+            "induce", *common, "--neurons", str(tmp_path / "neurons"), "--trait", "Extraversion", "--pole", "low",
+            "--gamma", "4", "--keep-prob", "1.0", "--questions", str(tmp_path / "q.jsonl"),
+            "--out", str(tmp_path / f"{engine}.jsonl"), "--engine", engine,
+        ]) == 0  # fmt: skip
+        assert main([
+            "search", *common, "--questions", str(qdir), "--personas", str(personas), "--traits", "Extraversion",
+            "--out", str(tmp_path / f"run_{engine}"), "--engine", engine,
+        ]) == 0  # fmt: skip
+    assert rows(tmp_path / "vllm.jsonl") == rows(tmp_path / "tl.jsonl")
+    assert all(json.loads(x)["engine"] == "vllm" for x in (tmp_path / "vllm.jsonl").read_text().splitlines())
+    for run in ("tl", "vllm"):
+        assert json.loads((tmp_path / f"run_{run}" / "run.json").read_text())["engine"] == run
+    for pole in ("high", "low"):
+        answers = [
+            rows(tmp_path / f"run_{e}" / "answers" / f"{pole_name('Extraversion', pole)}.jsonl")
+            for e in ("tl", "vllm")
+        ]
+        assert answers[0] == answers[1]
