@@ -22,7 +22,7 @@ from typing import Any
 from npti_lens.constants import POLES, TRAITS, pole_name
 from npti_lens.errors import UserError
 from npti_lens.induce import InduceConfig
-from npti_lens.vllm_engine import EXTENSION, vllm_available
+from npti_lens.vllm_engine import EXTENSION, use_v1_runner, vllm_available
 
 CHECK = "npti_lens.vllm_check:RequestCheck"
 
@@ -88,6 +88,7 @@ def serve(args: Any, neurons: dict[str, str], induce_defaults: InduceConfig) -> 
     from npti_lens.vllm_check import NEURONS_ENV
 
     cli_env_setup()
+    use_v1_runner()
     os.environ[NEURONS_ENV] = json.dumps(neurons)  # for the request check in this process
     if args.tensor_parallel_size > 1:
         os.environ.setdefault(

@@ -46,6 +46,12 @@ def vllm_available() -> str | None:
     return None
 
 
+def use_v1_runner() -> None:
+    """Ask vLLM for its V1 model runner, whose batch layout the worker hooks read (on GPUs with
+    Triton vLLM 0.32 picks its V2 runner by default; the CPU backend runs V1 anyway)."""
+    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+
+
 def set_payload(ns: NeuronSet) -> dict[str, Any]:
     """A neuron set as plain lists and strings (what vLLM's RPC carries without pickle)."""
     return {f: v.tolist() if isinstance(v := getattr(ns, f), torch.Tensor) else v for f in _SET_FIELDS}
@@ -117,6 +123,7 @@ class VLLMEngine:
             os.environ.setdefault(
                 "VLLM_CPU_OMP_THREADS_BIND", "|".join(str(i) for i in range(tensor_parallel))
             )
+        use_v1_runner()
         if kv_cache_gib is None and not torch.cuda.is_available():
             kv_cache_gib = 1.0  # on a CPU vLLM would otherwise reserve a share of all memory
         if kv_cache_gib is not None:

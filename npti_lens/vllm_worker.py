@@ -58,8 +58,6 @@ class _Plans:
 class _Step:
     """Who owns which row in the forward under way."""
 
-    n_rows: int
-    positions: Tensor  # per row, on the device
     edits: list[tuple[Tensor, Tensor, InduceConfig, dict[int, _RankPlan]]]  # rows, positions, cfg, plans
     records: list[tuple[str, Tensor]]  # (bucket, rows)
 
@@ -73,6 +71,14 @@ class NPTIWorkerExtension:
             return self._npti_dims()
         from vllm.distributed import get_tensor_model_parallel_rank
 
+        missing = [
+            a for a in ("input_batch", "query_start_loc", "requests") if not hasattr(self.model_runner, a)
+        ]
+        if missing:
+            raise RuntimeError(
+                f"npti: vLLM's model runner {type(self.model_runner).__name__} lacks {', '.join(missing)}; "
+                "npti_lens reads the V1 runner of vLLM 0.32: set VLLM_USE_V2_MODEL_RUNNER=0"
+            )
         model = self.model_runner.model
         sites: dict[int, tuple[torch.nn.Module, _Site]] = {}
         blocks: dict[int, torch.nn.Module] = {}
@@ -238,8 +244,6 @@ class NPTIWorkerExtension:
             return torch.tensor(idx, dtype=torch.long, device=device)
 
         return _Step(
-            n_rows=int(positions.shape[0]),
-            positions=positions,
             edits=[(rows(idx), rows(pos), *owners[k]) for k, (idx, pos) in edits.items() if idx],
             records=[(b, rows(idx)) for b, idx in records.items()],
         )
