@@ -8,6 +8,7 @@ the body, through vLLM's `vllm_xargs` (flat values, handed to `SamplingParams.ex
     client.chat.completions.create(model=..., messages=[...], extra_body={"vllm_xargs":
         {"npti_trait": "Extraversion", "npti_pole": "low", "npti_gamma": 1.2}})
 
+or, the same, `extra_body={"npti": {"trait": "Extraversion", "pole": "low", "gamma": 1.2}}`.
 No npti arguments: the plain model. A malformed one, or a set that is not served: HTTP 400.
 """
 
@@ -25,6 +26,7 @@ from npti_lens.induce import InduceConfig
 from npti_lens.vllm_engine import EXTENSION, use_v1_runner, vllm_available
 
 CHECK = "npti_lens.vllm_check:RequestCheck"
+NESTED = "npti_lens.vllm_check.NestedArgs"
 
 
 def neuron_folders(specs: list[str]) -> dict[str, str]:
@@ -66,7 +68,7 @@ def vllm_args(
         "--model", model, "--host", host, "--port", str(port), "--dtype", dtype,
         "--tensor-parallel-size", str(tensor_parallel),
         "--enforce-eager", "--no-enable-prefix-caching", "--generation-config", "vllm",
-        "--worker-extension-cls", EXTENSION, "--logits-processors", CHECK,
+        "--worker-extension-cls", EXTENSION, "--logits-processors", CHECK, "--middleware", NESTED,
     ]  # fmt: skip
     if kv_cache_gib is None and not torch.cuda.is_available():
         kv_cache_gib = 1.0

@@ -1,4 +1,5 @@
-"""What `npti serve` checks of a request before vLLM admits it: its npti_* arguments.
+"""What `npti serve` checks of a request before vLLM admits it: its npti_* arguments; and the
+middleware that takes them as a nested `"npti": {...}` object too.
 
 vLLM calls a logits processor's `validate_params` in the API server for every request; a ValueError
 there is an HTTP 400 with the message, and the server keeps serving. `RequestCheck` changes no
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from vllm import SamplingParams
@@ -70,3 +72,70 @@ class RequestCheck(LogitsProcessor):
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         pass
+
+
+def nested_to_xargs(body: bytes) -> bytes:
+    """A request body's friendlier `"npti": {"trait": ..., "gamma": ...}` as vLLM's flat
+    `"vllm_xargs": {"npti_trait": ..., "npti_gamma": ...}`; other bodies unchanged."""
+    try:
+        data = json.loads(body) if body else None
+    except ValueError:
+        return body  # not JSON: vLLM answers it
+    if not isinstance(data, dict) or "npti" not in data:
+        return body
+    nested = data.pop("npti")
+    if not isinstance(nested, dict):
+        raise ValueError(
+            '"npti" must be an object such as {"trait": "Extraversion", "pole": "low", "gamma": 1.2}'
+        )
+    xargs = dict(data.get("vllm_xargs") or {})
+    for key, value in nested.items():
+        name = key if key.startswith("npti_") else f"npti_{key}"
+        if name in xargs:
+            raise ValueError(f"{name} is given twice (in npti and in vllm_xargs)")
+        xargs[name] = int(value) if isinstance(value, bool) else value  # vllm_xargs holds no booleans
+    data["vllm_xargs"] = xargs
+    return json.dumps(data).encode()
+
+
+class NestedArgs:
+    """ASGI middleware of `npti serve`: applies `nested_to_xargs` to POST bodies (a bad `npti`
+    object is an HTTP 400 here)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        try:
+            body = nested_to_xargs(b"".join(chunks))
+        except ValueError as e:
+            error = json.dumps(
+                {"error": {"message": str(e), "type": "BadRequestError", "code": 400}}
+            ).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 400,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            return await send({"type": "http.response.body", "body": error})
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
+        scope = {**scope, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)

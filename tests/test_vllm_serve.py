@@ -155,3 +155,50 @@ def test_npti_score_talks_to_the_server(server, tmp_path, monkeypatch, capsys):
         assert r["trait_rating"] is not None or "has no rating" in r["judge_error"]
     # no rating in the replies: npti score says so and exits 2 (a rerun retries only those)
     assert code == 2 and "2 of 2 answers lack a rating" in capsys.readouterr().err
+
+
+def test_the_nested_npti_object_is_the_flat_xargs(server):
+    import openai
+
+    client, model, *_ = server
+    flat = {"npti_trait": "Extraversion", "npti_pole": "high", "npti_gamma": 3.0, "npti_keep_prob": 1.0}
+    nested = {"trait": "Extraversion", "pole": "high", "gamma": 3.0, "keep_prob": 1.0}
+    for q in QUESTIONS[:2]:
+        a = ask(client, model, q, flat)
+        b = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": q}], temperature=0, max_tokens=GCFG.max_new_tokens,
+            extra_body={"repetition_penalty": GCFG.repetition_penalty, "return_token_ids": True, "npti": nested},
+        )  # fmt: skip
+        assert served_ids(a) == served_ids(b)
+    for bad, word in (
+        ("low", '"npti" must be an object'),
+        ({"gamma": "x", "trait": "Openness", "pole": "low"}, "npti_gamma"),
+    ):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=2,
+                extra_body={"npti": bad},
+            )
+        assert word in str(err.value)
+    assert ask(client, model, QUESTIONS[0]).choices[0].message.content is not None
+
+
+def test_nested_to_xargs():
+    from npti_lens.vllm_check import nested_to_xargs
+
+    body = json.dumps(
+        {"model": "m", "npti": {"trait": "Openness", "pole": "low", "activate": False}}
+    ).encode()
+    assert json.loads(nested_to_xargs(body))["vllm_xargs"] == {
+        "npti_trait": "Openness",
+        "npti_pole": "low",
+        "npti_activate": 0,
+    }
+    assert (
+        nested_to_xargs(b'{"model": "m"}') == b'{"model": "m"}'
+        and nested_to_xargs(b"not json") == b"not json"
+    )
+    with pytest.raises(ValueError, match="twice"):
+        nested_to_xargs(json.dumps({"npti": {"gamma": 1}, "vllm_xargs": {"npti_gamma": 2}}).encode())
