@@ -43,6 +43,11 @@ def neuron_folders(specs: list[str]) -> dict[str, str]:
             raise UserError(
                 f"--neurons: {folder} holds no {pole_name(TRAITS[0], POLES[0])}/-style neuron set"
             )
+        for t in TRAITS:
+            have = [p for p in POLES if (path / pole_name(t, p)).is_dir()]
+            if len(have) == 1:  # an induction clamps the opposite pole: both are needed
+                missing = pole_name(t, next(p for p in POLES if p not in have))
+                raise UserError(f"--neurons: {folder} has {pole_name(t, have[0])}/ but not {missing}/")
         if name in out:
             raise UserError(f"--neurons: the name {name!r} is given twice; name them NAME=FOLDER")
         out[name] = str(path)

@@ -95,7 +95,7 @@ class NPTIWorkerExtension:
             raise RuntimeError(f"npti: no MLP activation module found in {type(model).__name__}")
         cfg = self.model_runner.model_config.hf_config
         d_mlp = int(getattr(cfg, "intermediate_size", 0) or getattr(cfg, "n_inner", 0) or 4 * cfg.n_embd)
-        tp = d_mlp // self._npti_local_width(sites, model)
+        tp = d_mlp // self._npti_local_width(model)
         self._npti = {
             "base": InduceConfig(**(base or {})),
             "n_layers": len(sites),
@@ -118,7 +118,7 @@ class NPTIWorkerExtension:
         self._npti["gated"] = next(iter(sites.values()))[1].gated
         return self._npti_dims()
 
-    def _npti_local_width(self, sites: dict, model: torch.nn.Module) -> int:
+    def _npti_local_width(self, model: torch.nn.Module) -> int:
         # The rank's neuron count: the down projection's input width (GPT-2: c_proj).
         for name, module in model.named_modules():
             if re.search(r"(?:layers|\.h)\.0\.mlp\.(down_proj|c_proj)$", name):

@@ -80,3 +80,21 @@ def test_engine_flags_fail_clearly(monkeypatch, capsys, tmp_path):
         assert main([*cmd, *flags]) == 2
         assert word in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_serve_checks_its_neuron_folders(tmp_path):
+    from npti_lens.constants import pole_name
+    from npti_lens.errors import UserError
+    from npti_lens.serve import neuron_folders
+
+    hi, lo = random_pole_sets("m", 3, 256)
+    hi.save(tmp_path / "sets" / pole_name(hi.trait, hi.pole))
+    with pytest.raises(UserError, match="but not Extraversion"):
+        neuron_folders([str(tmp_path / "sets")])
+    lo.save(tmp_path / "sets" / pole_name(lo.trait, lo.pole))
+    assert neuron_folders([f"a={tmp_path / 'sets'}"]) == {"a": str((tmp_path / "sets").resolve())}
+    assert list(neuron_folders([str(tmp_path / "sets")])) == ["sets"]
+    for bad, word in (([str(tmp_path / "none")], "not a folder"), ([str(tmp_path)], "holds no"),
+                      ([f"a={tmp_path / 'sets'}", f"a={tmp_path / 'sets'}"], "given twice")):  # fmt: skip
+        with pytest.raises(UserError, match=word):
+            neuron_folders(bad)
