@@ -206,11 +206,15 @@ def same_model_key(name: str) -> str:
 
 def eos_token_ids(model: TransformerBridge) -> list[int]:
     """All ids that end an answer: the tokenizer's EOS and the generation config's (Llama-3 has two)."""
+    return answer_end_ids(model.tokenizer, getattr(model.original_model, "generation_config", None))
+
+
+def answer_end_ids(tokenizer: Any, gen_cfg: Any) -> list[int]:
+    """The tokenizer's EOS and the generation config's EOS ids, sorted (for every engine)."""
     ids: set[int] = set()
-    tok_eos = model.tokenizer.eos_token_id
+    tok_eos = tokenizer.eos_token_id
     if tok_eos is not None:
         ids.add(int(tok_eos))
-    gen_cfg = getattr(model.original_model, "generation_config", None)
     gen_eos = getattr(gen_cfg, "eos_token_id", None)
     if isinstance(gen_eos, int):
         ids.add(gen_eos)

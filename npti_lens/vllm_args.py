@@ -1,17 +1,21 @@
-"""What a request may ask of NPTI's vLLM workers: the `npti_*` entries of `SamplingParams.extra_args`.
-
-Parsed and checked here (no vLLM import), by the workers (`npti_lens.vllm_worker`) and by the
-server's request check (`npti_lens.vllm_check`), whose ValueErrors become HTTP 400s.
+"""What crosses to NPTI's vLLM workers, with no vLLM import: the `npti_*` entries of a request's
+`SamplingParams.extra_args` (parsed and checked by the workers, `npti_lens.vllm_worker`, and by the
+server's request check, `npti_lens.vllm_check`, whose ValueErrors become HTTP 400s), neuron sets as
+plain lists, and a layer's plan split over tensor-parallel ranks.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from npti_lens.constants import POLES, TRAITS
-from npti_lens.induce import CLAMP_LAYERS, CLAMP_ORDERS, KEEP_RULES, POSITIONS, InduceConfig
+from npti_lens.induce import CLAMP_LAYERS, CLAMP_ORDERS, KEEP_RULES, POSITIONS, InduceConfig, LayerPlan
+from npti_lens.neurons import NeuronSet
 
 PREFIX = "npti_"
 # extra_args key -> (InduceConfig field, type)
@@ -81,3 +85,42 @@ def induction_key(args: dict[str, Any], default_neurons: str | None) -> str | No
 def induce_config(args: dict[str, Any], base: InduceConfig) -> InduceConfig:
     kw = {name: kind(args[key]) for key, (name, kind) in INDUCE_ARGS.items() if key in args}  # JSON 3 -> 3.0
     return InduceConfig(**{**{f.name: getattr(base, f.name) for f in fields(base)}, **kw})
+
+
+@dataclass
+class RankPlan:
+    """A layer's whole plan (keep draws are made over all its neurons, so every rank agrees) and
+    the part on this rank: `mine` selects it, `cols` are its columns in the rank's activations."""
+
+    full: LayerPlan
+    mine: Tensor
+    part: LayerPlan
+    cols: Tensor
+
+
+def rank_plan(plan: LayerPlan, rank: int, d_local: int, device: torch.device) -> RankPlan:
+    lo, hi = rank * d_local, (rank + 1) * d_local
+    mine = (plan.idx >= lo) & (plan.idx < hi)
+
+    def take(sel: Tensor | slice) -> LayerPlan:
+        return LayerPlan(
+            idx=plan.idx[sel].to(device),
+            delta=plan.delta[sel].to(device),
+            is_target=plan.is_target[sel].to(device),
+            clamp=plan.clamp[sel].to(device),
+            n_target=plan.n_target,
+            n_keep=plan.n_keep,
+        )
+
+    return RankPlan(
+        full=take(slice(None)), mine=mine.to(device), part=take(mine), cols=(plan.idx[mine] - lo).to(device)
+    )
+
+
+def neurons_from(d: dict) -> NeuronSet:
+    """A neuron set from `npti_lens.vllm_engine.set_payload`'s lists."""
+    ints, floats = ("layer", "index"), ("diff", "p_active", "q95")
+    cols = {
+        k: torch.tensor(d[k], dtype=torch.int64 if k in ints else torch.float64) for k in (*ints, *floats)
+    }
+    return NeuronSet(**{**d, **cols})

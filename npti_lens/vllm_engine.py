@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from npti_lens.errors import UserError
 from npti_lens.generate import GenerateConfig, Generation
 from npti_lens.induce import InduceConfig, check_config
-from npti_lens.model import same_model_key
+from npti_lens.model import answer_end_ids, same_model_key
 from npti_lens.neurons import NeuronSet
 from npti_lens.record import Stats
 
@@ -44,6 +44,21 @@ def vllm_available() -> str | None:
     except Exception as e:  # noqa: BLE001 - any import failure means the engine is unavailable
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return None
+
+
+def check_cpu_head_dim(hf_config: Any) -> None:
+    """Refuse, before vLLM starts, a model whose head size vLLM's CPU attention does not take."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    heads = getattr(hf_config, "num_attention_heads", None) or getattr(hf_config, "n_head", 1)
+    hidden = getattr(hf_config, "hidden_size", None) or getattr(hf_config, "n_embd", 0)
+    head_dim = getattr(hf_config, "head_dim", None) or hidden // heads
+    sizes = CPUAttentionBackend.get_supported_head_sizes()
+    if head_dim not in sizes:
+        raise UserError(
+            f"--engine vllm: vLLM's CPU attention takes head sizes {', '.join(map(str, sizes))}, and this "
+            f"model's is {head_dim}; use --engine tl (or a GPU)"
+        )
 
 
 def use_v1_runner() -> None:
@@ -130,6 +145,8 @@ class VLLMEngine:
             llm_kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
         self.tokenizer = AutoTokenizer.from_pretrained(name)
         hf = AutoConfig.from_pretrained(name)
+        if not torch.cuda.is_available():
+            check_cpu_head_dim(hf)
         self.llm = LLM(
             model=name,
             tokenizer=name,
@@ -151,13 +168,11 @@ class VLLMEngine:
         self.n_positions = int(self.llm.llm_engine.model_config.max_model_len)
         self.cfg = SimpleNamespace(model_name=name, d_model=int(getattr(hf, "hidden_size", 0) or hf.n_embd))
         self.name = same_model_key(name)
-        eos = {int(self.tokenizer.eos_token_id)} if self.tokenizer.eos_token_id is not None else set()
         try:
-            gen_eos = GenerationConfig.from_pretrained(name).eos_token_id
+            gen_cfg = GenerationConfig.from_pretrained(name)
         except OSError:
-            gen_eos = None
-        eos |= {gen_eos} if isinstance(gen_eos, int) else set(gen_eos or [])
-        self.eos_ids = sorted(eos)
+            gen_cfg = None
+        self.eos_ids = answer_end_ids(self.tokenizer, gen_cfg)
         self._registered: set[str] = set()
 
     # ----- answering -----------------------------------------------------------------------------

@@ -32,13 +32,20 @@ from torch import Tensor
 from npti_lens.constants import POLES, TRAITS
 from npti_lens.induce import (
     InduceConfig,
-    LayerPlan,
     counter_uniform,
     plan_layers,
     shifted,
 )
 from npti_lens.neurons import NeuronSet
-from npti_lens.vllm_args import PREFIX, induce_config, induction_args, induction_key
+from npti_lens.vllm_args import (
+    PREFIX,
+    RankPlan,
+    induce_config,
+    induction_args,
+    induction_key,
+    neurons_from,
+    rank_plan,
+)
 
 
 @dataclass
@@ -51,14 +58,14 @@ class _Site:
 @dataclass
 class _Plans:
     pairs: list[tuple[NeuronSet, NeuronSet | None]]
-    by_cfg: dict[tuple, dict[int, _RankPlan]] = field(default_factory=dict)
+    by_cfg: dict[tuple, dict[int, RankPlan]] = field(default_factory=dict)
 
 
 @dataclass
 class _Step:
     """Who owns which row in the forward under way."""
 
-    edits: list[tuple[Tensor, Tensor, InduceConfig, dict[int, _RankPlan]]]  # rows, positions, cfg, plans
+    edits: list[tuple[Tensor, Tensor, InduceConfig, dict[int, RankPlan]]]  # rows, positions, cfg, plans
     records: list[tuple[str, Tensor]]  # (bucket, rows)
 
 
@@ -105,6 +112,7 @@ class NPTIWorkerExtension:
             "inductions": {},
             "stats": {},
             "recorded_upto": {},
+            "requests": {},  # req_id -> parsed npti arguments
             "nonfinite": None,  # a device flag: no sync per layer
             "step": None,
             "handles": [],
@@ -135,7 +143,7 @@ class NPTIWorkerExtension:
     def npti_register(self, key: str, pairs: list[tuple[dict, dict | None]]) -> None:
         """Register an induction: (target set, opposite set or None) pairs as plain dicts."""
         self._npti["inductions"][key] = _Plans(
-            [(_neurons(t), None if o is None else _neurons(o)) for t, o in pairs]
+            [(neurons_from(t), None if o is None else neurons_from(o)) for t, o in pairs]
         )
 
     def npti_load(self, name: str, folder: str) -> list[str]:
@@ -198,13 +206,12 @@ class NPTIWorkerExtension:
         starts = runner.query_start_loc.cpu[: n_reqs + 1].tolist()
         edits: dict[tuple, tuple[list[int], list[int]]] = {}  # rows and their positions
         records: dict[str, list[int]] = {}
-        owners: dict[tuple, tuple[InduceConfig, dict[int, _RankPlan]]] = {}
+        owners: dict[tuple, tuple[InduceConfig, dict[int, RankPlan]]] = {}
         for r, req_id in enumerate(batch.req_ids[:n_reqs]):
-            state = runner.requests.get(req_id)
-            extra = getattr(getattr(state, "sampling_params", None), "extra_args", None)
-            if not extra or not any(k.startswith(PREFIX) for k in extra):
+            ask = self._npti_request(req_id)
+            if ask is None:
                 continue
-            args = induction_args(extra)
+            args, key, cfg = ask
             lo, hi = starts[r], starts[r + 1]
             if hi == lo:
                 continue
@@ -219,18 +226,11 @@ class NPTIWorkerExtension:
                 if begin < first + (hi - lo):
                     records.setdefault(bucket, []).extend(range(lo + begin - first, hi))
                     self._npti["recorded_upto"][(bucket, req_id)] = first + (hi - lo)
-            key = induction_key(args, self._npti.get("default_neurons"))
             if key is None:
                 continue
-            plans = self._npti["inductions"].get(key)
-            if plans is None:
-                raise RuntimeError(
-                    f"npti: no induction {key!r} is loaded (loaded: {', '.join(self.npti_keys())})"
-                )
-            cfg = induce_config(args, self._npti["base"])
             cfg_key = (key, *(getattr(cfg, f.name) for f in fields(cfg)))
             if cfg_key not in owners:
-                owners[cfg_key] = (cfg, self._npti_plans(plans, cfg))
+                owners[cfg_key] = (cfg, self._npti_plans(self._npti["inductions"][key], cfg))
             n_prompt = int(batch.num_prompt_tokens[r])
             begin = lo if cfg.positions == "all" else lo + max(0, n_prompt - first)
             rows_, pos_ = edits.setdefault(cfg_key, ([], []))
@@ -248,7 +248,27 @@ class NPTIWorkerExtension:
             records=[(b, rows(idx)) for b, idx in records.items()],
         )
 
-    def _npti_plans(self, plans: _Plans, cfg: InduceConfig) -> dict[int, _RankPlan]:
+    def _npti_request(self, req_id: str) -> tuple[dict[str, Any], str | None, InduceConfig] | None:
+        """A request's npti arguments, induction key and config (parsed once per request), or None."""
+        cache = self._npti["requests"]
+        if req_id not in cache:
+            if len(cache) > 4096:  # finished requests: forget them
+                cache.clear()
+            state = self.model_runner.requests.get(req_id)
+            extra = getattr(getattr(state, "sampling_params", None), "extra_args", None)
+            if not extra or not any(k.startswith(PREFIX) for k in extra):
+                cache[req_id] = None
+            else:
+                args = induction_args(extra)
+                key = induction_key(args, self._npti.get("default_neurons"))
+                if key is not None and key not in self._npti["inductions"]:
+                    raise RuntimeError(
+                        f"npti: no induction {key!r} is loaded (loaded: {', '.join(self.npti_keys())})"
+                    )
+                cache[req_id] = (args, key, induce_config(args, self._npti["base"]))
+        return cache[req_id]
+
+    def _npti_plans(self, plans: _Plans, cfg: InduceConfig) -> dict[int, RankPlan]:
         ckey = tuple(getattr(cfg, f.name) for f in fields(cfg) if f.name not in ("seed", "positions"))
         if ckey not in plans.by_cfg:
             s = self._npti
@@ -257,7 +277,7 @@ class NPTIWorkerExtension:
             full = plan_layers(s["n_layers"], s["d_mlp"], plans.pairs, cfg, "cpu", dtype)
             d_local = s["d_mlp"] // s["tp"]
             plans.by_cfg[ckey] = {
-                layer: _rank_plan(p, s["rank"], d_local, device) for layer, p in full.items()
+                layer: rank_plan(p, s["rank"], d_local, device) for layer, p in full.items()
             }
         return plans.by_cfg[ckey]
 
@@ -271,7 +291,6 @@ class NPTIWorkerExtension:
                 self._npti_record(bucket, site, rows, x, out)
             if not step.edits:
                 return None
-            out = out.clone()
             for rows, positions, cfg, plans in step.edits:
                 plan = plans.get(site.layer)
                 if plan is None or plan.cols.numel() == 0:
@@ -284,7 +303,7 @@ class NPTIWorkerExtension:
     def _npti_edit(
         self,
         site: _Site,
-        plan: _RankPlan,
+        plan: RankPlan,
         cfg: InduceConfig,
         rows: Tensor,
         positions: Tensor,
@@ -357,42 +376,3 @@ class NPTIWorkerExtension:
                 stats["resid_sum"][layer] += h.index_select(0, rows).sum(0, dtype=torch.float64)
 
         return hook
-
-
-@dataclass
-class _RankPlan:
-    """A layer's whole plan (keep draws are made over all its neurons, so every rank agrees) and
-    the part on this rank: `mine` selects it, `cols` are its columns in the rank's activations."""
-
-    full: LayerPlan
-    mine: Tensor
-    part: LayerPlan
-    cols: Tensor
-
-
-def _rank_plan(plan: LayerPlan, rank: int, d_local: int, device: torch.device) -> _RankPlan:
-    lo, hi = rank * d_local, (rank + 1) * d_local
-    mine = (plan.idx >= lo) & (plan.idx < hi)
-
-    def take(sel: Tensor | slice) -> LayerPlan:
-        return LayerPlan(
-            idx=plan.idx[sel].to(device),
-            delta=plan.delta[sel].to(device),
-            is_target=plan.is_target[sel].to(device),
-            clamp=plan.clamp[sel].to(device),
-            n_target=plan.n_target,
-            n_keep=plan.n_keep,
-        )
-
-    return _RankPlan(
-        full=take(slice(None)), mine=mine.to(device), part=take(mine), cols=(plan.idx[mine] - lo).to(device)
-    )
-
-
-def _neurons(d: dict) -> NeuronSet:
-    """A neuron set from `npti_lens.vllm_engine.set_payload`'s lists."""
-    ints, floats = ("layer", "index"), ("diff", "p_active", "q95")
-    cols = {
-        k: torch.tensor(d[k], dtype=torch.int64 if k in ints else torch.float64) for k in (*ints, *floats)
-    }
-    return NeuronSet(**{**d, **cols})

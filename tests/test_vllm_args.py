@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from npti_lens.induce import InduceConfig, counter_uniform, plan_layers
-from npti_lens.vllm_args import induce_config, induction_args, induction_key
-from npti_lens.vllm_worker import _rank_plan
+from npti_lens.vllm_args import induce_config, induction_args, induction_key, rank_plan
 from tests.helpers import random_pole_sets
 
 
@@ -54,7 +53,7 @@ def test_a_plan_split_over_ranks_is_the_whole_plan():
     hi, lo = random_pole_sets("m", 3, 256, n=200)
     plans = plan_layers(3, 256, [(hi, lo)], InduceConfig(gamma=2.0), "cpu", torch.float32)
     for layer, plan in plans.items():
-        parts = [_rank_plan(plan, r, 128, torch.device("cpu")) for r in range(2)]
+        parts = [rank_plan(plan, r, 128, torch.device("cpu")) for r in range(2)]
         assert torch.equal(torch.cat([p.part.idx for p in parts]), plan.idx)
         assert torch.equal(torch.cat([p.part.delta for p in parts]), plan.delta)
         for r, p in enumerate(parts):

@@ -100,7 +100,7 @@ def test_a_mixed_batch_equals_each_request_alone(pairs):
     )
     half = engine.generate(prompts[3:4], GCFG, extra=kinds[3])
     assert half[0].answer_ids == mixed[3].answer_ids
-    assert full[0].answer_ids != half[0].answer_ids or full[0].answer_ids != mixed[2].answer_ids
+    assert full[0].answer_ids != half[0].answer_ids
 
 
 @pytest.mark.parametrize("family", FAMILIES)
