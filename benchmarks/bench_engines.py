@@ -110,39 +110,49 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_model(shape, Path(tmp) / shape, dtype)
         engines = args.engines.split(",")
-        if "tl" in engines:
-            model = load_model(ModelConfig(model=str(folder), device=args.device, dtype=dtype))
-            tgt, opp = full_sets(model)
+
+        def figures(key: str, plain_fn, induced_fn, record_fn) -> None:
+            """Plain and induced tokens/s per batch, and search (answers + statistics) at the largest."""
             for b in batches:
                 g = GenerateConfig(
                     max_new_tokens=args.new_tokens, batch_size=b, repetition_penalty=1.0, ignore_eos=True
                 )
-                plain = timed(lambda b=b, g=g: generate(model, prompts[b], g), reps, args.device)
-
-                def induced(b=b, g=g):
-                    with induce(model, [(tgt, opp)], cfg):
-                        generate(model, prompts[b], g)
-
-                ind = timed(induced, reps, args.device)
+                plain = timed(lambda b=b, g=g: plain_fn(prompts[b], g), reps, args.device)
+                ind = timed(lambda b=b, g=g: induced_fn(prompts[b], g), reps, args.device)
                 toks = b * args.new_tokens
-                out["tl"][str(b)] = {
+                out[key][str(b)] = {
                     "plain_tok_s": toks / plain["median"],
                     "induced_tok_s": toks / ind["median"],
                 }
-                print("tl", b, out["tl"][str(b)], flush=True)
+                print(key, b, out[key][str(b)], flush=True)
+
             b = max(batches)
             g = GenerateConfig(
                 max_new_tokens=args.new_tokens, batch_size=b, repetition_penalty=1.0, ignore_eos=True
             )
 
-            def search_tl():
-                gens = generate(model, prompts[b], g)
-                stats = Stats.zeros(*model_dims(model))
-                record_batch(model, [(x.prompt_ids, x.answer_ids) for x in gens], stats)
+            def search() -> None:
+                gens = plain_fn(prompts[b], g)
+                record_fn([(x.prompt_ids, x.answer_ids) for x in gens])
 
-            t = timed(search_tl, reps, args.device)
-            out["tl"]["search_answer_tok_s"] = b * args.new_tokens / t["median"]
-            print("tl search", out["tl"]["search_answer_tok_s"], flush=True)
+            t = timed(search, reps, args.device)
+            out[key]["search_answer_tok_s"] = b * args.new_tokens / t["median"]
+            print(key, "search", out[key]["search_answer_tok_s"], flush=True)
+
+        if "tl" in engines:
+            model = load_model(ModelConfig(model=str(folder), device=args.device, dtype=dtype))
+            tgt, opp = full_sets(model)
+
+            def induced_tl(ps, g):
+                with induce(model, [(tgt, opp)], cfg):
+                    return generate(model, ps, g)
+
+            figures(
+                "tl",
+                lambda ps, g: generate(model, ps, g),
+                induced_tl,
+                lambda pairs: record_batch(model, pairs, Stats.zeros(*model_dims(model))),
+            )
             del model
             if gpu:
                 torch.cuda.empty_cache()
@@ -154,26 +164,12 @@ def main() -> None:
             out["vllm"]["load_s"] = time.perf_counter() - t0
             tgt, opp = full_sets(engine)
             extra = engine.induce_extra([(tgt, opp)], cfg)
-            for b in batches:
-                g = GenerateConfig(max_new_tokens=args.new_tokens, repetition_penalty=1.0, ignore_eos=True)
-                plain = timed(lambda b=b, g=g: engine.generate(prompts[b], g), reps, args.device)
-                ind = timed(lambda b=b, g=g: engine.generate(prompts[b], g, extra=extra), reps, args.device)
-                toks = b * args.new_tokens
-                out["vllm"][str(b)] = {
-                    "plain_tok_s": toks / plain["median"],
-                    "induced_tok_s": toks / ind["median"],
-                }
-                print("vllm", b, out["vllm"][str(b)], flush=True)
-            b = max(batches)
-
-            def search_vllm():
-                gens = engine.generate(prompts[b], g)
-                stats = Stats.zeros(engine.n_layers, engine.d_mlp)
-                engine.record([(x.prompt_ids, x.answer_ids) for x in gens], stats)
-
-            t = timed(search_vllm, reps, args.device)
-            out["vllm"]["search_answer_tok_s"] = b * args.new_tokens / t["median"]
-            print("vllm search", out["vllm"]["search_answer_tok_s"], flush=True)
+            figures(
+                "vllm",
+                lambda ps, g: engine.generate(ps, g),
+                lambda ps, g: engine.generate(ps, g, extra=extra),
+                lambda pairs: engine.record(pairs, Stats.zeros(engine.n_layers, engine.d_mlp)),
+            )
             engine.close()
     print(json.dumps(out, indent=1))
     if args.json:

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from npti_lens.errors import UserError
 from npti_lens.generate import GenerateConfig, Generation
-from npti_lens.induce import InduceConfig, check_config
+from npti_lens.induce import InduceConfig, check_config, check_fits
 from npti_lens.model import answer_end_ids, same_model_key
 from npti_lens.neurons import NeuronSet
 from npti_lens.record import Stats
@@ -180,11 +180,7 @@ class VLLMEngine:
     def register(self, pairs: Sequence[Pair]) -> str:
         """Send an induction's neuron sets to the workers (once); returns the key requests name."""
         for ns in (s for pair in pairs for s in pair if s is not None):
-            if (ns.n_layers, ns.d_mlp) != (self.n_layers, self.d_mlp):
-                raise UserError(
-                    f"neuron set {ns.name} is for {ns.n_layers} layers x {ns.d_mlp} neurons but the model "
-                    f"has {self.n_layers} x {self.d_mlp}; select neurons for this model first"
-                )
+            check_fits(self, ns, allow_other_model=True)  # dimensions; the model id is answer()'s check
         key = pairs_key(pairs)
         if key not in self._registered:
             payload = [(set_payload(t), None if o is None else set_payload(o)) for t, o in pairs]
