@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from npti_lens.bench import SAMPLE_PERSONAS, load_personas
@@ -90,28 +91,90 @@ def option_token_ids(tokenizer: Any) -> list[list[int]]:
     return [[i for i, t in enumerate(decoded) if t.strip() == label] for label in OPTIONS]
 
 
+MIN_SHARED_PREFIX = 8  # tokens; below this, one forward per batch is as cheap as a cached prefix
+
+
+def shared_prefix(prompts: list[list[int]]) -> int:
+    """Length of the token prefix every prompt shares, leaving each at least one token of its own."""
+    if not prompts:
+        return 0
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        k = 0
+        while k < n and p[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
 @torch.inference_mode()
 def option_probs(
-    model: TransformerBridge, prompts: list[list[int]], option_ids: list[list[int]], batch_size: int = 16
+    model: TransformerBridge,
+    prompts: list[list[int]],
+    option_ids: list[list[int]],
+    batch_size: int = 16,
+    *,
+    reuse_prefix: bool = True,
 ) -> np.ndarray:
-    """probs[prompt, option]: next-token probability of each option after each prompt."""
+    """probs[prompt, option]: next-token probability of each option after each prompt.
+
+    With `reuse_prefix`, the prefix all prompts share (a respondent's persona and the start of the
+    item prompt) runs once and its KV cache serves every batch; the suffixes are padded on the right
+    and read at their last real token. The tests hold both paths equal.
+    """
     hf = model.original_model
     device = model_device(model)
     out = np.zeros((len(prompts), len(option_ids)))
+    n_shared = shared_prefix(prompts) if reuse_prefix and len(prompts) > 1 else 0
+    cache = None
+    if n_shared >= MIN_SHARED_PREFIX:
+        prefix = torch.tensor([prompts[0][:n_shared]], dtype=torch.long, device=device)
+        with positions_context(torch.zeros(prefix.shape, dtype=torch.bool, device=device), any_set=False):
+            cache = hf(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
-        ids, mask = pad_batch(model, batch, left=True)
-        width = ids.shape[1]
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        answer_pos = torch.zeros((len(batch), width), dtype=torch.bool, device=device)
-        answer_pos[:, -1] = True
-        with positions_context(answer_pos, any_set=True):
-            logits = hf(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
+        if cache is not None:
+            logits = _suffix_logits(model, cache, [p[n_shared:] for p in batch], n_shared)
+        else:
+            ids, mask = pad_batch(model, batch, left=True)
+            width = ids.shape[1]
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            answer_pos = torch.zeros((len(batch), width), dtype=torch.bool, device=device)
+            answer_pos[:, -1] = True
+            with positions_context(answer_pos, any_set=True):
+                logits = hf(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
         probs = torch.softmax(logits.float(), dim=-1)
         for j, tok_ids in enumerate(option_ids):
             if tok_ids:
                 out[start : start + len(batch), j] = probs[:, tok_ids].sum(-1).cpu().numpy()
     return out
+
+
+def _suffix_logits(model: TransformerBridge, cache: Any, suffixes: list[list[int]], n_shared: int) -> Tensor:
+    """Next-token logits after each suffix, continuing the shared prefix's KV cache (a copy per batch)."""
+    import copy
+
+    device = model_device(model)
+    ids, mask = pad_batch(model, suffixes, left=False)  # right padding: real tokens never see pads
+    b, width = ids.shape
+    last = mask.sum(-1) - 1
+    past = copy.deepcopy(cache)
+    past.batch_repeat_interleave(b)
+    attn = torch.cat([torch.ones((b, n_shared), dtype=mask.dtype, device=device), mask], dim=1)
+    pos = (n_shared + torch.arange(width, device=device)).expand(b, width)
+    answer_pos = torch.zeros((b, width), dtype=torch.bool, device=device)
+    answer_pos[torch.arange(b, device=device), last] = True
+    keep, where = torch.unique(last, return_inverse=True)  # logits only at the rows' last tokens
+    with positions_context(answer_pos, any_set=True):
+        logits = model.original_model(
+            input_ids=ids,
+            attention_mask=attn,
+            position_ids=pos,
+            past_key_values=past,
+            use_cache=True,
+            logits_to_keep=keep,
+        ).logits
+    return logits[torch.arange(b, device=device), where]
 
 
 @dataclass

@@ -26,7 +26,7 @@ from npti_lens.errors import UserError
 from npti_lens.generate import GenerateConfig, check_context, generate
 from npti_lens.induce import InduceConfig, check_fits, induce
 from npti_lens.io import read_jsonl, write_jsonl_atomic
-from npti_lens.model import Model, engine_name, is_engine
+from npti_lens.model import Model, engine_name, is_engine, model_id
 from npti_lens.neurons import NeuronSet
 from npti_lens.prompts import warn_unknown
 from npti_lens.protocol import Protocol, protocol_for
@@ -235,6 +235,7 @@ def answer(
             **condition.extra,
             n_answer_tokens=len(g.answer_ids),
             hit_eos=g.hit_eos,
+            model=model_id(model),
             **proto.record(),
         )
         if is_engine(model):

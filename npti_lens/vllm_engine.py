@@ -25,8 +25,9 @@ from safetensors.torch import load_file
 
 from npti_lens.errors import UserError
 from npti_lens.generate import GenerateConfig, Generation
+from npti_lens.gguf import is_gguf_spec, resolve_gguf
 from npti_lens.induce import InduceConfig, check_config, check_fits
-from npti_lens.model import answer_end_ids, same_model_key
+from npti_lens.model import answer_end_ids, name_model, same_model_key
 from npti_lens.neurons import NeuronSet
 from npti_lens.record import Stats
 
@@ -130,7 +131,9 @@ class VLLMEngine:
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
         from vllm import LLM
 
-        path = Path(str(model)).expanduser()
+        source = resolve_gguf(str(model)) if is_gguf_spec(str(model)) else None
+        # a GGUF runs from its dequantised folder: the very weights the TL loop loads
+        path = source.folder if source is not None else Path(str(model)).expanduser()
         name = str(path) if path.exists() else str(model)
         if tensor_parallel < 1:
             raise UserError(f"{tensor_parallel} is not 1 or more", field="tensor_parallel")
@@ -168,6 +171,9 @@ class VLLMEngine:
         self.n_positions = int(self.llm.llm_engine.model_config.max_model_len)
         self.cfg = SimpleNamespace(model_name=name, d_model=int(getattr(hf, "hidden_size", 0) or hf.n_embd))
         self.name = same_model_key(name)
+        if source is not None:
+            name_model(self, source)
+            self.name = source.name
         try:
             gen_cfg = GenerationConfig.from_pretrained(name)
         except OSError:

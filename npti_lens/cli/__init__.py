@@ -32,6 +32,7 @@ GROUPS = {
     "organism": "the shipped model organism",
     "data": "question and persona data",
     "analyze": "analyses of neuron sets",
+    "judge": "offline judges",
 }
 
 
