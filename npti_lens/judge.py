@@ -36,9 +36,18 @@ def parse_rating(reply: str, prompts: JudgePrompts | None = None) -> int | None:
     return _prompts(prompts).rating(reply)
 
 
-def expected_rating(top_logprobs: dict[str, float] | None) -> float | None:
-    """Sum of n * p(n) over the tokens 1-5 at the rating position, p renormalised over them."""
-    if not top_logprobs:
+MIN_DIGIT_MASS = 0.5  # below this the rating position is not a rating (a small model's ramble)
+
+
+def digit_mass(top_logprobs: dict[str, float] | None) -> float:
+    """Probability the server's top log-probs put on the tokens 1-5 at the rating position."""
+    return sum(math.exp(lp) for tok, lp in (top_logprobs or {}).items() if tok.strip() in RATING_DIGITS)
+
+
+def expected_rating(top_logprobs: dict[str, float] | None, min_mass: float = MIN_DIGIT_MASS) -> float | None:
+    """Sum of n * p(n) over the tokens 1-5 at the rating position, p renormalised over them;
+    None where those tokens hold less than `min_mass` of the probability (counted by the judge)."""
+    if not top_logprobs or digit_mass(top_logprobs) < min_mass:
         return None
     mass: dict[int, float] = {}
     for tok, lp in top_logprobs.items():
@@ -96,6 +105,7 @@ class OpenAIJudge:
         self.run: ChatRun | None = None
         self.progress = False  # a progress bar over the requests (the CLI turns it on)
         self.unparsed = 0
+        self.low_mass = 0  # ratings whose digits held < MIN_DIGIT_MASS: no expected rating
 
     def score(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         jobs = []
@@ -130,7 +140,10 @@ class OpenAIJudge:
                 key = req.key(self.cfg)
                 entry = run.replies.get(key)
                 rating = self.prompts.rating(entry["reply"]) if entry else None
-                expected = expected_rating(entry.get("rating_logprobs")) if entry else None
+                lps = entry.get("rating_logprobs") if entry else None
+                expected = expected_rating(lps)
+                if lps and expected is None:
+                    self.low_mass += 1
                 if entry is None:
                     errors.append(f"{name}: {run.failed.get(key, 'no reply')}")
                 elif rating is None:
@@ -154,7 +167,8 @@ class OpenAIJudge:
         return (
             f"{len(run.replies) + len(run.failed)} distinct prompts: {run.cached} from the ledger, "
             f"{run.sent} requests sent ({run.retries} retries), {len(run.failed)} failed, "
-            f"{self.unparsed} replies without a rating"
+            f"{self.unparsed} replies without a rating, {self.low_mass} expected ratings dropped "
+            f"(digits held < {MIN_DIGIT_MASS:g} of the probability)"
         )
 
 

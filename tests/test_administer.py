@@ -153,3 +153,37 @@ def test_cli_inventory_with_ipip_neo_120(tiny_dirs, tmp_path):
     args = ["inventory", "--model", str(tiny_dirs["gpt2"]), "--inventory", str(IPIP120), "--out", str(out)]
     assert main([*args, "--respondents", "2", "--n-boot", "100"]) == 0
     assert len(_read(out / "items.csv")) == 120 and len(_read(out / "facets.csv")) == 30
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_cached_persona_prefix_equals_full_forwards(family, tiny_models):
+    from npti_lens.administer import MIN_SHARED_PREFIX, shared_prefix
+    from npti_lens.prompts import persona_system
+
+    model = tiny_models[family]
+    ids = option_token_ids(model.tokenizer)
+    items = load_inventory()[:9]
+    system = persona_system("you love a party and talk with people")
+    prompts = [build(model.tokenizer, item_prompt(it), system).token_ids for it in items]
+    prompts += [build(model.tokenizer, item_prompt(it, reversed_scale=True), system).token_ids for it in items]
+    assert shared_prefix(prompts) >= MIN_SHARED_PREFIX  # the cached path is the one taken
+    assert len({len(p) for p in prompts}) > 1  # right padding of the suffixes is exercised
+    full = option_probs(model, prompts, ids, batch_size=4, reuse_prefix=False)
+    cached = option_probs(model, prompts, ids, batch_size=4)
+    np.testing.assert_allclose(cached, full, atol=1e-5)
+    high, low = two_sets(model)
+    for cfg in (InduceConfig(gamma=4.0, keep_prob=0.9), InduceConfig(gamma=4.0, keep_prob=1.0, positions="all")):
+        with induce(model, [(high, low)], cfg):
+            a = option_probs(model, prompts, ids, batch_size=4, reuse_prefix=False)
+        with induce(model, [(high, low)], cfg):
+            b = option_probs(model, prompts, ids, batch_size=4)
+        assert np.abs(a - full).max() > 1e-3, "the induction must move the answer"
+        np.testing.assert_allclose(b, a, atol=1e-5)
+
+
+def test_shared_prefix_leaves_every_prompt_a_token():
+    from npti_lens.administer import shared_prefix
+
+    assert shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 5]]) == 2
+    assert shared_prefix([[9], [1, 2]]) == 0

@@ -76,6 +76,8 @@ def test_parse_and_expected_rating_by_hand():
     lp = {"4": math.log(0.5), " 5": math.log(0.25), "3": math.log(0.15), "x": math.log(0.1)}
     assert expected_rating(lp) == pytest.approx((4 * 0.5 + 5 * 0.25 + 3 * 0.15) / 0.9)
     assert expected_rating({"x": 0.0}) is None and expected_rating(None) is None
+    low = {"4": math.log(0.3), "x": math.log(0.7)}  # the digits hold 0.3 < MIN_DIGIT_MASS
+    assert expected_rating(low) is None and expected_rating(low, min_mass=0.2) == pytest.approx(4.0)
     assert retry_after({"retry-after": "3"}) == 3.0
     assert retry_after({"retry-after-ms": "250", "retry-after": "3"}) == 0.25
     assert retry_after({}) is None
