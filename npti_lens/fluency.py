@@ -119,12 +119,25 @@ def fluency_of(text: str, ppl: float | None = None) -> Fluency:
 def perplexities(model: Any, rows: Sequence[dict[str, Any]], batch_size: int = 16) -> list[float | None]:
     """Per row, perplexity per token of its answer given its question under `model` as it is
     (call it outside any intervention); None for an empty answer."""
-    from npti_lens.capability import pair_nlls
+    from npti_lens.capability import sequence_nlls
+    from npti_lens.model import is_engine
+    from npti_lens.prompts import build
 
+    tok = model.tokenizer
     pairs = [(str(r.get("question", "")), str(r.get("answer", ""))) for r in rows]
     todo = [i for i, (_, a) in enumerate(pairs) if a.strip()]
-    # no EOS: an answer cut at the token limit is not penalised for failing to end there
-    per = pair_nlls(model, [pairs[i] for i in todo], batch_size, eos=False) if todo else []
+    # the bare question as the prompt, the answer's tokens without EOS: an answer cut at the
+    # token limit is not penalised for failing to end there
+    seqs = [
+        (build(tok, pairs[i][0]).token_ids, tok(pairs[i][1], add_special_tokens=False)["input_ids"])
+        for i in todo
+    ]
+    if not seqs:
+        per = []
+    elif is_engine(model):
+        per = model.sequence_nlls(seqs)
+    else:
+        per = sequence_nlls(model, seqs, batch_size)
     out: list[float | None] = [None] * len(rows)
     for i, (nll, count) in zip(todo, per, strict=True):
         out[i] = math.exp(nll / count) if count else None

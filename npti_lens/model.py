@@ -76,6 +76,8 @@ class Engine(Protocol):
         self, sequences: list[tuple[list[int], list[int]]], stats: Any, bucket: str = "record"
     ) -> None: ...
 
+    def sequence_nlls(self, seqs: Any) -> list[tuple[float, int]]: ...
+
 
 Model = TransformerBridge | Engine  # what answering, searching and checking accept
 

@@ -246,6 +246,27 @@ class VLLMEngine:
                 "the induction made activations infinite or NaN; its outputs are meaningless: lower --gamma"
             )
 
+    def sequence_nlls(self, seqs: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, int]]:
+        """(negative log-likelihood, tokens) of each answer's ids given its prompt's ids, plain model
+        (as `npti_lens.capability.sequence_nlls`), from vLLM's prompt log-probabilities."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        todo = [i for i, (_, a) in enumerate(seqs) if a]
+        out: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
+        if not todo:
+            return out
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
+        got = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=seqs[i][0] + seqs[i][1]) for i in todo], params, use_tqdm=False
+        )
+        for i, res in zip(todo, got, strict=True):
+            p, a = seqs[i]
+            ids, lps = p + a, res.prompt_logprobs
+            nll = -sum(float(lps[j][ids[j]].logprob) for j in range(len(p), len(ids)))
+            out[i] = (nll, len(a))
+        return out
+
     # ----- statistics ----------------------------------------------------------------------------
 
     def record(

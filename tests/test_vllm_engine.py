@@ -146,3 +146,22 @@ def _pairs(tl, rows):
         )
         for r in rows
     ]
+
+
+def test_answer_nlls_equal_the_transformerlens_forward(pairs):
+    from npti_lens.capability import sequence_nlls
+    from npti_lens.fluency import perplexities
+
+    tl, engine, _, _ = pairs["llama"]
+    tok = tl.tokenizer
+    seqs = [(tok(q)["input_ids"], tok(QUESTIONS[-1 - i], add_special_tokens=False)["input_ids"])
+            for i, q in enumerate(QUESTIONS[:4])] + [([1, 5, 6], [])]  # fmt: skip
+    ref = sequence_nlls(tl, seqs[:4])
+    got = engine.sequence_nlls(seqs)
+    assert got[4] == (0.0, 0)
+    for (a, n), (b, m) in zip(ref, got[:4], strict=True):
+        assert n == m > 0 and b == pytest.approx(a, rel=1e-4)
+    rows = [{"question": q, "answer": QUESTIONS[2]} for q in QUESTIONS[:3]] + [{"question": "x", "answer": ""}]
+    p_tl, p_vllm = perplexities(tl, rows), perplexities(engine, rows)
+    assert p_tl[3] is None and p_vllm[3] is None
+    assert p_vllm[:3] == pytest.approx(p_tl[:3], rel=1e-4)

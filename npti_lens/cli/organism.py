@@ -4,23 +4,79 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import typing
+from typing import Any
 
-from npti_lens.cli._common import Command, add_config, config_from, fresh_dir, writable_dir
+from npti_lens.cli._common import (
+    Command,
+    add_config,
+    add_engine_flags,
+    close_engine,
+    config_from,
+    fresh_dir,
+    load_model_for,
+    writable_dir,
+)
+from npti_lens.errors import UserError
 
 
 def demo_flags(p: argparse.ArgumentParser) -> None:
+    import dataclasses
+
     from npti_lens.demo import DemoConfig
+    from npti_lens.demo_real import RealDemoConfig
+    from npti_lens.model import ModelConfig
 
     p.add_argument("--out", default="npti_demo", help="folder for the run, tables and figure")
     p.add_argument("--overwrite", action="store_true", help="write over a demo already in --out")
-    add_config(p, DemoConfig)
+    p.add_argument(
+        "--model",
+        default="organism",
+        help="organism (the default), or a real model: smollm2, a .gguf file, a folder of HF weights, a hub id",
+    )
+    add_config(p, ModelConfig)
+    add_engine_flags(p)
+    # one flag per field of either demo's config; unset, each demo takes its own default
+    organism = {f.name: f for f in dataclasses.fields(DemoConfig)}
+    real = {f.name: f for f in dataclasses.fields(RealDemoConfig)}
+    hints = {**typing.get_type_hints(DemoConfig), **typing.get_type_hints(RealDemoConfig)}
+    for name in [*organism, *(n for n in real if n not in organism)]:
+        f = organism.get(name) or real[name]
+        where = []
+        if name in organism:
+            where.append(f"{organism[name].default} on the organism")
+        if name in real:
+            where.append(f"{real[name].default} on a real model")
+        only = "" if name in organism and name in real else " only"
+        help_text = f.metadata.get("help", "").replace("%", "%%")
+        p.add_argument(
+            "--" + name.replace("_", "-"), dest=name, type=hints[name], default=None,
+            help=f"{help_text} (default: {', '.join(where)}{only})",
+        )  # fmt: skip
+
+
+def _demo_config(args: argparse.Namespace, cls: type, other: type) -> Any:
+    """`cls` from the flags given; a flag only the other demo has is an error."""
+    import dataclasses
+
+    mine = {f.name for f in dataclasses.fields(cls)}
+    for f in dataclasses.fields(other):
+        if f.name not in mine and getattr(args, f.name) is not None:
+            which = "a real model (--model smollm2, ...)" if cls.__name__ == "DemoConfig" else "--model organism"
+            raise UserError(f"--{f.name.replace('_', '-')}: only with {which}")
+    return cls(**{n: getattr(args, n) for n in mine if getattr(args, n) is not None})
 
 
 def demo(args: argparse.Namespace) -> None:
     from npti_lens.demo import RESULTS_CSV, DemoConfig, run_demo, summary_lines
+    from npti_lens.demo_real import RealDemoConfig
 
     out = fresh_dir(args.out, args.overwrite, holds=RESULTS_CSV)
-    result = run_demo(config_from(args, DemoConfig), out, progress=True)
+    if args.model != "organism":
+        return _real_demo(args, out, _demo_config(args, RealDemoConfig, DemoConfig))
+    if args.engine != "tl":
+        raise UserError("--engine: the organism demo runs on the TL engine (its word vocabulary)")
+    result = run_demo(_demo_config(args, DemoConfig, RealDemoConfig), out, progress=True)
     print(result.table())
     print()
     print("per cell: NPTI against no intervention and against the random controls (paired over questions):")
@@ -32,6 +88,40 @@ def demo(args: argparse.Namespace) -> None:
     print()
     for what, path in result.files.items():
         print(f"{what:<12}{path}")
+
+
+def _real_demo(args: argparse.Namespace, out: Any, cfg: Any) -> None:
+    import time
+
+    from npti_lens.demo_real import run_real_demo
+    from npti_lens.model import load_model
+    from npti_lens.protocol import load_protocol
+
+    start = time.time()
+    model = load_model_for(args, load_protocol("npti"))
+    try:
+        tl = None
+        if "vector" in cfg.methods and args.engine != "tl":
+            tl = load_model(args.model)  # the vector baseline runs on the TL loop, same weights
+        result = run_real_demo(model, cfg, out, tl_model=tl, progress=True)
+    finally:
+        close_engine(model)
+    print(result.table())
+    print()
+    print("per cell, at the chosen strength: against no intervention and the random controls (paired over questions):")
+    print(result.evidence_table())
+    print()
+    print("strength chosen per pole (largest effect with mean fluency >= the floor; none: no strength met it):")
+    for c in result.choices:
+        print(f"  {c['method']:<7}{c['trait']:<18}{c['pole']:<6}{c['chosen']}")
+    print()
+    print("the judge's validity (offline classifier, held out by question; P2 answers to test questions):")
+    for t, v in result.validity.items():
+        print(f"  {t:<18}accuracy {v['accuracy']:.3f}  AUROC {v['auroc']:.3f}  P2 accuracy {v['p2_accuracy']:.3f} (n={v['p2_n']})")
+    print()
+    for what, path in result.files.items():
+        print(f"{what:<12}{path}")
+    print(f"took {time.time() - start:.0f} s")
 
 
 def train_flags(p: argparse.ArgumentParser) -> None:
