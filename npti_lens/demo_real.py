@@ -51,12 +51,12 @@ class RealDemoConfig:
     traits: str = field(default="all", metadata={"help": "'all' or comma-separated trait names"})
     n_search: int = field(default=48, metadata={"help": "search questions per trait (at most 48 shipped)"})
     n_test: int = field(default=24, metadata={"help": "held-out questions per trait (at most 24 shipped)"})
-    max_new_tokens: int = field(default=64, metadata={"help": "tokens per answer, search and test"})
-    gammas: str = field(default="0.25,0.5,1", metadata={"help": "NPTI strengths swept (1: the paper's)"})
+    max_new_tokens: int = field(default=48, metadata={"help": "tokens per answer, search and test"})
+    gammas: str = field(default="0.5,1", metadata={"help": "NPTI strengths swept (1: the paper's)"})
     fluency_floor: float = field(
         default=0.8, metadata={"help": "choose the strongest effect whose mean fluency is at least this"}
     )
-    control_draws: int = field(default=3, metadata={"help": "random-neuron controls per pole"})
+    control_draws: int = field(default=2, metadata={"help": "random-neuron controls per pole"})
     min_neurons: int = field(default=2000, metadata={"help": "selection: keep at least this many per pole (the paper's)"})
     threshold: float = field(default=0.1, metadata={"help": "selection: keep every neuron with diff >= this (the paper's)"})
     methods: str = field(
