@@ -131,3 +131,40 @@ def test_bad_runs_and_folders(tmp_path):
         Classifier.load(tmp_path / "clf")
     with pytest.raises(UserError, match="no classifier"):
         Classifier.load(tmp_path / "nothing")
+
+
+def test_agrees_with_the_organism_judge_on_held_out_answers(tmp_path):
+    """Trained on an organism search run, the classifier's verdict (P(high) >= 0.5) on persona
+    answers to held-out questions agrees with the organism's exact judge on most answers."""
+    import random as rnd
+
+    from npti_lens.answers import Condition, answer
+    from npti_lens.generate import GenerateConfig
+    from npti_lens.model import load_model
+    from npti_lens.organism import corpus
+    from npti_lens.organism.judge import attribute
+    from npti_lens.protocol import ORGANISM
+    from npti_lens.search import SearchConfig, run_search
+
+    model = load_model("organism")
+    gcfg = GenerateConfig(max_new_tokens=48, batch_size=32, repetition_penalty=1.0)
+    search_dir, _, personas = corpus.write_data(tmp_path / "data", 32, 0)
+    run_search(model, search_dir, personas, tmp_path / "run", SearchConfig(traits="Extraversion"), gcfg,
+               protocol=ORGANISM)  # fmt: skip
+    clf = train(tmp_path / "run", tmp_path / "clf", ["Extraversion"])
+    test = corpus.question_split()["Extraversion"]["test"]
+    agree, decided = 0, 0
+    for pole in ("high", "low"):
+        rng = rnd.Random(pole)
+        descs = [rng.choice(corpus.personas("Extraversion", pole)) for _ in test]
+        rows = answer(model, test, Condition.baseline("p2", "Extraversion", pole, descs), gcfg, protocol=ORGANISM)
+        p = clf.p_high("Extraversion", [r["answer"] for r in rows])
+        for r, ph in zip(rows, p, strict=True):
+            a = attribute(r["answer"], "Extraversion", "high")
+            if a["target_fraction"] == a["opposite_fraction"]:
+                continue  # the exact judge has no verdict
+            decided += 1
+            agree += (ph >= 0.5) == (a["target_fraction"] > a["opposite_fraction"])
+    share = agree / decided
+    print(f"classifier agrees with the organism judge on {agree} of {decided} answers ({share:.1%})")
+    assert decided >= 30 and share >= 0.8
