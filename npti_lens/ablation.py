@@ -93,7 +93,7 @@ def run_ablation(
     model: Model,
     target: NeuronSet,
     opp: NeuronSet,
-    questions: list[str],
+    questions: list[Any],  # str or npti_lens.bench.Question, as answer() takes
     cfg: AblationConfig,
     gcfg: GenerateConfig | None = None,
     *,

@@ -82,3 +82,30 @@ def test_another_config_in_the_same_folder_is_refused(demo, tiny_models):
     _, out = demo
     with pytest.raises(UserError, match="another model or config"):
         run_real_demo(tiny_models["llama"], replace(CFG, gammas="1"), out)
+
+
+def test_ablation_scored_by_the_classifier_from_the_cli(demo, tiny_dirs, tmp_path, capsys):
+    import json
+
+    from npti_lens.cli import main
+
+    _, out = demo
+    q = tmp_path / "q.jsonl"
+    q.write_text("".join(json.dumps({"question": x}) + "\n" for x in ("what would you do ?", "how do you feel ?")))
+    args = ["analyze", "ablation", "--model", str(tiny_dirs["llama"]), "--neurons", str(out / "neurons"),
+            "--trait", "Extraversion", "--pole", "high", "--questions", str(q), "--out", str(tmp_path / "abl"),
+            "--judge", "classifier", "--classifier", str(out / "classifier"), "--max-new-tokens", "4",
+            "--gammas", "1", "--top-k", "4", "--control-draws", "2", "--protocol", "npti"]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(args) == 0
+    scored = [json.loads(x) for x in (tmp_path / "abl" / "scores.jsonl").read_text().splitlines()]
+    assert scored and all(r["judge"] == "classifier" and 0 <= r["trait_score"] <= 1 for r in scored)
+    assert all("fluency" in r and "degenerate" in r and r["ppl"] is None or r["ppl"] > 0 for r in scored)
+    assert (tmp_path / "abl" / "evidence.csv").is_file()
+    bad = [*args[:-2], "--protocol", "npti"]
+    bad[bad.index("--classifier") + 1] = str(tmp_path / "nowhere")
+    bad[bad.index("--out") + 1] = str(tmp_path / "abl2")
+    assert main(bad) == 2
+    assert "no classifier" in capsys.readouterr().err
+    assert not (tmp_path / "abl2" / "generations.jsonl").exists()

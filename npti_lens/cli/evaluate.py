@@ -301,7 +301,10 @@ def ablation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--questions", required=True, help="JSON-lines file of questions")
     p.add_argument("--out", required=True, help="folder for generations.jsonl (and scores)")
     p.add_argument("--limit", type=int, default=None, help="answer at most this many questions")
-    p.add_argument("--judge", default=None, help="score the answers too (organism)")
+    p.add_argument(
+        "--judge", default=None, help="score the answers too: organism, or classifier (with --classifier)"
+    )
+    p.add_argument("--classifier", default=None, help="--judge classifier: its folder (npti judge train --out)")
     p.add_argument("--overwrite", action="store_true", help="replace an ablation already in --out")
     add_config(p, AblationConfig)
     add_config(p, ModelConfig)
@@ -325,6 +328,13 @@ def ablation(args: argparse.Namespace) -> None:
     trait, pole = check_trait(args.trait), check_pole(args.pole)
     if args.judge and args.judge not in judges():  # an unknown judge fails before generating
         raise UserError(f"--judge: unknown judge {args.judge!r}; choose {' or '.join(judges())}")
+    judge_kwargs: dict = {}
+    if args.judge == "classifier":  # a missing or damaged classifier fails before generating
+        from npti_lens.classifier import Classifier
+
+        if not args.classifier:
+            raise UserError("--classifier: --judge classifier needs the folder of npti judge train")
+        judge_kwargs["classifier"] = Classifier.load(args.classifier)
     questions = load_questions(args.questions, limit=args.limit)
     target, opp = load_pair(args.neurons, trait, pole)
     proto = protocol_of(args)
@@ -338,16 +348,20 @@ def ablation(args: argparse.Namespace) -> None:
         from npti_lens.directions import Direction
 
         direction = Direction.load(Path(args.neurons) / target.name)
-    rows = run_ablation(
-        model, target, opp, questions, acfg, gcfg,
-        protocol=proto, allow_other_model=args.allow_other_model, direction=direction,
-    )  # fmt: skip
-    close_engine(model)
-    path = write_answers(out / "generations.jsonl", rows)
-    print(f"{len(rows)} answers -> {path}")
+    try:
+        rows = run_ablation(
+            model, target, opp, questions, acfg, gcfg,
+            protocol=proto, allow_other_model=args.allow_other_model, direction=direction,
+        )  # fmt: skip
+        path = write_answers(out / "generations.jsonl", rows)
+        print(f"{len(rows)} answers -> {path}")
+        if args.judge:
+            # organism: its perplexity; classifier: fluency's perplexity under the plain model
+            kwargs = {**judge_kwargs, "model": model} if args.judge in ("organism", "classifier") else {}
+            result = score_file(path, out, args.judge, overwrite=True, **kwargs)
+    finally:
+        close_engine(model)
     if args.judge:
-        kwargs = {"model": model} if args.judge == "organism" else {}
-        result = score_file(path, out, args.judge, overwrite=True, **kwargs)
         cols = ("condition", "gamma", "k", "layers", "trait_score_mean", "fluency_mean")
         print(" ".join(f"{c:>16}" for c in cols))
         for r in summarize(result.scored):
