@@ -73,6 +73,12 @@ def strongest_fluent(points: list[dict[str, Any]], floor: float) -> dict[str, An
     return max(ok, key=lambda p: (p["effect"], -p["strength"])) if ok else None
 
 
+def _sans_traits(state: Any) -> Any:
+    if isinstance(state, dict) and isinstance(state.get("config"), dict):
+        return {**state, "config": {k: v for k, v in state["config"].items() if k != "traits"}}
+    return state
+
+
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
@@ -139,8 +145,11 @@ def run_real_demo(
     }
     personas = load_personas(PERSONAS, traits)
     proto = load_protocol("npti")
-    state = {"config": asdict(cfg), "model": model_id(model), "protocol_hash": proto.hash}
-    if (out / STATE_FILE).is_file() and read_json(out / STATE_FILE) != state:
+    # every answer set depends on the whole config but the trait list: a demo may be continued, or
+    # tabled, for some of its traits
+    state = {"config": {k: v for k, v in asdict(cfg).items() if k != "traits"}, "model": model_id(model),
+             "protocol_hash": proto.hash}  # fmt: skip
+    if (out / STATE_FILE).is_file() and _sans_traits(read_json(out / STATE_FILE)) != state:
         raise UserError(f"--out: {out} holds a demo of another model or config; pass --overwrite or another folder")
     write_json_atomic(out / STATE_FILE, state)
 
@@ -155,7 +164,9 @@ def run_real_demo(
                gcfg_search, protocol=proto, resume=True, progress=progress)  # fmt: skip
     sets = select_run(out / "run", out / "neurons", SelectConfig(min_neurons=cfg.min_neurons, threshold=cfg.threshold))
     clf_dir = out / "classifier"
-    clf = Classifier.load(clf_dir) if (clf_dir / "cfg.json").is_file() else train(out / "run", clf_dir, traits)
+    clf = Classifier.load(clf_dir) if (clf_dir / "cfg.json").is_file() else None
+    if clf is None or set(traits) - set(clf.traits):
+        clf = train(out / "run", clf_dir, traits)
     judge = ClassifierJudge(clf, model=model)  # fluency: perplexity under the unmodified model
     vectors = {}
     if "vector" in methods:

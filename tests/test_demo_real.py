@@ -109,3 +109,16 @@ def test_ablation_scored_by_the_classifier_from_the_cli(demo, tiny_dirs, tmp_pat
     assert main(bad) == 2
     assert "no classifier" in capsys.readouterr().err
     assert not (tmp_path / "abl2" / "generations.jsonl").exists()
+
+
+def test_some_traits_of_a_demo_can_be_tabled_again(demo, tiny_models):
+    import json
+
+    first, out = demo
+    state = json.loads((out / "demo.json").read_text())
+    state["config"]["traits"] = "all"  # as a demo of every trait records it
+    (out / "demo.json").write_text(json.dumps(state))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = run_real_demo(tiny_models["llama"], CFG, out)
+    assert again.rows == first.rows  # every answer set read back, nothing regenerated
