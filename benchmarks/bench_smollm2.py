@@ -70,15 +70,21 @@ def main() -> None:
         rows.append({"engine": engine, "condition": cond, "batch": b, "tok_s": b * args.tokens / seconds})
         print(f"{engine:<5}{cond:<8}batch {b:>3}: {rows[-1]['tok_s']:7.1f} tok/s", flush=True)
 
-    gcfg = lambda b: GenerateConfig(max_new_tokens=args.tokens, batch_size=b, ignore_eos=True, repetition_penalty=1.0)  # noqa: E731
+    def gcfg(b: int) -> GenerateConfig:
+        return GenerateConfig(
+            max_new_tokens=args.tokens, batch_size=b, ignore_eos=True, repetition_penalty=1.0
+        )
+
     if "hf" in engines:
         hf = AutoModelForCausalLM.from_pretrained(folder).eval()
         for b in batches:
             ps = prompts_for(b)
             width = max(map(len, ps))
             ids = torch.tensor([[0] * (width - len(p)) + p for p in ps])
-            mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in ps])[:, None]).long()
-            run = lambda: hf.generate(ids, attention_mask=mask, max_new_tokens=args.tokens,  # noqa: E731
+            mask = (
+                torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in ps])[:, None]
+            ).long()
+            run = lambda ids=ids, mask=mask: hf.generate(ids, attention_mask=mask, max_new_tokens=args.tokens,  # noqa: E731
                                       min_new_tokens=args.tokens, do_sample=False, pad_token_id=0)  # fmt: skip
             with torch.inference_mode():
                 run()
@@ -88,13 +94,15 @@ def main() -> None:
         for b in batches:
             ps = prompts_for(b)
             generate(tl, ps, gcfg(b))
-            add("tl", "plain", b, timed(lambda: generate(tl, ps, gcfg(b))))
+            add("tl", "plain", b, timed(lambda ps=ps, b=b: generate(tl, ps, gcfg(b))))
             with intervention(tl, induced, proto):
-                add("tl", "induced", b, timed(lambda: generate(tl, ps, gcfg(b))))
+                add("tl", "induced", b, timed(lambda ps=ps, b=b: generate(tl, ps, gcfg(b))))
         seqs = [(p, p[-args.tokens :]) for p in prompts_for(16)]
         stats = Stats.zeros(30, 1536)
         tf = timed(lambda: record_batch(tl, seqs, stats))
-        rows.append({"engine": "tl", "condition": "teacher forcing", "batch": 16, "tok_s": 16 * args.tokens / tf})
+        rows.append(
+            {"engine": "tl", "condition": "teacher forcing", "batch": 16, "tok_s": 16 * args.tokens / tf}
+        )
         print(f"tl   teacher forcing, batch 16: {rows[-1]['tok_s']:.1f} answer tok/s", flush=True)
     if "vllm" in engines:
         from npti_lens.vllm_engine import VLLMEngine
@@ -104,8 +112,8 @@ def main() -> None:
             for b in batches:
                 ps = prompts_for(b)
                 engine.generate(ps, gcfg(b))
-                add("vllm", "plain", b, timed(lambda: engine.generate(ps, gcfg(b))))
-                add("vllm", "induced", b, timed(lambda: engine.generate(ps, gcfg(b), extra=extra)))
+                add("vllm", "plain", b, timed(lambda ps=ps, b=b: engine.generate(ps, gcfg(b))))
+                add("vllm", "induced", b, timed(lambda ps=ps, b=b: engine.generate(ps, gcfg(b), extra=extra)))
     out = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
            "tokens": args.tokens, "rows": rows}  # fmt: skip
     if args.json:

@@ -142,7 +142,9 @@ def option_probs(
             answer_pos = torch.zeros((len(batch), width), dtype=torch.bool, device=device)
             answer_pos[:, -1] = True
             with positions_context(answer_pos, any_set=True):
-                logits = hf(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
+                logits = hf(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[
+                    :, -1
+                ]
         probs = torch.softmax(logits.float(), dim=-1)
         for j, tok_ids in enumerate(option_ids):
             if tok_ids:

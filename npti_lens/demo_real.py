@@ -57,10 +57,15 @@ class RealDemoConfig:
         default=0.8, metadata={"help": "choose the strongest effect whose mean fluency is at least this"}
     )
     control_draws: int = field(default=2, metadata={"help": "random-neuron controls per pole"})
-    min_neurons: int = field(default=2000, metadata={"help": "selection: keep at least this many per pole (the paper's)"})
-    threshold: float = field(default=0.1, metadata={"help": "selection: keep every neuron with diff >= this (the paper's)"})
+    min_neurons: int = field(
+        default=2000, metadata={"help": "selection: keep at least this many per pole (the paper's)"}
+    )
+    threshold: float = field(
+        default=0.1, metadata={"help": "selection: keep every neuron with diff >= this (the paper's)"}
+    )
     methods: str = field(
-        default="npti,simple,p2", metadata={"help": "npti, vector (direction baseline, TL engine), simple, p2"}
+        default="npti,simple,p2",
+        metadata={"help": "npti, vector (direction baseline, TL engine), simple, p2"},
     )
     vector_coefs: str = field(default="2,4,8", metadata={"help": "coefficients of the vector swept"})
     batch_size: int = field(default=32, metadata={"help": "prompts per forward"})
@@ -134,7 +139,9 @@ def run_real_demo(
     steer_model = model
     if "vector" in methods and is_engine(model):
         if tl_model is None:
-            raise UserError("the vector baseline runs on the TL engine: drop vector from --methods or use --engine tl")
+            raise UserError(
+                "the vector baseline runs on the TL engine: drop vector from --methods or use --engine tl"
+            )
         steer_model = tl_model
     questions = {
         t: (
@@ -150,7 +157,9 @@ def run_real_demo(
     state = {"config": {k: v for k, v in asdict(cfg).items() if k != "traits"}, "model": model_id(model),
              "protocol_hash": proto.hash}  # fmt: skip
     if (out / STATE_FILE).is_file() and _sans_traits(read_json(out / STATE_FILE)) != state:
-        raise UserError(f"--out: {out} holds a demo of another model or config; pass --overwrite or another folder")
+        raise UserError(
+            f"--out: {out} holds a demo of another model or config; pass --overwrite or another folder"
+        )
     write_json_atomic(out / STATE_FILE, state)
 
     # search (resumes), select (the paper's rule), the classifier (held-out by question)
@@ -159,10 +168,14 @@ def run_real_demo(
     for t in traits:
         lines = "".join(json.dumps({"question": q.text}) + "\n" for q in questions[t][0])
         (qdir / f"{t}.json").write_text(lines, encoding="utf-8")
-    gcfg_search = proto.generate_config("search", max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    gcfg_search = proto.generate_config(
+        "search", max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size
+    )
     run_search(model, qdir, PERSONAS, out / "run", SearchConfig(traits=cfg.traits, seed=cfg.seed),
                gcfg_search, protocol=proto, resume=True, progress=progress)  # fmt: skip
-    sets = select_run(out / "run", out / "neurons", SelectConfig(min_neurons=cfg.min_neurons, threshold=cfg.threshold))
+    sets = select_run(
+        out / "run", out / "neurons", SelectConfig(min_neurons=cfg.min_neurons, threshold=cfg.threshold)
+    )
     clf_dir = out / "classifier"
     clf = Classifier.load(clf_dir) if (clf_dir / "cfg.json").is_file() else None
     if clf is None or set(traits) - set(clf.traits):
@@ -184,7 +197,9 @@ def run_real_demo(
             rows = [{k: v for k, v in r.items() if k != "_line"} for r in read_answers(path)]
         else:
             # each stage's released sampling (neutral for inductions), answers capped at max_new_tokens
-            gcfg = proto.generate_config(cond.stage, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+            gcfg = proto.generate_config(
+                cond.stage, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size
+            )
             rows = answer(on or model, qs, cond, gcfg, protocol=proto, progress=False)
             write_answers(path, rows)
         return score_rows(rows, judge)
@@ -241,7 +256,11 @@ def run_real_demo(
                     draws.append(toward(sc, p))
                     all_rows += sc
                 add(t, p, "random", g, all_rows)
-                cells.append(evidence.cell(t, p, g, pick["scores"], none, draws, seed=cfg.seed, fluency=pick["fluency"]))
+                cells.append(
+                    evidence.cell(
+                        t, p, g, pick["scores"], none, draws, seed=cfg.seed, fluency=pick["fluency"]
+                    )
+                )
             if "vector" in methods:
                 _vector_cells(t, p, vectors[pole_name(t, p)], coefs, none, test, cfg, scored, add, toward,
                               rows, cells, choices, steer_model)  # fmt: skip
@@ -251,7 +270,13 @@ def run_real_demo(
             if "p2" in methods:
                 rng = random.Random(f"{cfg.seed}:demo-persona:{t}:{p}")
                 descs = [rng.choice(personas[(t, p)]) for _ in test]
-                add(t, p, "p2", None, scored(f"{pole_name(t, p)}_p2", Condition.baseline("p2", t, p, descs), test))
+                add(
+                    t,
+                    p,
+                    "p2",
+                    None,
+                    scored(f"{pole_name(t, p)}_p2", Condition.baseline("p2", t, p, descs), test),
+                )
     bar.close()
     for method in ("npti", "vector"):
         evidence.judge_cells([c for c in cells if c.method == method])
@@ -268,9 +293,13 @@ def _vector_cells(t, p, direction, coefs, none, test, cfg, scored, add, toward, 
         sc = scored(f"{pole_name(t, p)}_vector_{c:g}", Condition.vector(direction, c), test, on)
         add(t, p, "vector", c, sc)
         s = toward(sc, p)
-        points.append({"strength": c, "scores": s, "effect": _mean(s) - _mean(none), "fluency": rows[-1]["fluency"]})
+        points.append(
+            {"strength": c, "scores": s, "effect": _mean(s) - _mean(none), "fluency": rows[-1]["fluency"]}
+        )
     pick = strongest_fluent(points, cfg.fluency_floor)
-    choices.append({"trait": t, "pole": p, "method": "vector", "chosen": None if pick is None else pick["strength"]})
+    choices.append(
+        {"trait": t, "pole": p, "method": "vector", "chosen": None if pick is None else pick["strength"]}
+    )
     if pick is None:
         return
     draws, all_rows = [], []
@@ -285,7 +314,9 @@ def _vector_cells(t, p, direction, coefs, none, test, cfg, scored, add, toward, 
                                method="vector", fluency=pick["fluency"]))  # fmt: skip
 
 
-def _validity(clf: Classifier, rows: list[dict[str, Any]], gens: list[dict[str, Any]], traits: list[str]) -> dict[str, Any]:
+def _validity(
+    clf: Classifier, rows: list[dict[str, Any]], gens: list[dict[str, Any]], traits: list[str]
+) -> dict[str, Any]:
     """The classifier's held-out figures and its accuracy on P2 answers to the test questions."""
     out: dict[str, Any] = {}
     for t in traits:
@@ -318,4 +349,3 @@ def _write(out: Path, rows, cells, choices, validity, generations) -> dict[str, 
     else:
         del files["cells"]
     return files
-

@@ -41,7 +41,9 @@ MIN_DIGIT_MASS = 0.5  # below this the rating position is not a rating (a small 
 
 def digit_mass(top_logprobs: dict[str, float] | None) -> float:
     """Probability the server's top log-probs put on the tokens 1-5 at the rating position."""
-    return float(sum(math.exp(lp) for tok, lp in (top_logprobs or {}).items() if tok.strip() in RATING_DIGITS))
+    return float(
+        sum(math.exp(lp) for tok, lp in (top_logprobs or {}).items() if tok.strip() in RATING_DIGITS)
+    )
 
 
 def expected_rating(top_logprobs: dict[str, float] | None, min_mass: float = MIN_DIGIT_MASS) -> float | None:

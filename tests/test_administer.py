@@ -165,14 +165,19 @@ def test_a_cached_persona_prefix_equals_full_forwards(family, tiny_models):
     items = load_inventory()[:9]
     system = persona_system("you love a party and talk with people")
     prompts = [build(model.tokenizer, item_prompt(it), system).token_ids for it in items]
-    prompts += [build(model.tokenizer, item_prompt(it, reversed_scale=True), system).token_ids for it in items]
+    prompts += [
+        build(model.tokenizer, item_prompt(it, reversed_scale=True), system).token_ids for it in items
+    ]
     assert shared_prefix(prompts) >= MIN_SHARED_PREFIX  # the cached path is the one taken
     assert len({len(p) for p in prompts}) > 1  # right padding of the suffixes is exercised
     full = option_probs(model, prompts, ids, batch_size=4, reuse_prefix=False)
     cached = option_probs(model, prompts, ids, batch_size=4)
     np.testing.assert_allclose(cached, full, atol=1e-5)
     high, low = two_sets(model)
-    for cfg in (InduceConfig(gamma=4.0, keep_prob=0.9), InduceConfig(gamma=4.0, keep_prob=1.0, positions="all")):
+    for cfg in (
+        InduceConfig(gamma=4.0, keep_prob=0.9),
+        InduceConfig(gamma=4.0, keep_prob=1.0, positions="all"),
+    ):
         with induce(model, [(high, low)], cfg):
             a = option_probs(model, prompts, ids, batch_size=4, reuse_prefix=False)
         with induce(model, [(high, low)], cfg):

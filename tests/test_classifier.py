@@ -157,7 +157,9 @@ def test_agrees_with_the_organism_judge_on_held_out_answers(tmp_path):
     for pole in ("high", "low"):
         rng = rnd.Random(pole)
         descs = [rng.choice(corpus.personas("Extraversion", pole)) for _ in test]
-        rows = answer(model, test, Condition.baseline("p2", "Extraversion", pole, descs), gcfg, protocol=ORGANISM)
+        rows = answer(
+            model, test, Condition.baseline("p2", "Extraversion", pole, descs), gcfg, protocol=ORGANISM
+        )
         p = clf.p_high("Extraversion", [r["answer"] for r in rows])
         for r, ph in zip(rows, p, strict=True):
             a = attribute(r["answer"], "Extraversion", "high")

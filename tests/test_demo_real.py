@@ -38,7 +38,9 @@ def test_tables_cells_and_files(demo):
         assert {(p, "none", None), (p, "npti", 0.5), (p, "npti", 4.0), (p, "simple", None), (p, "p2", None),
                 (p, "vector", 1.0)} <= conds  # fmt: skip
         assert (p, "random", 4.0) in conds or (p, "random", 0.5) in conds
-    assert {(c.method, c.pole) for c in result.cells} == {(m, p) for m in ("npti", "vector") for p in ("high", "low")}
+    assert {(c.method, c.pole) for c in result.cells} == {
+        (m, p) for m in ("npti", "vector") for p in ("high", "low")
+    }
     for c in result.cells:
         assert c.n == 3 and c.k == 2 and c.verdict and 0 <= c.none <= 1
     randoms = [r for r in result.rows if r["condition"] == "random"]
@@ -91,7 +93,9 @@ def test_ablation_scored_by_the_classifier_from_the_cli(demo, tiny_dirs, tmp_pat
 
     _, out = demo
     q = tmp_path / "q.jsonl"
-    q.write_text("".join(json.dumps({"question": x}) + "\n" for x in ("what would you do ?", "how do you feel ?")))
+    q.write_text(
+        "".join(json.dumps({"question": x}) + "\n" for x in ("what would you do ?", "how do you feel ?"))
+    )
     args = ["analyze", "ablation", "--model", str(tiny_dirs["llama"]), "--neurons", str(out / "neurons"),
             "--trait", "Extraversion", "--pole", "high", "--questions", str(q), "--out", str(tmp_path / "abl"),
             "--judge", "classifier", "--classifier", str(out / "classifier"), "--max-new-tokens", "4",

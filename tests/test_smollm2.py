@@ -88,7 +88,9 @@ def test_tl_loop_equals_hf_generate(smol):
     prompts = [proto.prompt(smol.tokenizer, "neutral", question=q).token_ids for q in QUESTIONS]
     cfg = GenerateConfig(max_new_tokens=16, batch_size=2, repetition_penalty=1.15)
     ours = [g.answer_ids for g in generate(smol, prompts, cfg)]
-    hf = AutoModelForCausalLM.from_pretrained(resolve_gguf("smollm2").folder, attn_implementation="eager").eval()
+    hf = AutoModelForCausalLM.from_pretrained(
+        resolve_gguf("smollm2").folder, attn_implementation="eager"
+    ).eval()
     eos = eos_token_ids(smol)
     ref = []
     for p in prompts:
@@ -116,7 +118,9 @@ def test_search_statistics_equal_a_full_activation_cache(smol, tmp_path):
     gcfg = GenerateConfig(max_new_tokens=8, repetition_penalty=1.1, batch_size=2)
     run_search(smol, qdir, personas, tmp_path / "run", SearchConfig(traits="Extraversion"), gcfg)
     proto = load_protocol("npti")
-    rows = [json.loads(x) for x in answers_path(tmp_path / "run", "Extraversion", "high").read_text().splitlines()]
+    rows = [
+        json.loads(x) for x in answers_path(tmp_path / "run", "Extraversion", "high").read_text().splitlines()
+    ]
     pairs = [
         (proto.prompt(smol.tokenizer, "search", personality=r["persona"], question=r["question"]).token_ids,
          smol.tokenizer(r["answer"], add_special_tokens=False)["input_ids"] if "answer_token_ids" not in r

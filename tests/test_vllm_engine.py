@@ -161,7 +161,9 @@ def test_answer_nlls_equal_the_transformerlens_forward(pairs):
     assert got[4] == (0.0, 0)
     for (a, n), (b, m) in zip(ref, got[:4], strict=True):
         assert n == m > 0 and b == pytest.approx(a, rel=1e-4)
-    rows = [{"question": q, "answer": QUESTIONS[2]} for q in QUESTIONS[:3]] + [{"question": "x", "answer": ""}]
+    rows = [{"question": q, "answer": QUESTIONS[2]} for q in QUESTIONS[:3]] + [
+        {"question": "x", "answer": ""}
+    ]
     p_tl, p_vllm = perplexities(tl, rows), perplexities(engine, rows)
     assert p_tl[3] is None and p_vllm[3] is None
     assert p_vllm[:3] == pytest.approx(p_tl[:3], rel=1e-4)

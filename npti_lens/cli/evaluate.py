@@ -37,7 +37,9 @@ def score_flags(p: argparse.ArgumentParser) -> None:
         default="organism",
         help="organism; classifier (offline, trained by npti judge train); or openai (an OpenAI-compatible LLM judge)",
     )
-    p.add_argument("--classifier", default=None, help="--judge classifier: its folder (npti judge train --out)")
+    p.add_argument(
+        "--classifier", default=None, help="--judge classifier: its folder (npti judge train --out)"
+    )
     p.add_argument(
         "--fluency-model",
         default=None,
@@ -304,7 +306,9 @@ def ablation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--judge", default=None, help="score the answers too: organism, or classifier (with --classifier)"
     )
-    p.add_argument("--classifier", default=None, help="--judge classifier: its folder (npti judge train --out)")
+    p.add_argument(
+        "--classifier", default=None, help="--judge classifier: its folder (npti judge train --out)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an ablation already in --out")
     add_config(p, AblationConfig)
     add_config(p, ModelConfig)

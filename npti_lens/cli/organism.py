@@ -62,7 +62,9 @@ def _demo_config(args: argparse.Namespace, cls: type, other: type) -> Any:
     mine = {f.name for f in dataclasses.fields(cls)}
     for f in dataclasses.fields(other):
         if f.name not in mine and getattr(args, f.name) is not None:
-            which = "a real model (--model smollm2, ...)" if cls.__name__ == "DemoConfig" else "--model organism"
+            which = (
+                "a real model (--model smollm2, ...)" if cls.__name__ == "DemoConfig" else "--model organism"
+            )
             raise UserError(f"--{f.name.replace('_', '-')}: only with {which}")
     return cls(**{n: getattr(args, n) for n in mine if getattr(args, n) is not None})
 
@@ -108,16 +110,22 @@ def _real_demo(args: argparse.Namespace, out: Any, cfg: Any) -> None:
         close_engine(model)
     print(result.table())
     print()
-    print("per cell, at the chosen strength: against no intervention and the random controls (paired over questions):")
+    print(
+        "per cell, at the chosen strength: against no intervention and the random controls (paired over questions):"
+    )
     print(result.evidence_table())
     print()
-    print("strength chosen per pole (largest effect with mean fluency >= the floor; none: no strength met it):")
+    print(
+        "strength chosen per pole (largest effect with mean fluency >= the floor; none: no strength met it):"
+    )
     for c in result.choices:
         print(f"  {c['method']:<7}{c['trait']:<18}{c['pole']:<6}{c['chosen']}")
     print()
     print("the judge's validity (offline classifier, held out by question; P2 answers to test questions):")
     for t, v in result.validity.items():
-        print(f"  {t:<18}accuracy {v['accuracy']:.3f}  AUROC {v['auroc']:.3f}  P2 accuracy {v['p2_accuracy']:.3f} (n={v['p2_n']})")
+        print(
+            f"  {t:<18}accuracy {v['accuracy']:.3f}  AUROC {v['auroc']:.3f}  P2 accuracy {v['p2_accuracy']:.3f} (n={v['p2_n']})"
+        )
     print()
     for what, path in result.files.items():
         print(f"{what:<12}{path}")
