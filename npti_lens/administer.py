@@ -96,14 +96,9 @@ MIN_SHARED_PREFIX = 8  # tokens; below this, one forward per batch is as cheap a
 
 def shared_prefix(prompts: list[list[int]]) -> int:
     """Length of the token prefix every prompt shares, leaving each at least one token of its own."""
-    if not prompts:
-        return 0
-    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    n = min(map(len, prompts), default=1) - 1
     for p in prompts[1:]:
-        k = 0
-        while k < n and p[k] == first[k]:
-            k += 1
-        n = k
+        n = next((k for k in range(n) if p[k] != prompts[0][k]), n)
     return max(n, 0)
 
 
@@ -142,9 +137,8 @@ def option_probs(
             answer_pos = torch.zeros((len(batch), width), dtype=torch.bool, device=device)
             answer_pos[:, -1] = True
             with positions_context(answer_pos, any_set=True):
-                logits = hf(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[
-                    :, -1
-                ]
+                full = hf(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)
+            logits = full.logits[:, -1]
         probs = torch.softmax(logits.float(), dim=-1)
         for j, tok_ids in enumerate(option_ids):
             if tok_ids:

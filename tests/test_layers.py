@@ -13,7 +13,7 @@ PKG = Path(__file__).resolve().parents[1] / "npti_lens"
 # Bottom to top. A module may import its own layer and the ones below, never one above.
 LAYERS: list[tuple[str, set[str]]] = [
     ("base", {"constants", "errors", "io", "prompts", "inventory", "bench", "organism"}),
-    ("model", {"model", "sites"}),
+    ("model", {"model", "sites", "gguf"}),
     ("generation", {"generate"}),
     ("statistics and interventions", {"record", "neurons", "induce"}),
     ("selection, directions and protocol", {"select", "directions", "protocol"}),
@@ -22,6 +22,8 @@ LAYERS: list[tuple[str, set[str]]] = [
         "evaluation",
         {
             "score",
+            "fluency",
+            "classifier",
             "llm",
             "judge",
             "capability",
@@ -36,7 +38,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         },
     ),  # fmt: skip
     ("workflow", {"answers", "search", "merge", "scoring", "ablation", "tune"}),
-    ("apps", {"demo", "serve"}),
+    ("apps", {"demo", "demo_real", "serve"}),
     (
         "front ends",
         {
@@ -45,6 +47,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "cli.method",
             "cli.answer",
             "cli.evaluate",
+            "cli.score",
             "cli.figures",
             "cli.organism",
             "cli.tune",

@@ -204,7 +204,12 @@ def sample(args: argparse.Namespace) -> None:
 
 
 COMMANDS = [
-    Command(("demo",), "the whole method on the shipped organism, in minutes on a CPU", demo_flags, demo),
+    Command(
+        ("demo",),
+        "the whole method on the organism (minutes) or a real model (--model smollm2)",
+        demo_flags,
+        demo,
+    ),
     Command(
         ("organism", "train"), "train the organism from its corpus (CPU, fixed seed)", train_flags, train
     ),
