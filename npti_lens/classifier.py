@@ -335,10 +335,10 @@ class ClassifierJudge:
     def check(self, rows: list[dict[str, Any]]) -> None:
         """Refuse rows of an untrained trait; warn (once each) for another model or protocol."""
         for r in rows:
-            trait = self.trait or r.get("trait")
-            if trait not in TRAITS:
+            if (self.trait or r.get("trait")) not in TRAITS:
                 raise UserError(f"line {r.get('_line', '?')}: no trait to judge against; pass --trait")
-            self.clf.p_high(trait, [])  # raises for a trait it was not trained on
+        for trait in sorted({str(self.trait or r.get("trait")) for r in rows}):
+            self.clf.p_high(trait, [])  # raises for a trait it was not trained on (once per trait)
         for key in ("model", "protocol"):
             theirs = sorted({str(r[key]) for r in rows if r.get(key) is not None})
             mine = self.clf.cfg.get(key)

@@ -17,6 +17,7 @@ Every answer set is written as soon as it exists (`answers/*.jsonl`), so a kille
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,9 +74,11 @@ class RealDemoConfig:
 
 
 def strongest_fluent(points: list[dict[str, Any]], floor: float) -> dict[str, Any] | None:
-    """The point of largest effect whose fluency is >= floor (ties: the smaller strength)."""
-    ok = [p for p in points if p["fluency"] >= floor]
-    return max(ok, key=lambda p: (p["effect"], -p["strength"])) if ok else None
+    """The point of largest effect whose fluency is >= floor (ties: the smaller strength): `tune.choose`
+    without a capability limit."""
+    from npti_lens.tune import choose
+
+    return choose([{**p, "delta_nll": 0.0} for p in points], floor, math.inf)
 
 
 def _searched(run: Path, trait: str, pole: str) -> bool:
