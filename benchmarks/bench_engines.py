@@ -157,7 +157,7 @@ def main() -> None:
             if gpu:
                 torch.cuda.empty_cache()
         if "vllm" in engines:
-            from npti_lens.vllm_engine import VLLMEngine
+            from npti_lens.vllm.engine import VLLMEngine
 
             t0 = time.perf_counter()
             engine = VLLMEngine(str(folder), dtype=dtype)

@@ -105,7 +105,7 @@ def main() -> None:
         )
         print(f"tl   teacher forcing, batch 16: {rows[-1]['tok_s']:.1f} answer tok/s", flush=True)
     if "vllm" in engines:
-        from npti_lens.vllm_engine import VLLMEngine
+        from npti_lens.vllm.engine import VLLMEngine
 
         with VLLMEngine("smollm2") as engine:
             extra = engine.induce_extra(induced.pairs, induced.induce_cfg)

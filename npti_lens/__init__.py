@@ -41,7 +41,7 @@ _WHERE = {
     "mlp_sites": "sites",
     "run_search": "search",
     "merge_runs": "merge",
-    "VLLMEngine": "vllm_engine",
+    "VLLMEngine": "vllm.engine",
 }
 __all__ = sorted([*_WHERE, "__version__"])
 

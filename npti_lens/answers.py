@@ -194,7 +194,7 @@ def answer(
     """One answers row per question (a str or a `Question`) under `condition`.
 
     `model`: a TransformerBridge (the TransformerLens loop) or an engine such as
-    `npti_lens.vllm_engine.VLLMEngine` (its rows carry `engine`); same token ids in, same rows out.
+    `npti_lens.vllm.engine.VLLMEngine` (its rows carry `engine`); same token ids in, same rows out.
     Prompts and, when `gcfg` is None, sampling come from `protocol` (default: the model's). Neuron
     sets are checked against the model and prompts against its positions before anything runs.
     With `token_ids`, rows keep the token ids (`prompt_token_ids`, `answer_token_ids`). `checks=False`

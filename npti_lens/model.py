@@ -83,7 +83,7 @@ Model = TransformerBridge | Engine  # what answering, searching and checking acc
 
 
 def is_engine(model: Any) -> bool:
-    """True for an engine of the seam other than a TransformerBridge (npti_lens.vllm_engine)."""
+    """True for an engine of the seam other than a TransformerBridge (npti_lens.vllm.engine)."""
     return getattr(type(model), "engine_name", "tl") != "tl"
 
 

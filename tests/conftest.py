@@ -15,11 +15,11 @@ with install_import_hook("npti_lens", "beartype.beartype"):
     import pkgutil
 
     import npti_lens
-    from npti_lens.vllm_engine import vllm_available
+    from npti_lens.vllm.engine import vllm_available
 
     for _m in pkgutil.walk_packages(npti_lens.__path__, "npti_lens."):
-        if _m.name.endswith("__main__") or (_m.name == "npti_lens.vllm_check" and vllm_available()):
-            continue  # vllm_check subclasses vLLM's logits processor: only where vLLM imports
+        if _m.name.endswith("__main__") or (_m.name == "npti_lens.vllm.check" and vllm_available()):
+            continue  # vllm.check subclasses vLLM's logits processor: only where vLLM imports
         importlib.import_module(_m.name)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

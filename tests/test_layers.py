@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("generation", {"generate"}),
     ("statistics and interventions", {"record", "neurons", "induce"}),
     ("selection, directions and protocol", {"select", "directions", "protocol"}),
-    ("engines", {"vllm_args", "vllm_worker", "vllm_engine", "vllm_check"}),
+    ("engines", {"vllm", "vllm.args", "vllm.worker", "vllm.engine", "vllm.check", "vllm.serve"}),
     (
         "evaluation",
         {
@@ -38,7 +38,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         },
     ),  # fmt: skip
     ("workflow", {"answers", "search", "merge", "scoring", "ablation", "tune"}),
-    ("apps", {"demo", "demo_real", "serve"}),
+    ("apps", {"demo", "demo_real"}),
     (
         "front ends",
         {

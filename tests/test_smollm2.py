@@ -147,7 +147,7 @@ def test_search_statistics_equal_a_full_activation_cache(smol, tmp_path):
 
 
 def test_vllm_equals_the_tl_loop_plain_and_induced(smol):
-    from npti_lens.vllm_engine import vllm_available
+    from npti_lens.vllm.engine import vllm_available
 
     if vllm_available() is not None:
         pytest.skip(f"vLLM not importable: {vllm_available()}")
@@ -155,7 +155,7 @@ def test_vllm_equals_the_tl_loop_plain_and_induced(smol):
     from npti_lens.generate import GenerateConfig
     from npti_lens.model import model_id
     from npti_lens.protocol import load_protocol
-    from npti_lens.vllm_engine import VLLMEngine
+    from npti_lens.vllm.engine import VLLMEngine
     from tests.helpers import random_pole_sets
 
     hi, lo = random_pole_sets(model_id(smol), 30, 1536, n=400)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from npti_lens.induce import InduceConfig, counter_uniform, plan_layers
-from npti_lens.vllm_args import induce_config, induction_args, induction_key, rank_plan
+from npti_lens.vllm.args import induce_config, induction_args, induction_key, rank_plan
 from tests.helpers import random_pole_sets
 
 
@@ -62,7 +62,7 @@ def test_a_plan_split_over_ranks_is_the_whole_plan():
 
 
 def test_engine_flags_fail_clearly(monkeypatch, capsys, tmp_path):
-    import npti_lens.vllm_engine as ve
+    import npti_lens.vllm.engine as ve
     from npti_lens.cli import main
 
     monkeypatch.chdir(tmp_path)
@@ -84,7 +84,7 @@ def test_engine_flags_fail_clearly(monkeypatch, capsys, tmp_path):
 def test_serve_checks_its_neuron_folders(tmp_path):
     from npti_lens.constants import pole_name
     from npti_lens.errors import UserError
-    from npti_lens.serve import neuron_folders
+    from npti_lens.vllm.serve import neuron_folders
 
     hi, lo = random_pole_sets("m", 3, 256)
     hi.save(tmp_path / "sets" / pole_name(hi.trait, hi.pole))

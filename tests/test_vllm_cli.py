@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from npti_lens.vllm_engine import vllm_available
+from npti_lens.vllm.engine import vllm_available
 
 pytestmark = pytest.mark.skipif(
     vllm_available() is not None, reason=f"vLLM not importable: {vllm_available()}"

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from npti_lens.vllm_engine import vllm_available
+from npti_lens.vllm.engine import vllm_available
 
 pytestmark = pytest.mark.skipif(
     vllm_available() is not None, reason=f"vLLM not importable: {vllm_available()}"
@@ -31,7 +31,7 @@ def pairs(tmp_path_factory):
     """{family: (TransformerBridge, VLLMEngine, high set, low set)}; the engines close at the end."""
     from npti_lens.model import load_model, model_id
     from npti_lens.sites import mlp_sites
-    from npti_lens.vllm_engine import VLLMEngine
+    from npti_lens.vllm.engine import VLLMEngine
 
     out = {}
     root = tmp_path_factory.mktemp("vllm_models")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from npti_lens.vllm_engine import vllm_available
+from npti_lens.vllm.engine import vllm_available
 
 pytestmark = pytest.mark.skipif(
     vllm_available() is not None, reason=f"vLLM not importable: {vllm_available()}"
@@ -39,7 +39,7 @@ def run(engine, hi, lo, prompts):
 def test_two_ranks_equal_one(tmp_path):
     from npti_lens.model import load_model, model_id
     from npti_lens.sites import mlp_sites
-    from npti_lens.vllm_engine import VLLMEngine
+    from npti_lens.vllm.engine import VLLMEngine
 
     folder = build_tiny_vllm("llama", tmp_path / "llama")
     tl = load_model(str(folder))

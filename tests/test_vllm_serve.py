@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from npti_lens.vllm_engine import vllm_available
+from npti_lens.vllm.engine import vllm_available
 
 pytestmark = pytest.mark.skipif(
     vllm_available() is not None, reason=f"vLLM not importable: {vllm_available()}"
@@ -186,7 +186,7 @@ def test_the_nested_npti_object_is_the_flat_xargs(server):
 
 
 def test_nested_to_xargs():
-    from npti_lens.vllm_check import nested_to_xargs
+    from npti_lens.vllm.check import nested_to_xargs
 
     body = json.dumps(
         {"model": "m", "npti": {"trait": "Openness", "pole": "low", "activate": False}}

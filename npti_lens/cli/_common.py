@@ -142,7 +142,7 @@ def load_engine(args: argparse.Namespace, proto: Any, ecfg: Any) -> Any:
     import torch
 
     from npti_lens.model import ORGANISM
-    from npti_lens.vllm_engine import VLLMEngine
+    from npti_lens.vllm.engine import VLLMEngine
 
     model = args.model
     if model == ORGANISM:

@@ -30,7 +30,7 @@ def serve_flags(p: argparse.ArgumentParser) -> None:
 def serve(args: argparse.Namespace) -> None:
     import torch
 
-    from npti_lens.serve import neuron_folders, serve, vllm_args
+    from npti_lens.vllm.serve import neuron_folders, serve, vllm_args
 
     neurons = neuron_folders(args.neurons)
     proto = protocol_of(args)

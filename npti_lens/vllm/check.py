@@ -4,7 +4,7 @@ middleware that takes them as a nested `"npti": {...}` object too.
 vLLM calls a logits processor's `validate_params` in the API server for every request; a ValueError
 there is an HTTP 400 with the message, and the server keeps serving. `RequestCheck` changes no
 logits. The neuron folders it checks against come from `NPTI_SERVE_NEURONS` (JSON {name: folder}),
-which `npti_lens.serve` sets. This module imports vLLM: load it only where vLLM is installed.
+which `npti_lens.vllm.serve` sets. This module imports vLLM: load it only where vLLM is installed.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
 from npti_lens.constants import pole_name
-from npti_lens.vllm_args import induction_args
+from npti_lens.vllm.args import induction_args
 
 NEURONS_ENV = "NPTI_SERVE_NEURONS"
 

@@ -1,7 +1,7 @@
 """The vLLM side of the engine seam: NPTI's edit and answer-token statistics inside vLLM's workers.
 
 `NPTIWorkerExtension` is mixed into every vLLM worker (`LLM(worker_extension_cls=...)`); the driver
-(`npti_lens.vllm_engine`) calls its methods with `collective_rpc`. It hooks each layer's MLP
+(`npti_lens.vllm.engine`) calls its methods with `collective_rpc`. It hooks each layer's MLP
 activation (`mlp.act_fn`, SiluAndMul: input gate|up, output silu(gate) * up; GPT-2's `mlp.act`) and,
 once per forward, reads from the model runner which rows of the flattened batch belong to which
 request and at which position. Each request says in `SamplingParams.extra_args` what to do with it:
@@ -37,7 +37,7 @@ from npti_lens.induce import (
     shifted,
 )
 from npti_lens.neurons import NeuronSet
-from npti_lens.vllm_args import (
+from npti_lens.vllm.args import (
     PREFIX,
     RankPlan,
     induce_config,

@@ -1,7 +1,7 @@
 """The engine seam's vLLM side, driver half: answer, induce and record on vLLM (`--engine vllm`).
 
 `VLLMEngine` loads a model into vLLM (eager, no prefix caching, our worker extension
-`npti_lens.vllm_worker`) and offers what the answering layer needs from a model: a `tokenizer`, its
+`npti_lens.vllm.worker`) and offers what the answering layer needs from a model: a `tokenizer`, its
 dimensions and name, `generate(prompts, cfg, induction=...)` returning the TransformerLens loop's
 `Generation`s for the same token ids, and `record(pairs, stats)`, the teacher-forced answer-token
 statistics of `npti_lens.record`, gathered in the workers. Inductions are sent to the workers once
@@ -33,7 +33,7 @@ from npti_lens.neurons import NeuronSet
 from npti_lens.record import Stats
 
 ENGINES = ("tl", "vllm")
-EXTENSION = "npti_lens.vllm_worker.NPTIWorkerExtension"
+EXTENSION = "npti_lens.vllm.worker.NPTIWorkerExtension"
 # What a neuron set needs to cross to a worker (plain tensors and strings: no pickle).
 _SET_FIELDS = ("trait", "pole", "model", "n_layers", "d_mlp", "layer", "index", "diff", "p_active", "q95")
 Pair = tuple[NeuronSet, NeuronSet | None]

@@ -1,7 +1,7 @@
 """`npti serve`: an induced model behind vLLM's own OpenAI-compatible server.
 
 The server is vLLM's (its FastAPI app, routes, streaming, auth flags), started with our worker
-extension (`npti_lens.vllm_worker`) and request check (`npti_lens.vllm_check`); the only step added
+extension (`npti_lens.vllm.worker`) and request check (`npti_lens.vllm.check`); the only step added
 to vLLM's start-up is loading the neuron folders into the workers. A request picks its induction in
 the body, through vLLM's `vllm_xargs` (flat values, handed to `SamplingParams.extra_args`):
 
@@ -23,10 +23,10 @@ from typing import Any
 from npti_lens.constants import POLES, TRAITS, pole_name
 from npti_lens.errors import UserError
 from npti_lens.induce import InduceConfig
-from npti_lens.vllm_engine import EXTENSION, use_v1_runner, vllm_available
+from npti_lens.vllm.engine import EXTENSION, use_v1_runner, vllm_available
 
-CHECK = "npti_lens.vllm_check:RequestCheck"
-NESTED = "npti_lens.vllm_check.NestedArgs"
+CHECK = "npti_lens.vllm.check:RequestCheck"
+NESTED = "npti_lens.vllm.check.NestedArgs"
 
 
 def neuron_folders(specs: list[str]) -> dict[str, str]:
@@ -92,7 +92,7 @@ def serve(args: Any, neurons: dict[str, str], induce_defaults: InduceConfig) -> 
     import uvloop
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
 
-    from npti_lens.vllm_check import NEURONS_ENV
+    from npti_lens.vllm.check import NEURONS_ENV
 
     cli_env_setup()
     use_v1_runner()

@@ -1,6 +1,6 @@
 """What crosses to NPTI's vLLM workers, with no vLLM import: the `npti_*` entries of a request's
-`SamplingParams.extra_args` (parsed and checked by the workers, `npti_lens.vllm_worker`, and by the
-server's request check, `npti_lens.vllm_check`, whose ValueErrors become HTTP 400s), neuron sets as
+`SamplingParams.extra_args` (parsed and checked by the workers, `npti_lens.vllm.worker`, and by the
+server's request check, `npti_lens.vllm.check`, whose ValueErrors become HTTP 400s), neuron sets as
 plain lists, and a layer's plan split over tensor-parallel ranks.
 """
 
@@ -118,7 +118,7 @@ def rank_plan(plan: LayerPlan, rank: int, d_local: int, device: torch.device) ->
 
 
 def neurons_from(d: dict) -> NeuronSet:
-    """A neuron set from `npti_lens.vllm_engine.set_payload`'s lists."""
+    """A neuron set from `npti_lens.vllm.engine.set_payload`'s lists."""
     ints, floats = ("layer", "index"), ("diff", "p_active", "q95")
     cols = {
         k: torch.tensor(d[k], dtype=torch.int64 if k in ints else torch.float64) for k in (*ints, *floats)
