@@ -40,6 +40,7 @@ from npti_lens.sites import MLPSites, hooks_added, mlp_sites
 
 POSITIONS = ("generated", "all")
 GAMMA_WARN = 20.0  # |gamma| above this draws a warning (the paper sweeps 0.6-1.5, the demo goes to 5)
+SEED_MAX = 2**32 - 1  # keep-draw seeds: (seed, position, layer, neuron) are hashed in int64
 KEEP_RULES = ("bernoulli", "exact")
 CLAMP_ORDERS = ("before", "after")
 CLAMP_LAYERS = ("targets", "all")
@@ -109,6 +110,8 @@ def check_config(cfg: InduceConfig, stacklevel: int = 2) -> None:
     ):
         if value not in allowed:
             raise UserError(f"{value!r} is not one of {', '.join(allowed)}", field=name)
+    if isinstance(cfg.seed, bool) or not hasattr(cfg.seed, "__index__") or not 0 <= cfg.seed <= SEED_MAX:
+        raise UserError(f"{cfg.seed!r} is not an integer between 0 and {SEED_MAX}", field="seed")
     if not math.isfinite(cfg.gamma):
         raise UserError(f"{cfg.gamma} is not a finite number", field="gamma")
     if not -GAMMA_WARN <= cfg.gamma <= GAMMA_WARN:

@@ -273,21 +273,29 @@ def _digest(tensors: dict[str, Tensor]) -> str:
 
 def accumulate(stats: Stats, layer: int, acts: Float[Tensor, "tok d_mlp"]) -> None:
     """Add the activations of `tok` answer positions of one layer to `stats` (no n_tokens update)."""
+    add_counts(stats.hist[layer], stats.n_active[layer], stats.sum[layer], stats.sum_sq[layer], acts)
+
+
+def add_counts(hist: Tensor, n_active: Tensor, total: Tensor, total_sq: Tensor, acts: Tensor) -> None:
+    """One layer's counts (any integer dtype) and float64 sums, added to in place from `acts`.
+
+    Sync-free on a GPU: every count is a `scatter_add_` into the histogram (torch.bincount would read
+    the indices' range back to the host), so a hook calling this never makes the host wait.
+    """
     if acts.shape[0] == 0:
         return
     a = acts.float()
     d_mlp = a.shape[1]
-    stats.sum[layer] += a.sum(0, dtype=torch.float64)
-    stats.sum_sq[layer] += (a * a).sum(0, dtype=torch.float64)
+    total += a.sum(0, dtype=torch.float64)
+    total_sq += (a * a).sum(0, dtype=torch.float64)
+    n_active += (a > 0).sum(0).to(n_active.dtype)  # bin 0 holds a <= 0
     offset = torch.arange(d_mlp, device=a.device) * N_BINS
+    flat = hist.view(-1)
+    ones = torch.ones(1, dtype=hist.dtype, device=a.device)
     rows = max(1, _CHUNK_ELEMENTS // d_mlp)
     for start in range(0, a.shape[0], rows):
-        chunk = a[start : start + rows]
-        counts = torch.bincount((bin_index(chunk) + offset).view(-1), minlength=d_mlp * N_BINS).view(
-            d_mlp, N_BINS
-        )
-        stats.hist[layer] += counts
-        stats.n_active[layer] += chunk.shape[0] - counts[:, 0]  # bin 0 holds a <= 0
+        idx = (bin_index(a[start : start + rows]) + offset).view(-1)
+        flat.scatter_add_(0, idx, ones.expand(idx.numel()))
 
 
 @contextlib.contextmanager

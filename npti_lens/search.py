@@ -230,15 +230,19 @@ def search_pole(
                 out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
                 out.flush()
                 os.fsync(out.fileno())
-            if sites is None:  # an engine records in its own workers
-                model.record(pairs, stats)
+            if sites is None:  # an engine counts in its own workers, taken at each checkpoint
+                model.record(pairs, stats, defer=True)
             else:
                 record_batch(model, pairs, stats, sites)
             stats.meta["n_questions"] = end
             since_save += 1
             if since_save >= scfg.checkpoint_every:
+                if sites is None:
+                    model.take(stats)
                 stats.save(spath)
                 since_save = 0
+    if sites is None:
+        model.take(stats)
     stats.meta["n_questions"] = len(questions)
     stats.meta["complete"] = True
     stats.save(spath)

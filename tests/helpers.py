@@ -4,6 +4,7 @@ Imports npti_lens only inside functions, so the conftest's beartype hook is in p
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -270,3 +271,43 @@ def random_pole_sets(model: str, n_layers: int, d_mlp: int, n: int = 60, trait: 
             )
         )  # fmt: skip
     return out[0], out[1]
+
+
+@contextlib.contextmanager
+def npti_server(args: list[str], log_path: Path, wait_s: float = 600):
+    """`npti serve ARGS` on a free port, as a subprocess; yields an `openai` client once it answers."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from openai import OpenAI
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(log_path, "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "npti_lens.cli", "serve", *args, "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+    try:
+        deadline = time.time() + wait_s
+        while True:
+            try:
+                client.models.list()
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(log_path.read_text()[-3000:]) from None
+                time.sleep(2)
+        yield client
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

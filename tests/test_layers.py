@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("generation", {"generate"}),
     ("statistics and interventions", {"record", "neurons", "induce"}),
     ("selection, directions and protocol", {"select", "directions", "protocol"}),
-    ("engines", {"vllm", "vllm.args", "vllm.worker", "vllm.engine", "vllm.check", "vllm.serve"}),
+    ("engines", {"vllm", "vllm.args", "vllm.recording", "vllm.resources", "vllm.worker", "vllm.engine", "vllm.check", "vllm.serve"}),
     (
         "evaluation",
         {

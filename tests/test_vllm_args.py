@@ -97,3 +97,76 @@ def test_serve_checks_its_neuron_folders(tmp_path):
                       ([f"a={tmp_path / 'sets'}", f"a={tmp_path / 'sets'}"], "given twice")):  # fmt: skip
         with pytest.raises(UserError, match=word):
             neuron_folders(bad)
+
+
+@pytest.mark.parametrize(
+    ("bad", "word"),
+    [
+        ({"npti_seed": 2**62}, "npti_seed"),  # once overflowed int64 inside the forward
+        ({"npti_seed": -1}, "npti_seed"),
+        ({"npti_gamma": 1e300}, "npti_gamma"),
+        ({"npti_keep_prob": -0.1}, "npti_keep_prob"),
+        ({"npti_positions": "some"}, "npti_positions"),
+        ({"npti_clamp_layers": 3}, "npti_clamp_layers"),
+        ({"npti_neurons": ["a"]}, "npti_neurons"),
+        ({"npti_induction": ""}, "npti_induction"),
+        ({"npti_record": 7}, "npti_record"),
+        ({"npti_record_from": -3}, "npti_record_from"),
+        ({"npti_record_from": 1.5}, "npti_record_from"),
+    ],
+)
+def test_every_request_argument_is_bounded(bad, word):
+    with pytest.raises(ValueError, match=word):
+        induction_args(bad)
+
+
+def test_the_largest_seed_allowed_hashes_without_overflow():
+    from npti_lens.errors import UserError
+    from npti_lens.induce import SEED_MAX, check_config
+    from npti_lens.vllm.args import SEED_LIMIT
+
+    u = counter_uniform(SEED_LIMIT, torch.arange(3), 31, torch.arange(5))
+    assert u.shape == (3, 5) and bool(((u >= 0) & (u < 1)).all())
+    check_config(InduceConfig(seed=SEED_MAX))
+    with pytest.raises(UserError, match="seed"):
+        check_config(InduceConfig(seed=SEED_MAX + 1))
+
+
+@pytest.mark.parametrize(
+    ("flag", "word"),
+    [
+        ("--no-enforce-eager", "enforce_eager"),
+        ("--enable-prefix-caching", "enable_prefix_caching"),
+        ("--pipeline-parallel-size=2", "pipeline_parallel_size"),
+        ('--speculative-config={"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 2}',
+         "speculative_config"),
+        ("--quantization=fp8", "quantization"),
+    ],
+)  # fmt: skip
+def test_serve_refuses_a_vllm_arg_that_undoes_the_hooks(flag, word):
+    """Once appended after our flags and silently winning (the server served the plain model)."""
+    from npti_lens.errors import UserError
+    from npti_lens.vllm.engine import vllm_available
+
+    if vllm_available() is not None:
+        pytest.skip(f"vLLM not importable: {vllm_available()}")
+    from npti_lens.vllm.serve import vllm_args
+
+    kw = {"host": "127.0.0.1", "port": 1, "dtype": "float32", "tensor_parallel": 1, "kv_cache_gib": 1.0}
+    assert vllm_args("m", **kw).enforce_eager is True
+    with pytest.raises(UserError, match=word):
+        vllm_args("m", **kw, extra=[flag])
+
+
+def test_the_engine_refuses_keywords_that_undo_the_hooks(tmp_path):
+    from npti_lens.errors import UserError
+    from npti_lens.vllm.engine import VLLMEngine, vllm_available
+
+    if vllm_available() is not None:
+        pytest.skip(f"vLLM not importable: {vllm_available()}")
+    from tests.helpers import build_tiny_vllm
+
+    folder = build_tiny_vllm("llama", tmp_path / "m")
+    for kw in ({"enable_prefix_caching": True}, {"enforce_eager": False}):
+        with pytest.raises(UserError, match=next(iter(kw))):
+            VLLMEngine(str(folder), **kw)

@@ -5,10 +5,6 @@ keeps serving."""
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -22,21 +18,13 @@ from npti_lens.answers import Condition, answer  # noqa: E402
 from npti_lens.constants import pole_name  # noqa: E402
 from npti_lens.generate import GenerateConfig  # noqa: E402
 from npti_lens.protocol import load_protocol  # noqa: E402
-from tests.helpers import QUESTIONS, build_tiny_vllm, random_pole_sets  # noqa: E402
+from tests.helpers import QUESTIONS, build_tiny_vllm, npti_server, random_pole_sets  # noqa: E402
 
 GCFG = GenerateConfig(max_new_tokens=24, repetition_penalty=1.15)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from openai import OpenAI
-
     from npti_lens.model import load_model, model_id
     from npti_lens.sites import mlp_sites
 
@@ -47,32 +35,9 @@ def server(tmp_path_factory):
     hi, lo = random_pole_sets(model_id(tl), sites.n_layers, sites.d_mlp)
     for ns in (hi, lo):
         ns.save(root / "sets" / pole_name(ns.trait, ns.pole))
-    port = free_port()
-    log = open(root / "server.log", "w")  # noqa: SIM115 - closed in the teardown
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "npti_lens.cli", "serve", "--model", str(folder), "--neurons", f"sets={root / 'sets'}",
-         "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
-    try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                client.models.list()
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError((root / "server.log").read_text()[-3000:]) from None
-                time.sleep(2)
+    args = ["--model", str(folder), "--neurons", f"sets={root / 'sets'}"]
+    with npti_server(args, root / "server.log", wait_s=300) as client:
         yield client, str(folder), tl, hi, lo
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def ask(client, model: str, question: str, xargs: dict | None = None):
@@ -122,6 +87,15 @@ def test_plain_and_induced_requests_equal_the_transformerlens_loop(server):
         ({"npti_trait": "Openness", "npti_pole": "high"}, "no Openness"),
         ({"npti_gama": 1.0}, "unknown npti argument"),
         ({"npti_gamma": 1.0}, "npti_trait and npti_pole"),
+        # values that reached a forward once and took the engine down (seed) or could
+        ({"npti_trait": "Extraversion", "npti_pole": "high", "npti_seed": 2**62}, "npti_seed"),
+        ({"npti_trait": "Extraversion", "npti_pole": "high", "npti_seed": -1}, "npti_seed"),
+        ({"npti_trait": "Extraversion", "npti_pole": "high", "npti_gamma": 1e12}, "npti_gamma"),
+        ({"npti_trait": "Extraversion", "npti_pole": "high", "npti_keep_prob": 3}, "npti_keep_prob"),
+        ({"npti_trait": "Extraversion", "npti_pole": "high", "npti_positions": "prompt"}, "npti_positions"),
+        ({"npti_trait": "Extraversion", "npti_pole": "high", "npti_neurons": ""}, "npti_neurons"),
+        ({"npti_induction": "sets/Extraversion/sideways"}, "npti_pole"),
+        ({"npti_record": "mine"}, "npti_record"),
     ],
 )
 def test_a_bad_request_is_a_400_and_the_server_keeps_serving(server, xargs, message):
@@ -132,6 +106,8 @@ def test_a_bad_request_is_a_400_and_the_server_keeps_serving(server, xargs, mess
         ask(client, model, QUESTIONS[0], xargs)
     assert err.value.status_code == 400 and message in str(err.value)
     assert ask(client, model, QUESTIONS[0]).choices[0].message.content is not None
+    induced = {"npti_trait": "Extraversion", "npti_pole": "high", "npti_seed": 2**32 - 1}
+    assert ask(client, model, QUESTIONS[0], induced).choices[0].message.content is not None
 
 
 def test_npti_score_talks_to_the_server(server, tmp_path, monkeypatch, capsys):

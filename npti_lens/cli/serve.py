@@ -8,7 +8,11 @@ from npti_lens.cli._common import Command, add_protocol_flag, protocol_of, writa
 
 
 def serve_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="Hugging Face model id or local folder of HF weights")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="Hugging Face model id, local folder of HF weights, a .gguf file, or smollm2 (served under that name)",
+    )
     p.add_argument(
         "--neurons",
         action="append",

@@ -14,7 +14,15 @@ import torch
 from torch import Tensor
 
 from npti_lens.constants import POLES, TRAITS
-from npti_lens.induce import CLAMP_LAYERS, CLAMP_ORDERS, KEEP_RULES, POSITIONS, InduceConfig, LayerPlan
+from npti_lens.induce import (
+    CLAMP_LAYERS,
+    CLAMP_ORDERS,
+    KEEP_RULES,
+    POSITIONS,
+    SEED_MAX,
+    InduceConfig,
+    LayerPlan,
+)
 from npti_lens.neurons import NeuronSet
 
 PREFIX = "npti_"
@@ -38,6 +46,8 @@ CHOICES = {
 }
 OTHER_ARGS = {"npti_induction", "npti_trait", "npti_pole", "npti_neurons", "npti_record", "npti_record_from"}
 GAMMA_LIMIT = 1e4  # a gamma beyond this only makes NaNs
+SEED_LIMIT = SEED_MAX  # the keep draws hash the seed in int64: a larger one would overflow in a forward
+NAME_ARGS = ("npti_induction", "npti_neurons", "npti_record")
 
 
 def induction_args(extra: dict[str, Any] | None) -> dict[str, Any]:
@@ -65,6 +75,16 @@ def induction_args(extra: dict[str, Any] | None) -> dict[str, Any]:
             raise ValueError(f"{key} must be true or false, not {value!r}")
         if kind is str and value not in CHOICES[name]:
             raise ValueError(f"{key} {value!r} is not one of {', '.join(CHOICES[name])}")
+    for key in NAME_ARGS:
+        value = args.get(key, "x")
+        if not isinstance(value, str) or not 0 < len(value) <= 256:
+            raise ValueError(f"{key} must be a name (a string of 1 to 256 characters), not {value!r}")
+    start = args.get("npti_record_from", 0)
+    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < 1 << 31:
+        raise ValueError(f"npti_record_from must be a token position (0 or more), not {start!r}")
+    seed = args.get("npti_seed", 0)
+    if not 0 <= seed <= SEED_LIMIT:
+        raise ValueError(f"npti_seed {seed!r} is not between 0 and {SEED_LIMIT}")
     gamma = args.get("npti_gamma", 1.0)
     if not (math.isfinite(gamma) and abs(gamma) <= GAMMA_LIMIT):
         raise ValueError(f"npti_gamma {gamma!r} is not a finite number of at most {GAMMA_LIMIT:g} in size")
@@ -90,17 +110,19 @@ def induce_config(args: dict[str, Any], base: InduceConfig) -> InduceConfig:
 @dataclass
 class RankPlan:
     """A layer's whole plan (keep draws are made over all its neurons, so every rank agrees) and
-    the part on this rank: `mine` selects it, `cols` are its columns in the rank's activations."""
+    the part on this rank: `mine` indexes it in the whole plan (None: all of it, one rank), `cols`
+    are its columns in the rank's activations. Index tensors, built once: a boolean mask applied in
+    a forward would make the host wait for the device (a nonzero) in every layer at every step."""
 
     full: LayerPlan
-    mine: Tensor
+    mine: Tensor | None
     part: LayerPlan
     cols: Tensor
 
 
 def rank_plan(plan: LayerPlan, rank: int, d_local: int, device: torch.device) -> RankPlan:
     lo, hi = rank * d_local, (rank + 1) * d_local
-    mine = (plan.idx >= lo) & (plan.idx < hi)
+    mine = ((plan.idx >= lo) & (plan.idx < hi)).nonzero().squeeze(-1)  # on the host, once
 
     def take(sel: Tensor | slice) -> LayerPlan:
         return LayerPlan(
@@ -112,9 +134,45 @@ def rank_plan(plan: LayerPlan, rank: int, d_local: int, device: torch.device) ->
             n_keep=plan.n_keep,
         )
 
+    whole = mine.numel() == plan.idx.numel()
     return RankPlan(
-        full=take(slice(None)), mine=mine.to(device), part=take(mine), cols=(plan.idx[mine] - lo).to(device)
+        full=take(slice(None)),
+        mine=None if whole else mine.to(device),
+        part=take(mine),
+        cols=(plan.idx[mine] - lo).to(device),
     )
+
+
+# What the hooks cannot work under: (setting, value that is refused or a test, why). Read from a
+# plain mapping of vLLM's engine arguments (`npti serve`'s parsed flags, `VLLMEngine`'s keywords)
+# before any model is loaded, and again from the workers' VllmConfig (npti_lens.vllm.worker).
+WEIGHT_ONLY_QUANT = ("awq", "awq_marlin", "gptq", "gptq_marlin", "bitsandbytes", "gguf")
+REFUSED = (
+    ("enforce_eager", lambda v: v is False, "--no-enforce-eager: compiled code and CUDA graphs skip the "
+     "Python hooks that edit and record (the edit would silently not happen); keep --enforce-eager"),
+    ("enable_prefix_caching", bool, "--enable-prefix-caching: a cached prefix is not recomputed, so its "
+     "positions are neither edited (positions=all) nor recorded; drop it"),
+    ("speculative_config", bool, "--speculative-config: rejected drafts shift the positions the edit and "
+     "its keep draws are keyed by; drop it"),
+    ("pipeline_parallel_size", lambda v: (v or 1) > 1, "--pipeline-parallel-size > 1: the hooks see one "
+     "stage's layers; use --tensor-parallel instead"),
+    ("enable_dbo", bool, "--enable-dbo: micro-batches split the rows the hooks assign to requests; drop it"),
+    ("ubatch_size", lambda v: (v or 0) > 1, "--ubatch-size > 1: micro-batches split the rows the hooks "
+     "assign to requests; drop it"),
+    ("kv_transfer_config", bool, "--kv-transfer-config: a prefill computed elsewhere is not edited or "
+     "recorded here; drop it"),
+    ("quantization", lambda v: v is not None and v not in WEIGHT_ONLY_QUANT, "--quantization: an "
+     "activation-quantised MLP (fp8, nvfp4, ...) fuses the activation into its quantisation kernel and "
+     "never calls act_fn, so nothing would be edited or recorded; use a bf16/fp16 or weight-only checkpoint"),
+)  # fmt: skip
+
+
+def refusal(settings: dict[str, Any]) -> str | None:
+    """Why vLLM under these engine arguments would not run NPTI's hooks as meant, or None."""
+    for name, bad, why in REFUSED:
+        if name in settings and bad(settings[name]):
+            return f"{why} ({name}={settings[name]!r})"
+    return None
 
 
 def neurons_from(d: dict) -> NeuronSet:

@@ -1,5 +1,6 @@
-"""What `npti serve` checks of a request before vLLM admits it: its npti_* arguments; and the
-middleware that takes them as a nested `"npti": {...}` object too.
+"""What vLLM must not run NPTI under, read from a running vLLM's configuration (`config_refusal`,
+called by the workers at set-up); what `npti serve` checks of a request before vLLM admits it: its
+npti_* arguments; and the middleware that takes them as a nested `"npti": {...}` object too.
 
 vLLM calls a logits processor's `validate_params` in the API server for every request; a ValueError
 there is an HTTP 400 with the message, and the server keeps serving. `RequestCheck` changes no
@@ -19,7 +20,7 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
 from npti_lens.constants import pole_name
-from npti_lens.vllm.args import induction_args
+from npti_lens.vllm.args import induction_args, refusal
 
 NEURONS_ENV = "NPTI_SERVE_NEURONS"
 
@@ -139,3 +140,24 @@ class NestedArgs:
             return {"type": "http.request", "body": body, "more_body": False}
 
         return await self.app(scope, replay, send)
+
+
+def config_refusal(vllm_config: Any) -> str | None:
+    """Why a running vLLM's configuration would skip or corrupt the hooks (see `refusal`), or None."""
+    from vllm.config import CompilationMode, CUDAGraphMode
+
+    model, cache, par = vllm_config.model_config, vllm_config.cache_config, vllm_config.parallel_config
+    comp = vllm_config.compilation_config
+    settings = {
+        "enforce_eager": bool(model.enforce_eager)
+        and comp.mode == CompilationMode.NONE
+        and comp.cudagraph_mode == CUDAGraphMode.NONE,
+        "enable_prefix_caching": cache.enable_prefix_caching,
+        "speculative_config": vllm_config.speculative_config,
+        "pipeline_parallel_size": par.pipeline_parallel_size,
+        "enable_dbo": getattr(par, "enable_dbo", False),
+        "ubatch_size": getattr(par, "ubatch_size", 0),
+        "kv_transfer_config": vllm_config.kv_transfer_config,
+        "quantization": model.quantization,
+    }
+    return refusal(settings)

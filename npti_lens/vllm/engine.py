@@ -11,11 +11,10 @@ poles, gammas and plain requests. vLLM is imported only here and only when an en
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,8 +30,12 @@ from npti_lens.induce import InduceConfig, check_config, check_fits
 from npti_lens.model import answer_end_ids, name_model, same_model_key
 from npti_lens.neurons import NeuronSet
 from npti_lens.record import Stats
+from npti_lens.vllm.args import refusal
+from npti_lens.vllm.recording import COUNT_LIMIT
+from npti_lens.vllm.resources import _env, check_cpu_head_dim, cpu_binding, stats_bytes
 
 ENGINES = ("tl", "vllm")
+SHARED_ENV = "NPTI_SHARED_DIR"  # where workers hand statistics to the driver (shared across nodes)
 EXTENSION = "npti_lens.vllm.worker.NPTIWorkerExtension"
 # What a neuron set needs to cross to a worker (plain tensors and strings: no pickle).
 _SET_FIELDS = ("trait", "pole", "model", "n_layers", "d_mlp", "layer", "index", "diff", "p_active", "q95")
@@ -46,21 +49,6 @@ def vllm_available() -> str | None:
     except Exception as e:  # noqa: BLE001 - any import failure means the engine is unavailable
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return None
-
-
-def check_cpu_head_dim(hf_config: Any) -> None:
-    """Refuse, before vLLM starts, a model whose head size vLLM's CPU attention does not take."""
-    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
-
-    heads = getattr(hf_config, "num_attention_heads", None) or getattr(hf_config, "n_head", 1)
-    hidden = getattr(hf_config, "hidden_size", None) or getattr(hf_config, "n_embd", 0)
-    head_dim = getattr(hf_config, "head_dim", None) or hidden // heads
-    sizes = CPUAttentionBackend.get_supported_head_sizes()
-    if head_dim not in sizes:
-        raise UserError(
-            f"--engine vllm: vLLM's CPU attention takes head sizes {', '.join(map(str, sizes))}, and this "
-            f"model's is {head_dim}; use --engine tl (or a GPU)"
-        )
 
 
 def use_v1_runner() -> None:
@@ -105,32 +93,6 @@ def induction_extra(key: str, cfg: InduceConfig) -> dict[str, Any]:
     }
 
 
-def cpu_binding(tensor_parallel: int) -> str | None:
-    """vLLM's CPU thread binding: one core per rank under tensor parallelism; with one rank every
-    core (vLLM's default keeps one core for its front end, which on a small machine costs: SmolLM2
-    on 2 cores decodes 57 instead of 38 tokens/s at batch 16)."""
-    if tensor_parallel > 1:
-        return "|".join(str(i) for i in range(tensor_parallel))
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if len(cores) < 2:
-        return None
-    contiguous = cores == list(range(cores[0], cores[-1] + 1))
-    return f"{cores[0]}-{cores[-1]}" if contiguous else ",".join(map(str, cores))
-
-
-@contextlib.contextmanager
-def _env(name: str, value: str | None) -> Iterator[None]:
-    """`name=value` while the block runs, unless the user set `name` (theirs wins); then restored."""
-    if value is None or name in os.environ:
-        yield
-        return
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        os.environ.pop(name, None)
-
-
 class VLLMEngine:
     """A model in vLLM with NPTI's edit and statistics in its workers (see the module doc)."""
 
@@ -147,6 +109,7 @@ class VLLMEngine:
         gpu_memory_utilization: float = 0.85,
         kv_cache_gib: float | None = None,
         induce_defaults: InduceConfig | None = None,
+        shared_dir: str | Path | None = None,
         **llm_kwargs: Any,
     ) -> None:
         why = vllm_available()
@@ -174,6 +137,19 @@ class VLLMEngine:
         hf = AutoConfig.from_pretrained(name)
         if not torch.cuda.is_available():
             check_cpu_head_dim(hf)
+        settings = {
+            "enforce_eager": True,  # Python hooks run on every step only without compilation / graphs
+            "enable_prefix_caching": False,  # every position computed: statistics count each once
+            **llm_kwargs,
+        }
+        why = refusal(settings)
+        if why:
+            raise UserError(f"VLLMEngine: {why}")
+        if torch.cuda.is_available() and kv_cache_gib is None:
+            # the statistics the workers keep are allocated after vLLM sized its KV cache: leave room
+            total = torch.cuda.get_device_properties(0).total_memory
+            gpu_memory_utilization -= stats_bytes(hf, tensor_parallel) / total
+        self.shared_dir = Path(shared_dir or os.environ.get(SHARED_ENV) or tempfile.gettempdir())
         with _env("VLLM_CPU_OMP_THREADS_BIND", bind):  # read when the workers start
             self.llm = LLM(
                 model=name,
@@ -181,13 +157,11 @@ class VLLMEngine:
                 dtype="float32" if dtype == "auto" and not torch.cuda.is_available() else dtype,
                 tensor_parallel_size=tensor_parallel,
                 seed=seed,
-                enforce_eager=True,  # Python hooks run on every step only without compilation / graphs
-                enable_prefix_caching=False,  # every position computed: statistics count each once
                 generation_config="vllm",  # sampling comes from the protocol, not the model's defaults
                 worker_extension_cls=EXTENSION,
                 max_model_len=max_model_len,
                 gpu_memory_utilization=gpu_memory_utilization,
-                **llm_kwargs,
+                **settings,
             )
         base = asdict(induce_defaults or InduceConfig())
         dims = self.llm.collective_rpc("npti_setup", args=(base,))
@@ -263,7 +237,10 @@ class VLLMEngine:
         return gens
 
     def induce_extra(self, pairs: Sequence[Pair], cfg: InduceConfig) -> dict[str, Any]:
-        return induction_extra(self.register(pairs), cfg)
+        key = self.register(pairs)
+        extra = induction_extra(key, cfg)
+        self.llm.collective_rpc("npti_prepare", args=(key, asdict(cfg)))  # plans built outside a forward
+        return extra
 
     def _check_finite(self) -> None:
         if any(self.llm.collective_rpc("npti_take_nonfinite")):
@@ -295,10 +272,19 @@ class VLLMEngine:
     # ----- statistics ----------------------------------------------------------------------------
 
     def record(
-        self, sequences: list[tuple[list[int], list[int]]], stats: Stats, bucket: str = "record"
+        self,
+        sequences: list[tuple[list[int], list[int]]],
+        stats: Stats,
+        bucket: str = "record",
+        *,
+        defer: bool = False,
     ) -> None:
         """Teacher-force prompt + answer and add answer-position statistics to `stats` (as
-        `npti_lens.record.record_batch`), gathered by the workers, each rank its own neurons."""
+        `npti_lens.record.record_batch`), gathered by the workers, each rank its own neurons.
+
+        With `defer`, the counts stay in the workers until `take(stats, bucket)` (a search takes them
+        at its checkpoints: no transfer per batch); they are taken anyway before a worker's int32
+        counts could overflow."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -313,7 +299,13 @@ class VLLMEngine:
                 for p, _ in todo
             ]
             self.llm.generate([TokensPrompt(prompt_token_ids=p + a) for p, a in todo], params, use_tqdm=False)
-        with tempfile.TemporaryDirectory(prefix="npti-stats-") as folder:
+        if not defer or max(self.llm.collective_rpc("npti_counted", args=(bucket,))) >= COUNT_LIMIT:
+            self.take(stats, bucket)
+
+    def take(self, stats: Stats, bucket: str = "record") -> None:
+        """Add the counts the workers hold for `bucket` to `stats`, and clear them there."""
+        self.shared_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="npti-stats-", dir=self.shared_dir) as folder:
             files = self.llm.collective_rpc("npti_take", args=(bucket, folder))
             if all(f is None for f in files):
                 return
@@ -328,8 +320,8 @@ class VLLMEngine:
             return torch.cat([s[name] for s in shards], 1).to(stats.n_active.device)
 
         stats.n_tokens += n_tokens.pop()
-        stats.n_active += cat("n_active")
-        stats.hist += cat("hist")
+        stats.n_active += cat("n_active").long()
+        stats.hist += cat("hist").long()
         stats.sum += cat("sum")
         stats.sum_sq += cat("sum_sq")
         if stats.up_sum is not None and self.gated:

@@ -22,7 +22,9 @@ from typing import Any
 
 from npti_lens.constants import POLES, TRAITS, pole_name
 from npti_lens.errors import UserError
+from npti_lens.gguf import is_gguf_spec, resolve_gguf
 from npti_lens.induce import InduceConfig
+from npti_lens.vllm.args import refusal
 from npti_lens.vllm.engine import EXTENSION, use_v1_runner, vllm_available
 
 CHECK = "npti_lens.vllm.check:RequestCheck"
@@ -69,8 +71,12 @@ def vllm_args(
     from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
+    served = []
+    if is_gguf_spec(model):  # vLLM serves the dequantised folder, under the name the user gave
+        served = ["--served-model-name", model]
+        model = str(resolve_gguf(model).folder)
     argv = [
-        "--model", model, "--host", host, "--port", str(port), "--dtype", dtype,
+        "--model", model, *served, "--host", host, "--port", str(port), "--dtype", dtype,
         "--tensor-parallel-size", str(tensor_parallel),
         "--enforce-eager", "--no-enable-prefix-caching", "--generation-config", "vllm",
         "--worker-extension-cls", EXTENSION, "--logits-processors", CHECK, "--middleware", NESTED,
@@ -81,6 +87,9 @@ def vllm_args(
         argv += ["--kv-cache-memory-bytes", str(int(kv_cache_gib * (1 << 30)))]
     args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv + list(extra or []))
     validate_parsed_serve_args(args)
+    why = refusal(vars(args))  # a --vllm-arg that undoes what the hooks need
+    if why:
+        raise UserError(f"--vllm-arg: {why}")
     return args
 
 

@@ -2,8 +2,8 @@
 
 `NPTIWorkerExtension` is mixed into every vLLM worker (`LLM(worker_extension_cls=...)`); the driver
 (`npti_lens.vllm.engine`) calls its methods with `collective_rpc`. It hooks each layer's MLP
-activation (`mlp.act_fn`, SiluAndMul: input gate|up, output silu(gate) * up; GPT-2's `mlp.act`) and,
-once per forward, reads from the model runner which rows of the flattened batch belong to which
+activation (`mlp.act_fn`: SiluAndMul or GeluAndMul, input gate|up, output act(gate) * up; GPT-2's
+`mlp.act`) and, once per forward, reads from the model runner which rows of the flattened batch belong to which
 request and at which position. Each request says in `SamplingParams.extra_args` what to do with it:
 
 - an induction: `npti_induction` (a registered key) or `npti_trait` + `npti_pole` (+ `npti_neurons`,
@@ -17,11 +17,18 @@ request and at which position. Each request says in `SamplingParams.extra_args` 
 Keep draws hash (seed, position, layer, neuron) (`counter_uniform`), so a request's answer does not
 depend on what else shares its batch. Under tensor parallelism each rank edits and records only its
 own contiguous slice of the neurons (the column-split gate_up).
+
+On a GPU the hooks never make the host wait: row indices cross once per step from pinned host
+memory, plans are index tensors built once per configuration (outside the forward where the driver
+prepares them), the histogram is a scatter-add, and the non-finite check is a device flag read by
+the driver after a batch. After every forward that edits or records, the worker checks that every
+layer's hook ran (a configuration that bypasses `act_fn` fails loudly instead of doing nothing).
 """
 
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -46,19 +53,20 @@ from npti_lens.vllm.args import (
     neurons_from,
     rank_plan,
 )
+from npti_lens.vllm.recording import Recording, Site
 
-
-@dataclass
-class _Site:
-    layer: int
-    gated: bool
-    d_local: int  # neurons on this rank
+# How each gated activation vLLM implements acts on the gate half (the module's own settings).
+GATES = {
+    "SiluAndMul": lambda m: torch.nn.functional.silu,
+    "GeluAndMul": lambda m: lambda g: torch.nn.functional.gelu(g, approximate=m.approximate),
+}
+MAX_PLANS = 64  # induction configurations whose plans stay on the device (least recently used go)
 
 
 @dataclass
 class _Plans:
     pairs: list[tuple[NeuronSet, NeuronSet | None]]
-    by_cfg: dict[tuple, dict[int, RankPlan]] = field(default_factory=dict)
+    by_cfg: OrderedDict[tuple, dict[int, RankPlan]] = field(default_factory=OrderedDict)
 
 
 @dataclass
@@ -69,7 +77,7 @@ class _Step:
     records: list[tuple[str, Tensor]]  # (bucket, rows)
 
 
-class NPTIWorkerExtension:
+class NPTIWorkerExtension(Recording):
     """Methods every vLLM worker gains; the driver calls them by name with `collective_rpc`."""
 
     def npti_setup(self, base: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -86,15 +94,27 @@ class NPTIWorkerExtension:
                 f"npti: vLLM's model runner {type(self.model_runner).__name__} lacks {', '.join(missing)}; "
                 "npti_lens reads the V1 runner of vLLM 0.32: set VLLM_USE_V2_MODEL_RUNNER=0"
             )
+        from npti_lens.vllm.check import config_refusal
+
+        why = config_refusal(self.vllm_config)
+        if why:
+            raise RuntimeError(f"npti: {why}")
         model = self.model_runner.model
-        sites: dict[int, tuple[torch.nn.Module, _Site]] = {}
+        sites: dict[int, tuple[torch.nn.Module, Site]] = {}
         blocks: dict[int, torch.nn.Module] = {}
         rank = get_tensor_model_parallel_rank()
         for name, module in model.named_modules():
             m = re.search(r"(?:layers|\.h)\.(\d+)\.mlp\.(act_fn|act)$", name)
             if m:
-                gated = type(module).__name__.endswith("AndMul")
-                sites[int(m.group(1))] = (module, _Site(int(m.group(1)), gated, 0))
+                kind = type(module).__name__
+                gated = kind.endswith("AndMul") or kind.startswith("MulAnd")
+                if gated and kind not in GATES:
+                    raise RuntimeError(
+                        f"npti: {name} is a {kind}; the edit and statistics implement the gated "
+                        f"activations {', '.join(GATES)} only"
+                    )
+                gate = GATES[kind](module) if gated else None
+                sites[int(m.group(1))] = (module, Site(int(m.group(1)), gated, 0, gate))
             b = re.search(r"(?:layers|\.h)\.(\d+)$", name)
             if b:
                 blocks[int(b.group(1))] = module
@@ -115,6 +135,8 @@ class NPTIWorkerExtension:
             "requests": {},  # req_id -> parsed npti arguments
             "nonfinite": None,  # a device flag: no sync per layer
             "step": None,
+            "fired": set(),  # layers whose hook ran in the forward under way
+            "counted": {},  # bucket -> tokens counted since the last take
             "handles": [],
         }
         for module, site in sites.values():
@@ -123,6 +145,7 @@ class NPTIWorkerExtension:
         for layer, module in blocks.items():
             self._npti["handles"].append(module.register_forward_hook(self._npti_block_hook(layer)))
         self._npti["handles"].append(model.register_forward_pre_hook(self._npti_pre_hook, with_kwargs=True))
+        self._npti["handles"].append(model.register_forward_hook(self._npti_post_hook))
         self._npti["gated"] = next(iter(sites.values()))[1].gated
         return self._npti_dims()
 
@@ -137,6 +160,10 @@ class NPTIWorkerExtension:
 
     def _npti_dims(self) -> dict[str, Any]:
         return {k: self._npti[k] for k in ("n_layers", "d_mlp", "tp", "rank", "gated")}
+
+    def npti_prepare(self, key: str, cfg: dict[str, Any]) -> None:
+        """Build (and cache) the plans of induction `key` under `cfg` now, outside any forward."""
+        self._npti_plans(self._npti["inductions"][key], InduceConfig(**cfg))
 
     # ----- what the driver registers and takes back ----------------------------------------------
 
@@ -165,29 +192,6 @@ class NPTIWorkerExtension:
     def npti_keys(self) -> list[str]:
         return sorted(self._npti["inductions"])
 
-    def npti_take(self, bucket: str, folder: str) -> str | None:
-        """Write the statistics of `bucket` on this rank's neurons into `folder` (safetensors: vLLM's
-        RPC carries no typed tensors) and forget them; returns the file, or None if none were taken."""
-        from safetensors.torch import save_file
-
-        taken = self._npti["stats"].pop(bucket, None)
-        self._npti["recorded_upto"] = {k: v for k, v in self._npti["recorded_upto"].items() if k[0] != bucket}
-        if taken is None:
-            return None
-        st = taken["stats"]
-        tensors = {
-            "n_tokens": torch.tensor([taken["n_tokens"]]),
-            "n_active": st.n_active,
-            "hist": st.hist,
-            "sum": st.sum,
-            "sum_sq": st.sum_sq,
-            "up_sum": taken["up_sum"],
-            **({} if taken["resid_sum"] is None else {"resid_sum": taken["resid_sum"]}),
-        }
-        path = Path(folder) / f"{bucket}.rank{self._npti['rank']}.safetensors"
-        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(path))
-        return str(path)
-
     def npti_take_nonfinite(self) -> bool:
         flag = self._npti["nonfinite"]
         self._npti["nonfinite"] = None
@@ -198,6 +202,20 @@ class NPTIWorkerExtension:
     def _npti_pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
         self._npti["step"] = None if positions is None else self._npti_step(positions)
+        self._npti["fired"] = set()
+
+    def _npti_post_hook(self, module: torch.nn.Module, args: tuple, out: Any) -> None:
+        """A forward that should have edited or recorded: every layer's hook ran, or fail loudly."""
+        step = self._npti["step"]
+        if step is None:
+            return
+        missing = sorted(set(range(self._npti["n_layers"])) - self._npti["fired"])
+        if missing:
+            raise RuntimeError(
+                f"npti: the MLP activation hooks of layers {missing[:8]} did not run in this forward, so "
+                "their edit or statistics would silently be missing (compiled code, CUDA graphs or a fused "
+                "activation kernel?); run vLLM eagerly on a bf16/fp16 checkpoint"
+            )
 
     def _npti_step(self, positions: Tensor) -> _Step | None:
         runner = self.model_runner
@@ -241,7 +259,10 @@ class NPTIWorkerExtension:
         device = positions.device
 
         def rows(idx: list[int]) -> Tensor:
-            return torch.tensor(idx, dtype=torch.long, device=device)
+            host = torch.tensor(idx, dtype=torch.long)
+            if device.type != "cuda":
+                return host.to(device)
+            return host.pin_memory().to(device, non_blocking=True)  # no wait for the device
 
         return _Step(
             edits=[(rows(idx), rows(pos), *owners[k]) for k, (idx, pos) in edits.items() if idx],
@@ -270,7 +291,9 @@ class NPTIWorkerExtension:
 
     def _npti_plans(self, plans: _Plans, cfg: InduceConfig) -> dict[int, RankPlan]:
         ckey = tuple(getattr(cfg, f.name) for f in fields(cfg) if f.name not in ("seed", "positions"))
-        if ckey not in plans.by_cfg:
+        if ckey in plans.by_cfg:
+            plans.by_cfg.move_to_end(ckey)
+        else:
             s = self._npti
             device = next(self.model_runner.model.parameters()).device
             dtype = self.model_runner.model_config.dtype
@@ -279,13 +302,16 @@ class NPTIWorkerExtension:
             plans.by_cfg[ckey] = {
                 layer: rank_plan(p, s["rank"], d_local, device) for layer, p in full.items()
             }
+            while len(plans.by_cfg) > MAX_PLANS:
+                plans.by_cfg.popitem(last=False)
         return plans.by_cfg[ckey]
 
-    def _npti_act_hook(self, site: _Site):  # noqa: ANN202 - a closure over the site
+    def _npti_act_hook(self, site: Site):  # noqa: ANN202 - a closure over the site
         def hook(module: torch.nn.Module, inputs: tuple, out: Tensor) -> Tensor | None:
             step = self._npti["step"]
             if step is None:
                 return None
+            self._npti["fired"].add(site.layer)
             x = inputs[0]
             for bucket, rows in step.records:
                 self._npti_record(bucket, site, rows, x, out)
@@ -302,7 +328,7 @@ class NPTIWorkerExtension:
 
     def _npti_edit(
         self,
-        site: _Site,
+        site: Site,
         plan: RankPlan,
         cfg: InduceConfig,
         rows: Tensor,
@@ -313,7 +339,7 @@ class NPTIWorkerExtension:
         full, cols = plan.full, plan.cols
         if site.gated:
             block = x.index_select(0, rows)
-            a, up = torch.nn.functional.silu(block[:, cols]), block[:, cols + site.d_local]
+            a, up = site.gate(block[:, cols]), block[:, cols + site.d_local]
         else:
             a, up = out.index_select(0, rows)[:, cols], None
         keep = full.is_target
@@ -323,7 +349,9 @@ class NPTIWorkerExtension:
             u = counter_uniform(cfg.seed, positions, site.layer, full.idx).masked_fill(~full.is_target, 2.0)
             keep = torch.zeros_like(u, dtype=torch.bool)
             keep.scatter_(1, u.argsort(-1)[:, : full.n_keep], True)
-        new = shifted(a.to(full.delta.dtype), plan.part, keep[..., plan.mine], cfg.clamp_order)
+        if plan.mine is not None:  # another rank holds some of the layer's neurons
+            keep = keep.index_select(-1, plan.mine)
+        new = shifted(a.to(full.delta.dtype), plan.part, keep, cfg.clamp_order)
         new = (new * up if up is not None else new).to(out.dtype)
         bad = ~torch.isfinite(new).all()
         flag = self._npti["nonfinite"]
@@ -331,48 +359,3 @@ class NPTIWorkerExtension:
         block = out.index_select(0, rows)
         block[:, cols] = new
         out.index_copy_(0, rows, block)
-
-    def _npti_record(self, bucket: str, site: _Site, rows: Tensor, x: Tensor, out: Tensor) -> None:
-        from npti_lens.record import Stats, accumulate
-
-        stats = self._npti["stats"].get(bucket)
-        if stats is None:
-            s = self._npti
-            d = site.d_local
-            device = x.device
-            stats = {
-                "n_tokens": 0,
-                "stats": Stats.zeros(s["n_layers"], d, device=device),
-                "up_sum": torch.zeros((s["n_layers"], d), dtype=torch.float64, device=device),
-                "resid_sum": None,
-            }
-            self._npti["stats"][bucket] = stats
-        if site.gated:
-            gate_up = x.index_select(0, rows)
-            a = torch.nn.functional.silu(gate_up[:, : site.d_local])
-            stats["up_sum"][site.layer] += gate_up[:, site.d_local :].sum(0, dtype=torch.float64)
-        else:
-            a = out.index_select(0, rows)
-        if site.layer == 0:
-            stats["n_tokens"] += int(rows.numel())
-        accumulate(stats["stats"], site.layer, a)
-
-    def _npti_block_hook(self, layer: int):  # noqa: ANN202 - a closure over the layer
-        def hook(module: torch.nn.Module, inputs: tuple, out: Any) -> None:
-            step = self._npti["step"]
-            if step is None or not step.records:
-                return
-            h = (
-                out[0] + out[1]
-                if isinstance(out, tuple) and out[1] is not None
-                else (out[0] if isinstance(out, tuple) else out)
-            )
-            for bucket, rows in step.records:
-                stats = self._npti["stats"][bucket]
-                if stats["resid_sum"] is None:
-                    stats["resid_sum"] = torch.zeros(
-                        (self._npti["n_layers"], h.shape[-1]), dtype=torch.float64, device=h.device
-                    )
-                stats["resid_sum"][layer] += h.index_select(0, rows).sum(0, dtype=torch.float64)
-
-        return hook
