@@ -173,3 +173,45 @@ def test_vllm_equals_the_tl_loop_plain_and_induced(smol):
         assert got["induced"] != got["plain"]
     finally:
         engine.close()
+
+
+def test_the_openai_judge_against_npti_serve_of_smollm2(smol, tmp_path, monkeypatch, capsys):
+    """The local-judge plumbing end to end: `npti serve --model smollm2` (plain) on vLLM,
+    `npti score --judge openai --base-url` with the released judge prompts and log-probabilities.
+    SmolLM2 is too small to judge well; what is checked is that every answer gets both judge
+    replies, that the server returns the top log-probabilities the expected rating is read from,
+    and that a rating read is one of 1-5 (or its absence is counted, not invented)."""
+    from npti_lens.vllm.engine import vllm_available
+
+    if vllm_available() is not None:
+        pytest.skip(f"vLLM not importable: {vllm_available()}")
+    from npti_lens.answers import Condition, answer, write_answers
+    from npti_lens.cli import main
+    from npti_lens.generate import GenerateConfig
+    from npti_lens.llm import TOP_LOGPROBS
+    from tests.helpers import npti_server
+
+    gcfg = GenerateConfig(max_new_tokens=16, repetition_penalty=1.15, batch_size=2)
+    rows = answer(smol, QUESTIONS, Condition.none("Extraversion", "high"), gcfg)
+    write_answers(tmp_path / "gen.jsonl", rows)
+    with npti_server(["--model", "smollm2"], tmp_path / "server.log") as client:
+        reply = client.chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": "Rate it from 1 to 5."}], max_tokens=3,
+            temperature=0, logprobs=True, top_logprobs=TOP_LOGPROBS,
+        )  # fmt: skip
+        tops = reply.choices[0].logprobs.content
+        assert tops and all(len(t.top_logprobs) == TOP_LOGPROBS for t in tops)
+        monkeypatch.setenv("OPENAI_API_KEY", "none")
+        code = main([
+            "score", str(tmp_path / "gen.jsonl"), "--out", str(tmp_path / "s"), "--judge", "openai",
+            "--model", "smollm2", "--base-url", str(client.base_url), "--max-tokens", "24", "--protocol", "npti",
+        ])  # fmt: skip
+    scored = [json.loads(x) for x in (tmp_path / "s" / "scores.jsonl").read_text().splitlines()]
+    assert len(scored) == len(QUESTIONS) and code in (0, 2)
+    err = capsys.readouterr().err
+    for r in scored:
+        assert isinstance(r["trait_reply"], str) and isinstance(r["fluency_reply"], str), r.get("judge_error")
+        assert r["trait_rating"] in (None, 1, 2, 3, 4, 5)
+        e = r.get("trait_rating_expected")
+        assert e is None or 1.0 <= e <= 5.0
+    print(err)
