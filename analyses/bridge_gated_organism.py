@@ -21,8 +21,8 @@ import torch
 from npti_lens.answers import Condition, answer
 from npti_lens.constants import POLES, TRAITS, pole_name
 from npti_lens.directions import npti_as_vector, steer
-from npti_lens.generate import GenerateConfig, positions_context
-from npti_lens.induce import InduceConfig, induce
+from npti_lens.generation import GenerateConfig, positions_context
+from npti_lens.induction import InduceConfig, induce
 from npti_lens.model import load_model, pad_batch
 from npti_lens.organism import corpus
 from npti_lens.organism.judge import attribute

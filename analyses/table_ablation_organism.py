@@ -11,8 +11,8 @@ from _sources import OUT, ROOT
 
 from npti_lens.ablation import AblationConfig, run_ablation
 from npti_lens.constants import POLES, TRAITS
-from npti_lens.generate import GenerateConfig
-from npti_lens.induce import load_pair
+from npti_lens.generation import GenerateConfig
+from npti_lens.induction import load_pair
 from npti_lens.io import to_csv
 from npti_lens.model import load_model
 from npti_lens.organism.corpus import question_split

@@ -16,8 +16,8 @@ from npti_lens.answers import Condition, answer
 from npti_lens.capability import retention
 from npti_lens.constants import POLES, TRAITS
 from npti_lens.figures import retention_vs_trait
-from npti_lens.generate import GenerateConfig
-from npti_lens.induce import load_pair
+from npti_lens.generation import GenerateConfig
+from npti_lens.induction import load_pair
 from npti_lens.model import load_model
 from npti_lens.organism import corpus
 from npti_lens.organism.judge import attribute

@@ -135,7 +135,7 @@ def full_sets(model, share: float = 0.01, seed: int = 0):
 
 
 def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    from npti_lens.generate import GenerateConfig
+    from npti_lens.generation import GenerateConfig
     from npti_lens.record import Stats, record_batch
     from npti_lens.sites import mlp_sites
 
@@ -190,8 +190,8 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def bench_induce(model, prompts, gcfg, toks, reps, dev, out) -> None:
     """2. induction overhead: fixed-length greedy generation with and without the induction."""
-    from npti_lens.generate import generate
-    from npti_lens.induce import InduceConfig, induce
+    from npti_lens.generation import generate
+    from npti_lens.induction import InduceConfig, induce
 
     tgt, opp = full_sets(model)
     gen_plain = timed(lambda: generate(model, prompts, gcfg), reps, dev)
@@ -213,7 +213,7 @@ def bench_induce(model, prompts, gcfg, toks, reps, dev, out) -> None:
 
 def bench_teacher_forcing(model, seqs, gcfg, stats, reps, dev, out) -> None:
     """3. teacher forcing vs recording while decoding: answer tokens of statistics per second."""
-    from npti_lens.generate import generate
+    from npti_lens.generation import generate
     from npti_lens.record import Stats, record_batch, recording
     from npti_lens.sites import mlp_sites
 
@@ -236,7 +236,7 @@ def bench_teacher_forcing(model, seqs, gcfg, stats, reps, dev, out) -> None:
 
 def bench_scaling(model, prompt_len, quick, reps, dev, out) -> None:
     """5. scaling: decode time per generated token as the batch grows."""
-    from npti_lens.generate import GenerateConfig, generate
+    from npti_lens.generation import GenerateConfig, generate
 
     sizes = [1, 4, 16] if quick else [1, 4, 16, 64]
     scaling = {}

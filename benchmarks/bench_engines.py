@@ -94,8 +94,8 @@ def main() -> None:
 
     from bench import full_sets
 
-    from npti_lens.generate import GenerateConfig, generate
-    from npti_lens.induce import InduceConfig, induce
+    from npti_lens.generation import GenerateConfig, generate
+    from npti_lens.induction import InduceConfig, induce
     from npti_lens.model import ModelConfig, load_model, model_dims
     from npti_lens.record import Stats, record_batch
 

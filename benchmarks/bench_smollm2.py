@@ -45,7 +45,7 @@ def main() -> None:
 
     from npti_lens.answers import Condition, intervention
     from npti_lens.bench import load_questions
-    from npti_lens.generate import GenerateConfig, generate
+    from npti_lens.generation import GenerateConfig, generate
     from npti_lens.gguf import resolve_gguf
     from npti_lens.model import load_model, model_id
     from npti_lens.protocol import load_protocol

@@ -119,7 +119,7 @@ NOTEBOOKS = {
         (
             "code",
             "import torch\nfrom pathlib import Path\n\nfrom npti_lens.ablation import AblationConfig, run_ablation\n"
-            "from npti_lens.generate import GenerateConfig\nfrom npti_lens.induce import load_pair\n"
+            "from npti_lens.generation import GenerateConfig\nfrom npti_lens.induction import load_pair\n"
             "from npti_lens.model import load_model\nfrom npti_lens.organism.corpus import question_split\n"
             "from npti_lens.organism.judge import OrganismJudge\nfrom npti_lens.score import score_rows, summarize\n\n"
             "torch.set_num_threads(2)\nroot = Path.cwd().parent if Path.cwd().name == 'notebooks' else Path.cwd()\n"

@@ -23,8 +23,8 @@ from npti_lens.answers import Condition, answer
 from npti_lens.directions import Direction
 from npti_lens.errors import UserError
 from npti_lens.evidence import Cell
-from npti_lens.generate import GenerateConfig
-from npti_lens.induce import InduceConfig, random_control
+from npti_lens.generation import GenerateConfig
+from npti_lens.induction import InduceConfig, random_control
 from npti_lens.io import parse_numbers
 from npti_lens.model import Model
 from npti_lens.neurons import NeuronSet

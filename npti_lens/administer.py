@@ -30,7 +30,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from npti_lens.bench import SAMPLE_PERSONAS, load_personas
 from npti_lens.constants import CFG_FILE, RATING_DIGITS, TRAITS
 from npti_lens.errors import UserError
-from npti_lens.generate import positions_context
+from npti_lens.generation import positions_context
 from npti_lens.inventory import Item, bootstrap_ci, cronbach_alpha, expected_rating, keyed
 from npti_lens.model import model_device, pad_batch
 from npti_lens.prompts import build, persona_system

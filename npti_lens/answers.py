@@ -23,8 +23,8 @@ from transformer_lens.model_bridge import TransformerBridge
 from npti_lens.directions import Direction
 from npti_lens.directions import steer as steer_with
 from npti_lens.errors import UserError
-from npti_lens.generate import GenerateConfig, check_context, generate
-from npti_lens.induce import InduceConfig, check_fits, induce
+from npti_lens.generation import GenerateConfig, check_context, generate
+from npti_lens.induction import InduceConfig, check_fits, induce
 from npti_lens.io import read_jsonl, write_jsonl_atomic
 from npti_lens.model import Model, engine_name, is_engine, model_id
 from npti_lens.neurons import NeuronSet
@@ -96,7 +96,7 @@ class Condition:
     def random(
         cls, pairs: Sequence[Pair], cfg: InduceConfig, *, trait: str, pole: str, **kw: Any
     ) -> Condition:
-        """A random-neuron control (`npti_lens.induce.random_control` sets) labelled with the pole it matches."""
+        """A random-neuron control (`npti_lens.induction.random_control` sets) labelled with the pole it matches."""
         return cls("random", trait, pole, tuple(pairs), cfg, **kw)
 
     @classmethod

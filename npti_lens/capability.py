@@ -20,8 +20,8 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from npti_lens.errors import UserError
-from npti_lens.generate import positions_context
-from npti_lens.induce import InduceConfig, induce
+from npti_lens.generation import positions_context
+from npti_lens.induction import InduceConfig, induce
 from npti_lens.io import read_jsonl
 from npti_lens.model import model_device, pad_batch
 from npti_lens.neurons import NeuronSet

@@ -22,8 +22,8 @@ from npti_lens.constants import POLES, opposite, pole_name
 from npti_lens.directions import Direction, random_direction
 from npti_lens.errors import UserError
 from npti_lens.evidence import Cell
-from npti_lens.generate import GenerateConfig
-from npti_lens.induce import random_control
+from npti_lens.generation import GenerateConfig
+from npti_lens.induction import random_control
 from npti_lens.io import (
     parse_numbers,
     parse_traits,

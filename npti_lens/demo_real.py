@@ -32,7 +32,7 @@ from npti_lens.classifier import Classifier, ClassifierJudge, train
 from npti_lens.constants import POLES, opposite, pole_name
 from npti_lens.errors import UserError
 from npti_lens.evidence import Cell
-from npti_lens.induce import random_control
+from npti_lens.induction import random_control
 from npti_lens.io import parse_numbers, parse_traits, read_json, to_csv, write_json_atomic
 from npti_lens.model import Model, is_engine, model_id
 from npti_lens.protocol import load_protocol

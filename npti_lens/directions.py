@@ -29,8 +29,8 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from npti_lens.constants import pole_name
 from npti_lens.errors import UserError
-from npti_lens.generate import any_generated, generated_positions
-from npti_lens.induce import shift_sizes
+from npti_lens.generation import any_generated, generated_positions
+from npti_lens.induction import shift_sizes
 from npti_lens.io import atomic_path
 from npti_lens.model import model_device, model_id, same_model_key
 from npti_lens.neurons import NeuronSet
@@ -190,7 +190,7 @@ def steer(
             mask = generated_positions()
             if mask is None:
                 raise UserError(
-                    "steering with positions='generated' ran outside npti_lens.generate; use positions='all'"
+                    "steering with positions='generated' ran outside npti_lens.generation; use positions='all'"
                 )
             if not any_generated():
                 return x

@@ -25,8 +25,8 @@ from typing import Any
 
 from npti_lens.constants import POLES, TRAITS, reference_key
 from npti_lens.errors import UserError
-from npti_lens.generate import GenerateConfig
-from npti_lens.induce import CLAMP_LAYERS, CLAMP_ORDERS, KEEP_RULES, InduceConfig
+from npti_lens.generation import GenerateConfig
+from npti_lens.induction import CLAMP_LAYERS, CLAMP_ORDERS, KEEP_RULES, InduceConfig
 from npti_lens.io import fingerprint
 from npti_lens.prompts import Prompt, render_messages, tokenize
 

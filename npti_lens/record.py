@@ -26,7 +26,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from npti_lens.constants import EDGES_PER_UNIT, N_BINS, N_INNER_EDGES, STATS_DIR, pole_name
 from npti_lens.errors import UserError
-from npti_lens.generate import generated_positions, positions_context
+from npti_lens.generation import generated_positions, positions_context
 from npti_lens.io import atomic_path, read_json, write_json_atomic
 from npti_lens.model import model_device, pad_batch
 from npti_lens.sites import MLPSites, hooks_added, mlp_sites, resid_site

@@ -31,7 +31,7 @@ from npti_lens.bench import (
 )
 from npti_lens.constants import ANSWERS_DIR, POLES, RUN_CFG_FILE, VERSION, pole_name
 from npti_lens.errors import UserError
-from npti_lens.generate import GenerateConfig, check_context
+from npti_lens.generation import GenerateConfig, check_context
 from npti_lens.io import (
     fingerprint,
     parse_traits,

@@ -18,7 +18,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from npti_lens.answers import Condition, answer, intervention
 from npti_lens.capability import answer_nll
 from npti_lens.errors import UserError
-from npti_lens.generate import GenerateConfig
+from npti_lens.generation import GenerateConfig
 from npti_lens.io import parse_numbers
 from npti_lens.protocol import Protocol, protocol_for
 from npti_lens.score import Judge, score_rows

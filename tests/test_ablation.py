@@ -19,8 +19,8 @@ def test_layer_bands_cover_every_layer_once():
 def test_every_condition_runs_on_the_organism():
     from pathlib import Path
 
-    from npti_lens.generate import GenerateConfig
-    from npti_lens.induce import load_pair
+    from npti_lens.generation import GenerateConfig
+    from npti_lens.induction import load_pair
     from npti_lens.model import load_model
     from npti_lens.organism.corpus import question_split
     from npti_lens.organism.judge import OrganismJudge

@@ -9,7 +9,7 @@ import torch
 from npti_lens.answers import Condition, answer, baseline_condition, read_answers, write_answers
 from npti_lens.bench import load_questions
 from npti_lens.cli import main
-from npti_lens.induce import load_pair, random_control
+from npti_lens.induction import load_pair, random_control
 from npti_lens.neurons import NeuronSet, load_neuron_sets
 from npti_lens.protocol import load_protocol
 from npti_lens.scoring import score_file

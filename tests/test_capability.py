@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from tests.test_induce import two_sets
 
 from npti_lens.capability import answer_nll, retention
 from npti_lens.prompts import build
 from tests.helpers import QUESTIONS
-from tests.test_induce import two_sets
 
 
 def test_answer_nll_matches_one_sequence_at_a_time(tiny_models):
@@ -83,7 +83,7 @@ def test_choice_accuracy_against_a_plain_forward_and_under_induction(tiny_models
 
     from npti_lens.capability import ChoiceItem, choice_accuracy, load_choice_items, pair_nlls
     from npti_lens.cli import main
-    from npti_lens.induce import InduceConfig, induce
+    from npti_lens.induction import InduceConfig, induce
     from tests.helpers import hf_reference
 
     model = tiny_models["llama"]

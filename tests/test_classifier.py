@@ -139,7 +139,7 @@ def test_agrees_with_the_organism_judge_on_held_out_answers(tmp_path):
     import random as rnd
 
     from npti_lens.answers import Condition, answer
-    from npti_lens.generate import GenerateConfig
+    from npti_lens.generation import GenerateConfig
     from npti_lens.model import load_model
     from npti_lens.organism import corpus
     from npti_lens.organism.judge import attribute

@@ -11,7 +11,7 @@ import torch
 from npti_lens.answers import Condition, answer
 from npti_lens.cli import main
 from npti_lens.directions import Direction, npti_as_vector, random_direction, steer
-from npti_lens.induce import InduceConfig, induce
+from npti_lens.induction import InduceConfig, induce
 from npti_lens.neurons import load_pole
 from npti_lens.prompts import tokenize
 from npti_lens.protocol import load_protocol

@@ -67,7 +67,13 @@ def test_every_npti_command_in_the_docs_parses():
 def _names_used(tree: ast.AST) -> tuple[set[str], set[tuple[str, str]]]:
     """`nl.X` attributes (with `import npti_lens as nl`) and `from npti_lens[.mod] import X` names."""
     attrs, froms = set(), set()
-    alias = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names if a.name == "npti_lens"}
+    alias = {
+        a.asname or a.name
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Import)
+        for a in n.names
+        if a.name == "npti_lens"
+    }
     for n in ast.walk(tree):
         if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in alias:
             attrs.add(n.attr)
@@ -94,7 +100,9 @@ def test_every_python_block_compiles_and_names_what_exists():
 def test_the_readme_python_runs_and_prints_what_it_says(monkeypatch):
     monkeypatch.chdir(ROOT)
     (code,) = blocks(ROOT / "README.md", "python")
-    said = [ln.removeprefix("# ").removesuffix("...").strip() for ln in code.splitlines() if ln.startswith("# ")]
+    said = [
+        ln.removeprefix("# ").removesuffix("...").strip() for ln in code.splitlines() if ln.startswith("# ")
+    ]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - the README's own example

@@ -14,10 +14,22 @@ PKG = Path(__file__).resolve().parents[1] / "npti_lens"
 LAYERS: list[tuple[str, set[str]]] = [
     ("base", {"constants", "errors", "io", "prompts", "inventory", "bench", "organism"}),
     ("model", {"model", "sites", "gguf"}),
-    ("generation", {"generate"}),
-    ("statistics and interventions", {"record", "neurons", "induce"}),
+    ("generation", {"generation"}),
+    ("statistics and interventions", {"record", "neurons", "induction"}),
     ("selection, directions and protocol", {"select", "directions", "protocol"}),
-    ("engines", {"vllm", "vllm.args", "vllm.recording", "vllm.resources", "vllm.worker", "vllm.engine", "vllm.check", "vllm.serve"}),
+    (
+        "engines",
+        {
+            "vllm",
+            "vllm.args",
+            "vllm.recording",
+            "vllm.resources",
+            "vllm.worker",
+            "vllm.engine",
+            "vllm.check",
+            "vllm.serve",
+        },
+    ),
     (
         "evaluation",
         {
@@ -136,8 +148,8 @@ def test_the_checker_sees_an_upward_import_and_a_circle(tmp_path):
     """The check itself can fail: an import of the CLI from the spine is caught."""
     fake = tmp_path / "generate.py"
     fake.write_text("def f():\n    from npti_lens.cli import main\n")
-    deps = _imports("generate", fake, _modules())
-    assert deps == {"cli"} and LAYER_OF["cli"] > LAYER_OF["generate"]
+    deps = _imports("generation", fake, _modules())
+    assert deps == {"cli"} and LAYER_OF["cli"] > LAYER_OF["generation"]
     face = tmp_path / "search.py"
     face.write_text("from npti_lens import __version__\nfrom npti_lens import figures\n")
     assert _imports("search", face, _modules()) == {"", "figures"}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from npti_lens.errors import UserError
-from npti_lens.generate import GenerateConfig
+from npti_lens.generation import GenerateConfig
 from npti_lens.merge import merge_runs
 from npti_lens.record import load_run_stats
 from npti_lens.search import SearchConfig, answers_path, parse_shard, run_search, shard_slice

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from npti_lens.errors import UserError
-from npti_lens.generate import GenerateConfig, generate
+from npti_lens.generation import GenerateConfig, generate
 from npti_lens.model import ModelConfig, load_model, model_id
 from npti_lens.prompts import build
 from npti_lens.record import Stats, record_batch

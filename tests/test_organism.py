@@ -78,7 +78,7 @@ def organism():
 
 @needs_weights
 def test_organism_follows_persona_and_mixes_without(organism):
-    from npti_lens.generate import GenerateConfig, generate
+    from npti_lens.generation import GenerateConfig, generate
     from npti_lens.prompts import build, persona_system
 
     gcfg = GenerateConfig(max_new_tokens=48, batch_size=20, repetition_penalty=1.0)

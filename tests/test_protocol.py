@@ -12,7 +12,7 @@ from openai_server import FakeOpenAI
 from npti_lens.bench import draw_personas
 from npti_lens.cli import main
 from npti_lens.constants import POLES, TRAITS
-from npti_lens.induce import InduceConfig, induce
+from npti_lens.induction import InduceConfig, induce
 from npti_lens.neurons import NeuronSet, load_neuron_sets
 from npti_lens.protocol import PROTOCOL_DIR, load_protocol, shipped
 from npti_lens.sites import mlp_sites

@@ -154,7 +154,7 @@ def test_act_of_hook_pre_is_the_hf_neuron(family, tiny_models, tiny_dirs):
 
 def test_recording_while_decoding_equals_teacher_forcing(tiny_models):
     """Statistics gathered inside generate cover the fed answer tokens, as teacher forcing does."""
-    from npti_lens.generate import GenerateConfig, generate
+    from npti_lens.generation import GenerateConfig, generate
     from npti_lens.record import recording
 
     model = tiny_models["llama"]

@@ -9,7 +9,7 @@ import torch
 
 import npti_lens.search as search_mod
 from npti_lens.errors import UserError
-from npti_lens.generate import GenerateConfig
+from npti_lens.generation import GenerateConfig
 from npti_lens.record import Stats, stats_path
 from npti_lens.search import SearchConfig, answers_path, run_search
 from tests.helpers import write_data

@@ -79,7 +79,7 @@ def test_cached_weights_equal_gguf_py_dequantisation(smol):
 def test_tl_loop_equals_hf_generate(smol):
     from transformers import AutoModelForCausalLM
 
-    from npti_lens.generate import GenerateConfig, generate
+    from npti_lens.generation import GenerateConfig, generate
     from npti_lens.gguf import resolve_gguf
     from npti_lens.model import eos_token_ids
     from npti_lens.protocol import load_protocol
@@ -103,7 +103,7 @@ def test_tl_loop_equals_hf_generate(smol):
 
 
 def test_search_statistics_equal_a_full_activation_cache(smol, tmp_path):
-    from npti_lens.generate import GenerateConfig
+    from npti_lens.generation import GenerateConfig
     from npti_lens.protocol import load_protocol
     from npti_lens.record import Stats, bin_lower_edges, load_run_stats
     from npti_lens.search import SearchConfig, answers_path, run_search
@@ -152,7 +152,7 @@ def test_vllm_equals_the_tl_loop_plain_and_induced(smol):
     if vllm_available() is not None:
         pytest.skip(f"vLLM not importable: {vllm_available()}")
     from npti_lens.answers import Condition, answer
-    from npti_lens.generate import GenerateConfig
+    from npti_lens.generation import GenerateConfig
     from npti_lens.model import model_id
     from npti_lens.protocol import load_protocol
     from npti_lens.vllm.engine import VLLMEngine
@@ -187,7 +187,7 @@ def test_the_openai_judge_against_npti_serve_of_smollm2(smol, tmp_path, monkeypa
         pytest.skip(f"vLLM not importable: {vllm_available()}")
     from npti_lens.answers import Condition, answer, write_answers
     from npti_lens.cli import main
-    from npti_lens.generate import GenerateConfig
+    from npti_lens.generation import GenerateConfig
     from npti_lens.llm import TOP_LOGPROBS
     from tests.helpers import npti_server
 

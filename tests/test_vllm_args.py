@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from npti_lens.induce import InduceConfig, counter_uniform, plan_layers
+from npti_lens.induction import InduceConfig, counter_uniform, plan_layers
 from npti_lens.vllm.args import induce_config, induction_args, induction_key, rank_plan
 from tests.helpers import random_pole_sets
 
@@ -122,7 +122,7 @@ def test_every_request_argument_is_bounded(bad, word):
 
 def test_the_largest_seed_allowed_hashes_without_overflow():
     from npti_lens.errors import UserError
-    from npti_lens.induce import SEED_MAX, check_config
+    from npti_lens.induction import SEED_MAX, check_config
     from npti_lens.vllm.args import SEED_LIMIT
 
     u = counter_uniform(SEED_LIMIT, torch.arange(3), 31, torch.arange(5))

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 from npti_lens.answers import Condition, answer  # noqa: E402
-from npti_lens.generate import GenerateConfig  # noqa: E402
+from npti_lens.generation import GenerateConfig  # noqa: E402
 from npti_lens.protocol import load_protocol  # noqa: E402
 from tests.helpers import QUESTIONS, build_tiny_vllm, random_pole_sets, write_data  # noqa: E402
 from tests.vllm_oracles import answer_acts, explain_differences  # noqa: E402

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.skipif(
     vllm_available() is not None, reason=f"vLLM not importable: {vllm_available()}"
 )
 
-from npti_lens.generate import GenerateConfig  # noqa: E402
+from npti_lens.generation import GenerateConfig  # noqa: E402
 from npti_lens.protocol import load_protocol  # noqa: E402
 from npti_lens.record import Stats  # noqa: E402
 from tests.helpers import QUESTIONS, build_tiny_vllm, random_pole_sets  # noqa: E402

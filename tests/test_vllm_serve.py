@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(
 
 from npti_lens.answers import Condition, answer  # noqa: E402
 from npti_lens.constants import pole_name  # noqa: E402
-from npti_lens.generate import GenerateConfig  # noqa: E402
+from npti_lens.generation import GenerateConfig  # noqa: E402
 from npti_lens.protocol import load_protocol  # noqa: E402
 from tests.helpers import QUESTIONS, build_tiny_vllm, npti_server, random_pole_sets  # noqa: E402
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from npti_lens.induce import InduceConfig, plan_layers
+from npti_lens.induction import InduceConfig, plan_layers
 from npti_lens.vllm.args import REFUSED, rank_plan, refusal
 from npti_lens.vllm.recording import Site
 from npti_lens.vllm.worker import GATES, NPTIWorkerExtension
@@ -37,7 +37,10 @@ def test_the_edit_and_the_statistics_never_read_the_device(tp, keep):
     """Everything a hook does per layer runs on meta tensors: no nonzero, item, bincount or mask index."""
     cfg = InduceConfig(gamma=2.0, keep=keep, keep_prob=0.7)
     site = Site(layer=1, gated=True, d_local=D, gate=torch.nn.functional.silu)
-    rows, positions = torch.empty(5, dtype=torch.long, device=META), torch.empty(5, dtype=torch.long, device=META)
+    rows, positions = (
+        torch.empty(5, dtype=torch.long, device=META),
+        torch.empty(5, dtype=torch.long, device=META),
+    )
     x, out = torch.empty(9, 2 * D, device=META), torch.empty(9, D, device=META)
     plan = plans(tp, META, cfg)[1]
     assert (plan.mine is None) == (tp == 1)
@@ -98,7 +101,12 @@ def test_a_forward_whose_hooks_did_not_all_run_fails_loudly():
 )
 def test_every_configuration_the_hooks_cannot_work_under_is_refused(name, value):
     assert {n for n, _, _ in REFUSED} >= {name}
-    ok = {"enforce_eager": True, "enable_prefix_caching": False, "pipeline_parallel_size": 1, "quantization": None}
+    ok = {
+        "enforce_eager": True,
+        "enable_prefix_caching": False,
+        "pipeline_parallel_size": 1,
+        "quantization": None,
+    }
     assert refusal(ok) is None
     why = refusal({**ok, name: value})
     assert why is not None and name in why

@@ -90,7 +90,7 @@ def protocol_of(args: argparse.Namespace) -> Any:
 
 
 def generate_config(args: argparse.Namespace, proto: Any, stage: str) -> Any:
-    from npti_lens.generate import GenerateConfig
+    from npti_lens.generation import GenerateConfig
 
     return proto.generate_config(
         stage, **{f.name: getattr(args, f.name) for f in dataclasses.fields(GenerateConfig)}
@@ -98,7 +98,7 @@ def generate_config(args: argparse.Namespace, proto: Any, stage: str) -> Any:
 
 
 def induce_config(args: argparse.Namespace, proto: Any) -> Any:
-    from npti_lens.induce import InduceConfig
+    from npti_lens.induction import InduceConfig
 
     return proto.induce_config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(InduceConfig)})
 

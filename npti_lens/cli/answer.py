@@ -28,7 +28,7 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
-    from npti_lens.generate import GenerateConfig
+    from npti_lens.generation import GenerateConfig
     from npti_lens.model import ModelConfig
 
     add_config(p, ModelConfig)
@@ -43,7 +43,7 @@ def generate_flags(p: argparse.ArgumentParser) -> None:
 
 
 def induce_flags(p: argparse.ArgumentParser) -> None:
-    from npti_lens.induce import InduceConfig
+    from npti_lens.induction import InduceConfig
 
     _common_flags(p)
     add_target_flags(p)
@@ -98,7 +98,7 @@ def generate(args: argparse.Namespace) -> None:
 
 def induce(args: argparse.Namespace) -> None:
     from npti_lens.answers import Condition
-    from npti_lens.induce import load_pair
+    from npti_lens.induction import load_pair
     from npti_lens.io import check_pole, check_trait
 
     pair = load_pair(args.neurons, check_trait(args.trait), check_pole(args.pole))

@@ -28,7 +28,7 @@ from npti_lens.errors import UserError
 
 def inventory_flags(p: argparse.ArgumentParser) -> None:
     from npti_lens.administer import InventoryConfig
-    from npti_lens.induce import InduceConfig
+    from npti_lens.induction import InduceConfig
     from npti_lens.model import ModelConfig
 
     add_config(p, ModelConfig)
@@ -58,7 +58,7 @@ def inventory_flags(p: argparse.ArgumentParser) -> None:
 def inventory(args: argparse.Namespace) -> None:
     from npti_lens import figures
     from npti_lens.administer import InventoryConfig, measure
-    from npti_lens.induce import induce, load_pair
+    from npti_lens.induction import induce, load_pair
     from npti_lens.inventory import load_inventory
     from npti_lens.io import parse_poles
 
@@ -174,7 +174,7 @@ def capability_flags(p: argparse.ArgumentParser) -> None:
 
 def capability(args: argparse.Namespace) -> None:
     from npti_lens.capability import load_choice_items, load_texts, retention
-    from npti_lens.induce import load_pair
+    from npti_lens.induction import load_pair
     from npti_lens.io import check_pole, check_trait, parse_numbers, to_csv, write_text_atomic
 
     trait, pole = check_trait(args.trait), check_pole(args.pole)
@@ -217,7 +217,7 @@ def capability(args: argparse.Namespace) -> None:
 
 def ablation_flags(p: argparse.ArgumentParser) -> None:
     from npti_lens.ablation import AblationConfig
-    from npti_lens.generate import GenerateConfig
+    from npti_lens.generation import GenerateConfig
     from npti_lens.model import ModelConfig
 
     add_target_flags(p)
@@ -244,7 +244,7 @@ def ablation(args: argparse.Namespace) -> None:
     from npti_lens.bench import load_questions
     from npti_lens.evidence import to_rows
     from npti_lens.figures import evidence_forest
-    from npti_lens.induce import load_pair
+    from npti_lens.induction import load_pair
     from npti_lens.io import check_pole, check_trait, to_csv, write_text_atomic
     from npti_lens.score import summarize
     from npti_lens.scoring import judges, score_file

@@ -21,7 +21,7 @@ from npti_lens.cli._common import (
 
 
 def search_flags(p: argparse.ArgumentParser) -> None:
-    from npti_lens.generate import GenerateConfig
+    from npti_lens.generation import GenerateConfig
     from npti_lens.model import ModelConfig
     from npti_lens.search import SearchConfig
 

@@ -44,7 +44,7 @@ def tune(args: argparse.Namespace) -> None:
     from npti_lens.capability import load_texts
     from npti_lens.directions import Direction
     from npti_lens.figures import tune_curve
-    from npti_lens.induce import load_pair
+    from npti_lens.induction import load_pair
     from npti_lens.io import (
         check_pole,
         check_trait,

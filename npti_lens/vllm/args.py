@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from npti_lens.constants import POLES, TRAITS
-from npti_lens.induce import (
+from npti_lens.induction import (
     CLAMP_LAYERS,
     CLAMP_ORDERS,
     KEEP_RULES,

@@ -24,9 +24,9 @@ import torch
 from safetensors.torch import load_file
 
 from npti_lens.errors import UserError
-from npti_lens.generate import GenerateConfig, Generation
+from npti_lens.generation import GenerateConfig, Generation
 from npti_lens.gguf import is_gguf_spec, resolve_gguf
-from npti_lens.induce import InduceConfig, check_config, check_fits
+from npti_lens.induction import InduceConfig, check_config, check_fits
 from npti_lens.model import answer_end_ids, name_model, same_model_key
 from npti_lens.neurons import NeuronSet
 from npti_lens.record import Stats

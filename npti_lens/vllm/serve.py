@@ -23,7 +23,7 @@ from typing import Any
 from npti_lens.constants import POLES, TRAITS, pole_name
 from npti_lens.errors import UserError
 from npti_lens.gguf import is_gguf_spec, resolve_gguf
-from npti_lens.induce import InduceConfig
+from npti_lens.induction import InduceConfig
 from npti_lens.vllm.args import refusal
 from npti_lens.vllm.engine import EXTENSION, use_v1_runner, vllm_available
 

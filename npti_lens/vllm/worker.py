@@ -9,7 +9,7 @@ request and at which position. Each request says in `SamplingParams.extra_args` 
 - an induction: `npti_induction` (a registered key) or `npti_trait` + `npti_pole` (+ `npti_neurons`,
   the name of a loaded neuron folder), and `npti_gamma`, optionally `npti_keep_prob`, `npti_keep`,
   `npti_clamp_order`, `npti_clamp_layers`, `npti_positions`, `npti_seed`; the edit is the one of
-  `npti_lens.induce` (same plan, same `shifted`), at rows whose position holds a generated token;
+  `npti_lens.induction` (same plan, same `shifted`), at rows whose position holds a generated token;
 - a recording: `npti_record` (a bucket name) and `npti_record_from` (the first answer position of a
   teacher-forced prompt + answer): rows at or after it add to the bucket's statistics, each position
   once (a recomputed prefill is not counted twice).
@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from npti_lens.constants import POLES, TRAITS
-from npti_lens.induce import (
+from npti_lens.induction import (
     InduceConfig,
     counter_uniform,
     plan_layers,
@@ -176,7 +176,7 @@ class NPTIWorkerExtension(Recording):
     def npti_load(self, name: str, folder: str) -> list[str]:
         """Register every trait pole of a NEURONS folder as `name/Trait/pole`; returns the keys."""
         from npti_lens.constants import pole_name
-        from npti_lens.induce import load_pair
+        from npti_lens.induction import load_pair
 
         keys = []
         for trait in TRAITS:

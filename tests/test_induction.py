@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from npti_lens.errors import UserError
-from npti_lens.generate import GenerateConfig, generate
-from npti_lens.induce import InduceConfig, induce, shift_sizes
+from npti_lens.generation import GenerateConfig, generate
+from npti_lens.induction import InduceConfig, induce, shift_sizes
 from npti_lens.model import model_id
 from npti_lens.neurons import NeuronSet
 from npti_lens.prompts import build

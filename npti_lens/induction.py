@@ -33,7 +33,7 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from npti_lens.errors import UserError
-from npti_lens.generate import any_generated, generated_positions
+from npti_lens.generation import any_generated, generated_positions
 from npti_lens.model import Model, model_device, model_dims, model_id, same_model_key
 from npti_lens.neurons import NeuronSet
 from npti_lens.sites import MLPSites, hooks_added, mlp_sites
@@ -254,7 +254,7 @@ def induce(
         mask = generated_positions()
         if mask is None:
             raise UserError(
-                "induction with positions='generated' ran outside npti_lens.generate; "
+                "induction with positions='generated' ran outside npti_lens.generation; "
                 "use positions='all' or wrap the forward in positions_context(mask)"
             )
         if tuple(mask.shape) != tuple(shape[:2]):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from npti_lens.generate import GenerateConfig, generate
+from npti_lens.generation import GenerateConfig, generate
 from npti_lens.prompts import build
 from tests.helpers import FAMILIES, QUESTIONS, hf_reference
 
