@@ -25,6 +25,8 @@ _WHERE = {
     "check_fits": "induction",
     "induce": "induction",
     "ModelConfig": "model",
+    "ModelFacts": "model",
+    "facts": "model",
     "load_model": "model",
     "NeuronSet": "neurons",
     "import_reference": "neurons",

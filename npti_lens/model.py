@@ -82,6 +82,54 @@ class Engine(Protocol):
 Model = TransformerBridge | Engine  # what answering, searching and checking accept
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the stages need to know about a loaded model, worked out once and carried with it
+    (`facts(model)`): the same fields for the TransformerBridge and for an engine of the seam."""
+
+    id: str  # the name artifacts are tied to (`model_id`)
+    engine: str  # tl or vllm
+    n_layers: int
+    d_mlp: int  # neurons per layer
+    d_model: int
+    gated: bool  # a gated MLP (neuron = act(gate), times up)
+    n_positions: int | None  # the longest sequence it takes, if its config says
+    eos_ids: tuple[int, ...]  # every id that ends an answer
+    source: tuple[tuple[str, str], ...]  # provenance beyond the name (a GGUF's file and hash)
+    protocol: str  # the protocol used when none is named
+
+
+FACTS_ATTR = "npti_facts"
+
+
+def facts(model: Any) -> ModelFacts:
+    """The model's `ModelFacts`, computed on first use (or at load) and kept on the model."""
+    known = getattr(model, FACTS_ATTR, None)
+    if known is not None:
+        return known
+    from npti_lens.organism import WEIGHTS_DIR
+
+    name = same_model_key(str(model.cfg.model_name))
+    if is_engine(model):
+        layers, d_mlp, gated = int(model.n_layers), int(model.d_mlp), bool(model.gated)
+        positions, eos = int(model.n_positions), list(model.eos_ids)
+    else:
+        from npti_lens.sites import mlp_sites
+
+        sites = mlp_sites(model)
+        layers, d_mlp, gated = sites.n_layers, sites.d_mlp, sites.gated
+        n = getattr(model.original_model.config, "max_position_embeddings", None)
+        positions, eos = (int(n) if n else None), eos_token_ids(model)
+    known = ModelFacts(
+        id=name, engine=engine_name(model), n_layers=layers, d_mlp=d_mlp, d_model=int(model.cfg.d_model),
+        gated=gated, n_positions=positions, eos_ids=tuple(eos),
+        source=tuple(sorted((getattr(model, "npti_source", None) or {}).items())),
+        protocol=ORGANISM if name == WEIGHTS_DIR.name else "npti",
+    )  # fmt: skip
+    setattr(model, FACTS_ATTR, known)
+    return known
+
+
 def is_engine(model: Any) -> bool:
     """True for an engine of the seam other than a TransformerBridge (npti_lens.vllm.engine)."""
     return getattr(type(model), "engine_name", "tl") != "tl"
@@ -93,12 +141,8 @@ def engine_name(model: Any) -> str:
 
 def model_dims(model: Any) -> tuple[int, int]:
     """(layers, neurons per layer) of a TransformerBridge or an engine."""
-    if is_engine(model):
-        return int(model.n_layers), int(model.d_mlp)
-    from npti_lens.sites import mlp_sites
-
-    sites = mlp_sites(model)
-    return sites.n_layers, sites.d_mlp
+    f = facts(model)
+    return f.n_layers, f.d_mlp
 
 
 def resolve_device(device: str) -> str:
@@ -186,6 +230,7 @@ def load_model(
     if tok.pad_token_id is None:
         # Padding positions are masked out everywhere; any id will do, EOS is the convention.
         tok.pad_token = tok.eos_token
+    facts(bridge)  # worked out once, carried with the model
     return bridge
 
 
@@ -209,18 +254,20 @@ def model_id(model: Model) -> str:
     `meta-llama/Meta-Llama-3-8B-Instruct` and a local folder `.../Meta-Llama-3-8B-Instruct` are the
     same model to npti_lens, and moving a folder does not orphan the neuron sets made from it.
     """
-    return same_model_key(str(model.cfg.model_name))
+    return facts(model).id
 
 
 def name_model(model: Any, source: GGUFSource) -> None:
     """Name a model loaded from a GGUF's cache folder by the GGUF file, and remember its hash."""
     model.cfg.model_name = source.name
     model.npti_source = source.record()
+    if getattr(model, FACTS_ATTR, None) is not None:
+        delattr(model, FACTS_ATTR)  # worked out again under the new name
 
 
 def model_source(model: Any) -> dict[str, str]:
     """What artifacts record of where the weights came from beyond the name (a GGUF's hash), or {}."""
-    return dict(getattr(model, "npti_source", None) or {})
+    return dict(facts(model).source)
 
 
 def same_model_key(name: str) -> str:
@@ -248,10 +295,7 @@ def answer_end_ids(tokenizer: Any, gen_cfg: Any) -> list[int]:
 
 def n_positions(model: Model) -> int | None:
     """The longest sequence the model takes (max_position_embeddings), if its config says."""
-    if is_engine(model):
-        return int(model.n_positions)
-    n = getattr(model.original_model.config, "max_position_embeddings", None)
-    return int(n) if n else None
+    return facts(model).n_positions
 
 
 def pad_batch(

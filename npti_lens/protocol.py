@@ -157,10 +157,9 @@ def shipped() -> list[str]:
 def protocol_for(model: Any, spec: str | Path | Protocol | None = None) -> Protocol:
     """`spec` loaded; None: the organism's protocol for the organism, else `npti`."""
     if spec is None:
-        from npti_lens.model import model_id
-        from npti_lens.organism import WEIGHTS_DIR
+        from npti_lens.model import facts
 
-        return load_protocol(ORGANISM if model_id(model) == WEIGHTS_DIR.name else DEFAULT)
+        return load_protocol(facts(model).protocol)
     return load_protocol(spec)
 
 

@@ -1,5 +1,5 @@
 """The real-model demo's workflow on a tiny model: every table, cell and file; a killed demo resumes
-to the same results; choices follow the fluency floor. (SmolLM2's own numbers: README, benchmarks.)"""
+to the same results; choices follow the fluency floor. (SmolLM2's own numbers: docs/smollm2.md, benchmarks.)"""
 
 from __future__ import annotations
 

@@ -58,3 +58,18 @@ def test_bad_model_path_and_dtype(tmp_path):
         load_model(str(tmp_path / "empty"))
     with pytest.raises(UserError, match="--dtype"):
         load_model(ModelConfig(model=str(tmp_path), dtype="int3"))
+
+
+def test_model_facts_are_worked_out_once_and_carried(tiny_models):
+    from npti_lens import sites as sites_module
+    from npti_lens.model import FACTS_ATTR, facts, model_dims, model_id, n_positions
+    from npti_lens.protocol import protocol_for
+
+    for family, model in tiny_models.items():
+        f = facts(model)
+        assert getattr(model, FACTS_ATTR) is f  # computed at load, kept on the model
+        s = sites_module.mlp_sites(model)
+        assert (f.n_layers, f.d_mlp, f.gated) == (s.n_layers, s.d_mlp, s.gated), family
+        assert (model_id(model), model_dims(model), n_positions(model)) == (f.id, (f.n_layers, f.d_mlp), f.n_positions)
+        assert f.engine == "tl" and f.protocol == "npti" and protocol_for(model).name == "npti"
+        assert f.d_model == int(model.cfg.d_model) and f.eos_ids

@@ -1,4 +1,4 @@
-"""A newcomer's first hour: the README's organism example as written, every --help, and bad input
+"""A newcomer's first hour: the getting-started organism example as written, every --help, and bad input
 (damaged files, taken or unwritable outputs, out-of-range numbers) as one-line errors with exit 2
 that leave earlier results byte for byte as they were."""
 
@@ -20,7 +20,7 @@ import torch
 from npti_lens.cli import build_parser, main
 from tests.helpers import write_data
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+GETTING_STARTED = Path(__file__).resolve().parents[1] / "docs" / "getting-started.md"
 GEN = ["--max-new-tokens", "3", "--batch-size", "4"]
 
 
@@ -50,7 +50,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def _readme_block(heading: str) -> list[str]:
-    text = README.read_text(encoding="utf-8")
+    text = GETTING_STARTED.read_text(encoding="utf-8")
     block = text.split(heading, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     lines = block.replace("\\\n", " ").splitlines()
     return [ln.split("#", 1)[0].strip() for ln in lines if ln.split("#", 1)[0].strip()]
@@ -70,7 +70,7 @@ def test_readme_organism_example_runs_as_written(tmp_path, monkeypatch, capsys):
         head, row = rows[0].split(","), rows[1].split(",")
         return float(row[head.index(col)])
 
-    # the numbers the README states
+    # the numbers the page states
     assert round(mean("none", "trait_score_mean"), 3) == 0.050
     assert round(mean("npti", "trait_score_mean"), 3) == 0.967
     assert round(mean("simple", "trait_score_mean"), 3) == 1.000

@@ -121,7 +121,7 @@ def test_npti_moves_the_target_pole_above_the_random_control(organism, tmp_path)
             gains.append(npti["target"] - rand["target"])
             lifts.append(npti["target"] - none["target"])
             assert by[(t, p, "persona")]["target"] > 0.9
-    # Averaged over the ten poles; single poles vary (see the README's demo table).
+    # Averaged over the ten poles; single poles vary (see the demo table in docs/organism.md).
     assert sum(gains) / len(gains) > 0.15, gains
     assert sum(lifts) / len(lifts) > 0.05, lifts
     for f in result.files.values():
@@ -156,7 +156,7 @@ def test_rating_examples_follow_pole_and_keying():
 
 @needs_weights
 def test_the_default_demo_gives_the_verdicts_the_readme_states(organism, tmp_path):
-    """The README's per-cell account of the demo, checked on a run with the defaults."""
+    """The per-cell account of the demo in docs/organism.md, checked on a run with the defaults."""
     from npti_lens.demo import DemoConfig, run_demo
 
     # the vector's cells are judged in their own family, so adding them leaves NPTI's verdicts as in

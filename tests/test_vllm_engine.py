@@ -48,6 +48,15 @@ def pairs(tmp_path_factory):
             engine.close()
 
 
+def test_both_engines_carry_the_same_model_facts(pairs):
+    """One handle: what the stages read of a model is worked out once, the same on either engine."""
+    from npti_lens.model import facts
+
+    for family, (tl, engine, _, _) in pairs.items():
+        assert facts(engine) == replace(facts(tl), engine="vllm"), family
+        assert facts(tl) is facts(tl)
+
+
 def strip(rows):
     return [{k: v for k, v in r.items() if k != "engine"} for r in rows]
 

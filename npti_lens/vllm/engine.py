@@ -27,7 +27,7 @@ from npti_lens.errors import UserError
 from npti_lens.generation import GenerateConfig, Generation
 from npti_lens.gguf import is_gguf_spec, resolve_gguf
 from npti_lens.induction import InduceConfig, check_config, check_fits
-from npti_lens.model import answer_end_ids, name_model, same_model_key
+from npti_lens.model import answer_end_ids, facts, name_model, same_model_key
 from npti_lens.neurons import NeuronSet
 from npti_lens.record import Stats
 from npti_lens.vllm.args import refusal
@@ -179,6 +179,7 @@ class VLLMEngine:
             gen_cfg = None
         self.eos_ids = answer_end_ids(self.tokenizer, gen_cfg)
         self._registered: set[str] = set()
+        facts(self)  # the same handle the TL loop carries
 
     # ----- answering -----------------------------------------------------------------------------
 
