@@ -126,3 +126,23 @@ def test_some_traits_of_a_demo_can_be_tabled_again(demo, tiny_models):
         warnings.simplefilter("ignore")
         again = run_real_demo(tiny_models["llama"], CFG, out)
     assert again.rows == first.rows  # every answer set read back, nothing regenerated
+
+
+def test_the_cli_continues_a_real_model_demo_in_its_folder(tiny_dirs, tmp_path, capsys):
+    """`npti demo --model M --out D` a second time continues D (its answers are checkpoints) instead of
+    asking for --overwrite; another config there is one line and exit 2."""
+    from npti_lens.cli import main
+
+    argv = ["demo", "--model", str(tiny_dirs["llama"]), "--out", str(tmp_path / "d"), "--traits", "Extraversion",
+            "--n-search", "4", "--n-test", "3", "--max-new-tokens", "4", "--gammas", "4", "--control-draws", "1",
+            "--methods", "npti", "--batch-size", "8", "--fluency-floor", "0", "--min-neurons", "8",
+            "--threshold", "0.9"]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(argv) == 0
+        first = (tmp_path / "d" / "demo_results.csv").read_text()
+        assert main(argv) == 0
+        assert (tmp_path / "d" / "demo_results.csv").read_text() == first
+        capsys.readouterr()
+        assert main([*argv[:-2], "--threshold", "0.8"]) == 2
+    assert "holds a demo of another model or config" in capsys.readouterr().err

@@ -28,7 +28,11 @@ def demo_flags(p: argparse.ArgumentParser) -> None:
     from npti_lens.model import ModelConfig
 
     p.add_argument("--out", default="npti_demo", help="folder for the run, tables and figure")
-    p.add_argument("--overwrite", action="store_true", help="write over a demo already in --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write over a demo already in --out (a real model's demo there continues without it)",
+    )
     p.add_argument(
         "--model",
         default="organism",
@@ -73,9 +77,16 @@ def demo(args: argparse.Namespace) -> None:
     from npti_lens.demo import RESULTS_CSV, DemoConfig, run_demo, summary_lines
     from npti_lens.demo_real import RealDemoConfig
 
-    out = fresh_dir(args.out, args.overwrite, holds=RESULTS_CSV)
     if args.model != "organism":
+        from npti_lens.demo_real import STATE_FILE
+
+        # a folder holding a demo continues it (or tables it for other traits): its answers are
+        # checkpoints; a demo of another model or config there is refused by run_real_demo
+        out = writable_dir(args.out)
+        if not (out / STATE_FILE).is_file():
+            out = fresh_dir(args.out, args.overwrite, holds=RESULTS_CSV)
         return _real_demo(args, out, _demo_config(args, RealDemoConfig, DemoConfig))
+    out = fresh_dir(args.out, args.overwrite, holds=RESULTS_CSV)
     if args.engine != "tl":
         raise UserError("--engine: the organism demo runs on the TL engine (its word vocabulary)")
     result = run_demo(_demo_config(args, DemoConfig, RealDemoConfig), out, progress=True)

@@ -107,7 +107,7 @@ class NPTIWorkerExtension(Recording):
             m = re.search(r"(?:layers|\.h)\.(\d+)\.mlp\.(act_fn|act)$", name)
             if m:
                 kind = type(module).__name__
-                gated = kind.endswith("AndMul") or kind.startswith("MulAnd")
+                gated = "AndMul" in kind or kind.startswith("MulAnd")  # GeluAndMulSparse too
                 if gated and kind not in GATES:
                     raise RuntimeError(
                         f"npti: {name} is a {kind}; the edit and statistics implement the gated "
