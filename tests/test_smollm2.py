@@ -188,6 +188,7 @@ def test_the_openai_judge_against_npti_serve_of_smollm2(smol, tmp_path, monkeypa
     from npti_lens.answers import Condition, answer, write_answers
     from npti_lens.cli import main
     from npti_lens.generation import GenerateConfig
+    from npti_lens.judge import MIN_DIGIT_MASS, digit_mass, expected_rating
     from npti_lens.llm import TOP_LOGPROBS
     from tests.helpers import npti_server
 
@@ -201,6 +202,19 @@ def test_the_openai_judge_against_npti_serve_of_smollm2(smol, tmp_path, monkeypa
         )  # fmt: skip
         tops = reply.choices[0].logprobs.content
         assert tops and all(len(t.top_logprobs) == TOP_LOGPROBS for t in tops)
+        # the expected-rating reader on the server's own log-probabilities, at a digit after "[["
+        rated = client.chat.completions.create(
+            model="smollm2", max_tokens=1, temperature=0, logprobs=True, top_logprobs=TOP_LOGPROBS,
+            messages=[{"role": "user", "content": "Rate from 1 to 5 how extraverted 'I love parties.' is, as [[1]] to [[5]]."},
+                      {"role": "assistant", "content": "Rating: [["}],
+            extra_body={"continue_final_message": True, "add_generation_prompt": False},
+        )  # fmt: skip
+        # the distribution at the rating position, whichever token came out on top
+        at = {a.token: a.logprob for a in rated.choices[0].logprobs.content[0].top_logprobs}
+        mass, expected = digit_mass(at), expected_rating(at)
+        assert 0.0 < mass <= 1.0 + 1e-6, at  # some digit among the top log-probabilities
+        assert (expected is None) == (mass < MIN_DIGIT_MASS) and (expected is None or 1.0 <= expected <= 5.0)
+        print(f"digit mass {mass:.3f}, expected rating {expected}")
         monkeypatch.setenv("OPENAI_API_KEY", "none")
         code = main([
             "score", str(tmp_path / "gen.jsonl"), "--out", str(tmp_path / "s"), "--judge", "openai",
