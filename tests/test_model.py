@@ -70,6 +70,10 @@ def test_model_facts_are_worked_out_once_and_carried(tiny_models):
         assert getattr(model, FACTS_ATTR) is f  # computed at load, kept on the model
         s = sites_module.mlp_sites(model)
         assert (f.n_layers, f.d_mlp, f.gated) == (s.n_layers, s.d_mlp, s.gated), family
-        assert (model_id(model), model_dims(model), n_positions(model)) == (f.id, (f.n_layers, f.d_mlp), f.n_positions)
+        assert (model_id(model), model_dims(model), n_positions(model)) == (
+            f.id,
+            (f.n_layers, f.d_mlp),
+            f.n_positions,
+        )
         assert f.engine == "tl" and f.protocol == "npti" and protocol_for(model).name == "npti"
         assert f.d_model == int(model.cfg.d_model) and f.eos_ids
