@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 import torch
-from tests.test_induce import two_sets
+from tests.test_induction import two_sets
 
 from npti_lens.administer import (
     InventoryConfig,

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from tests.test_induce import two_sets
+from tests.test_induction import two_sets
 
 from npti_lens.capability import answer_nll, retention
 from npti_lens.prompts import build
