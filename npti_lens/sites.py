@@ -104,3 +104,48 @@ def hooks_added(model: TransformerBridge, hooks: list[tuple[str, Callable[..., A
             handle.hook.remove()
             if handle in hp.fwd_hooks:
                 hp.fwd_hooks.remove(handle)
+
+
+_PLAIN: weakref.WeakKeyDictionary[TransformerBridge, torch.nn.Module | None] = weakref.WeakKeyDictionary()
+
+
+def any_hook(model: TransformerBridge) -> bool:
+    """True when some TransformerLens hook is on the model (an induction, a recording, a user's)."""
+    return any(hp._forward_hooks or hp._forward_pre_hooks for hp in model.hook_dict.values())
+
+
+def plain_hf(model: TransformerBridge) -> torch.nn.Module | None:
+    """The HF model without the bridge's per-module wrappers, on the very same weight tensors (no
+    copy), built once; None where its weights do not map one to one. Forwards through it skip the
+    wrappers, so it serves only where no hook is asked for."""
+    if model in _PLAIN:
+        return _PLAIN[model]
+    hf = model.original_model
+    plain = None
+    try:
+        with torch.device("meta"):
+            plain = type(hf)(hf.config)
+        want = set(plain.state_dict())
+        found = {k.replace("._original_component", ""): v for k, v in hf.state_dict(keep_vars=True).items()}
+        if want <= set(found):
+            plain.load_state_dict({k: found[k] for k in want}, assign=True, strict=True)
+            plain.tie_weights()
+            buffers = {k.replace("._original_component", ""): v for k, v in hf.named_buffers()}
+            for name, b in list(plain.named_buffers()):  # non-persistent ones (rotary frequencies)
+                if b.is_meta and name in buffers:
+                    owner, _, leaf = name.rpartition(".")
+                    plain.get_submodule(owner)._buffers[leaf] = buffers[name]
+            plain.eval()
+            if any(p.is_meta for p in plain.parameters()) or any(b.is_meta for b in plain.buffers()):
+                plain = None
+            else:  # the bridge may compute a module its own way (GPT-2's attention): exact or unused
+                probe = torch.arange(min(8, int(hf.config.vocab_size)), device=hf.device)[None]
+                with torch.inference_mode():
+                    if not torch.equal(hf(input_ids=probe).logits, plain(input_ids=probe).logits):
+                        plain = None
+        else:
+            plain = None
+    except Exception:  # noqa: BLE001 - an architecture this does not fit keeps the bridge path
+        plain = None
+    _PLAIN[model] = plain  # beside the model, not on it: a module attribute would join its state
+    return plain

@@ -85,3 +85,26 @@ def test_stops_at_eos_and_sampling_is_seeded(tiny_models):
         assert g.hit_eos or len(g.answer_ids) == 20
     c = generate(model, prompts, GenerateConfig(max_new_tokens=20, temperature=1.5, seed=4, batch_size=4))
     assert [g.answer_ids for g in a] != [g.answer_ids for g in c]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_fast_path_without_hooks_equals_the_bridge_path(family, tiny_models):
+    """With no hook on the model the loop runs the HF model without the bridge's wrappers (same weight
+    tensors); its answers equal the bridge path's token for token, greedy and sampled."""
+    from npti_lens.sites import MLPSites, any_hook, hooks_added, plain_hf
+
+    model = tiny_models[family]
+    plain = plain_hf(model)
+    if plain is not None:  # where the bridge computes a module its own way, there is no fast path
+        emb = model.original_model.get_input_embeddings().weight
+        assert plain.get_input_embeddings().weight.data_ptr() == emb.data_ptr()  # no copy
+    prompts = [build(model.tokenizer, q).token_ids for q in QUESTIONS[:4]]
+    for cfg in (GenerateConfig(max_new_tokens=10, batch_size=4, repetition_penalty=1.15),
+                GenerateConfig(max_new_tokens=10, batch_size=4, temperature=0.8, top_p=0.9, seed=3)):  # fmt: skip
+        assert not any_hook(model)
+        fast = generate(model, prompts, cfg)
+        with hooks_added(model, [(MLPSites.post(0), lambda x, hook: None)]):  # a no-op hook: bridge path
+            assert any_hook(model)
+            slow = generate(model, prompts, cfg)
+        assert [g.answer_ids for g in fast] == [g.answer_ids for g in slow], family
+    assert not any_hook(model)
