@@ -7,7 +7,6 @@ import csv
 import numpy as np
 import pytest
 import torch
-from tests.test_induction import two_sets
 
 from npti_lens.administer import (
     InventoryConfig,
@@ -22,6 +21,7 @@ from npti_lens.induction import InduceConfig, induce
 from npti_lens.inventory import Item, load_inventory
 from npti_lens.prompts import build
 from tests.helpers import SHARED, hf_reference
+from tests.test_induction import two_sets
 
 IPIP120 = SHARED / "reference" / "ipip-neo-120" / "items.csv"
 

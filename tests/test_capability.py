@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
-from tests.test_induction import two_sets
 
 from npti_lens.capability import answer_nll, retention
 from npti_lens.prompts import build
 from tests.helpers import QUESTIONS
+from tests.test_induction import two_sets
 
 
 def test_answer_nll_matches_one_sequence_at_a_time(tiny_models):

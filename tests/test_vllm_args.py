@@ -123,9 +123,8 @@ def test_every_request_argument_is_bounded(bad, word):
 def test_the_largest_seed_allowed_hashes_without_overflow():
     from npti_lens.errors import UserError
     from npti_lens.induction import SEED_MAX, check_config
-    from npti_lens.vllm.args import SEED_LIMIT
 
-    u = counter_uniform(SEED_LIMIT, torch.arange(3), 31, torch.arange(5))
+    u = counter_uniform(SEED_MAX, torch.arange(3), 31, torch.arange(5))
     assert u.shape == (3, 5) and bool(((u >= 0) & (u < 1)).all())
     check_config(InduceConfig(seed=SEED_MAX))
     with pytest.raises(UserError, match="seed"):
@@ -170,3 +169,16 @@ def test_the_engine_refuses_keywords_that_undo_the_hooks(tmp_path):
     for kw in ({"enable_prefix_caching": True}, {"enforce_eager": False}):
         with pytest.raises(UserError, match=next(iter(kw))):
             VLLMEngine(str(folder), **kw)
+
+
+def test_the_engine_refuses_a_shared_folder_it_cannot_write(tmp_path):
+    from npti_lens.errors import UserError
+    from npti_lens.vllm.engine import VLLMEngine, vllm_available
+
+    if vllm_available() is not None:
+        pytest.skip(f"vLLM not importable: {vllm_available()}")
+    from tests.helpers import build_tiny_vllm
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match="NPTI_SHARED_DIR"):
+        VLLMEngine(str(build_tiny_vllm("llama", tmp_path / "m")), shared_dir=tmp_path / "f" / "sub")

@@ -46,7 +46,6 @@ CHOICES = {
 }
 OTHER_ARGS = {"npti_induction", "npti_trait", "npti_pole", "npti_neurons", "npti_record", "npti_record_from"}
 GAMMA_LIMIT = 1e4  # a gamma beyond this only makes NaNs
-SEED_LIMIT = SEED_MAX  # the keep draws hash the seed in int64: a larger one would overflow in a forward
 NAME_ARGS = ("npti_induction", "npti_neurons", "npti_record")
 
 
@@ -83,8 +82,8 @@ def induction_args(extra: dict[str, Any] | None) -> dict[str, Any]:
     if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < 1 << 31:
         raise ValueError(f"npti_record_from must be a token position (0 or more), not {start!r}")
     seed = args.get("npti_seed", 0)
-    if not 0 <= seed <= SEED_LIMIT:
-        raise ValueError(f"npti_seed {seed!r} is not between 0 and {SEED_LIMIT}")
+    if not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"npti_seed {seed!r} is not between 0 and {SEED_MAX}")
     gamma = args.get("npti_gamma", 1.0)
     if not (math.isfinite(gamma) and abs(gamma) <= GAMMA_LIMIT):
         raise ValueError(f"npti_gamma {gamma!r} is not a finite number of at most {GAMMA_LIMIT:g} in size")

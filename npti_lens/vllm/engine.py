@@ -27,6 +27,7 @@ from npti_lens.errors import UserError
 from npti_lens.generation import GenerateConfig, Generation
 from npti_lens.gguf import is_gguf_spec, resolve_gguf
 from npti_lens.induction import InduceConfig, check_config, check_fits
+from npti_lens.io import check_writable
 from npti_lens.model import answer_end_ids, facts, name_model, same_model_key
 from npti_lens.neurons import NeuronSet
 from npti_lens.record import Stats
@@ -149,7 +150,9 @@ class VLLMEngine:
             # the statistics the workers keep are allocated after vLLM sized its KV cache: leave room
             total = torch.cuda.get_device_properties(0).total_memory
             gpu_memory_utilization -= stats_bytes(hf, tensor_parallel) / total
-        self.shared_dir = Path(shared_dir or os.environ.get(SHARED_ENV) or tempfile.gettempdir())
+        self.shared_dir = check_writable(  # before vLLM starts: a bad folder is one line, not a traceback
+            shared_dir or os.environ.get(SHARED_ENV) or tempfile.gettempdir(), SHARED_ENV, folder=True
+        )
         with _env("VLLM_CPU_OMP_THREADS_BIND", bind):  # read when the workers start
             self.llm = LLM(
                 model=name,
