@@ -1,7 +1,9 @@
 """Administer an inventory to a model: expected ratings from next-token probabilities, no sampling.
 
 Each item is a rating question (how accurately the statement describes you, 1 = very inaccurate
-... 5 = very accurate) through the model's chat template. One forward per item gives the next-token
+... 5 = very accurate) through the model's chat template; by default the instruction and the scale
+come first and the statement last (`layout="scale-first"`), so everything but the statement is a
+prefix that all items of a respondent share and that runs once. One forward per item gives the next-token
 probabilities; the probability of option d is the summed probability of the tokens that read `d`
 (with or without a leading space). The item's rating is the expected rating over the five options,
 renormalised, and the mass on them is reported: low mass means the model is not answering the
@@ -34,6 +36,7 @@ from npti_lens.generation import positions_context
 from npti_lens.inventory import Item, bootstrap_ci, cronbach_alpha, expected_rating, keyed
 from npti_lens.model import model_device, pad_batch
 from npti_lens.prompts import build, persona_system
+from npti_lens.sites import any_hook, plain_hf
 
 OPTIONS = RATING_DIGITS
 SCALE = (
@@ -43,18 +46,30 @@ SCALE = (
     "moderately accurate",
     "very accurate",
 )
-ITEM_PROMPT = """Here is a statement that may or may not describe you. How accurately does it describe you, as you generally are now?
+LAYOUTS = {
+    # the instruction and scale first: only the statement differs between a respondent's items
+    "scale-first": """Here is a statement that may or may not describe you. How accurately does it describe you, as you generally are now?
+
+{scale}
+
+Reply with the number only.
+
+Statement: "{statement}\"""",
+    # the statement before the scale (the layout before 2026-12-02): ~4x the tokens per item
+    "statement-first": """Here is a statement that may or may not describe you. How accurately does it describe you, as you generally are now?
 
 Statement: "{statement}"
 
 {scale}
 
-Reply with the number only."""
+Reply with the number only.""",
+}
+DEFAULT_LAYOUT = "scale-first"
 
 
 @dataclass
 class InventoryConfig:
-    batch_size: int = field(default=16, metadata={"help": "items per forward"})
+    batch_size: int = field(default=32, metadata={"help": "items per forward"})
     respondents: int = field(
         default=20, metadata={"help": "persona-prompted administrations for Cronbach's alpha (0: no alpha)"}
     )
@@ -63,8 +78,17 @@ class InventoryConfig:
     )
     n_boot: int = field(default=2000, metadata={"help": "bootstrap resamples of the items"})
     boot_seed: int = field(default=0, metadata={"help": "seed of the bootstrap"})
+    layout: str = field(
+        default=DEFAULT_LAYOUT,
+        metadata={
+            "help": "item prompt: scale-first (the statement last: a respondent's items share all "
+            "else, which runs once) or statement-first"
+        },
+    )
 
     def check(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise UserError(f"--layout: {self.layout!r} is not one of {', '.join(LAYOUTS)}")
         for flag, value, least in (("--batch-size", self.batch_size, 1), ("--n-boot", self.n_boot, 1),
                                    ("--respondents", self.respondents, 0)):  # fmt: skip
             if value < least:
@@ -79,10 +103,46 @@ def statement(item: Item) -> str:
     return text + "."
 
 
-def item_prompt(item: Item, *, reversed_scale: bool = False) -> str:
+def item_prompt(item: Item, *, reversed_scale: bool = False, layout: str = DEFAULT_LAYOUT) -> str:
     labels = SCALE[::-1] if reversed_scale else SCALE
     scale = "\n".join(f"{d} = {label}" for d, label in zip(OPTIONS, labels, strict=True))
-    return ITEM_PROMPT.format(statement=statement(item), scale=scale)
+    return LAYOUTS[layout].format(statement=statement(item), scale=scale)
+
+
+PROMPT_METHODS = ("simple", "p2")
+
+
+@dataclass(frozen=True)
+class PromptFrame:
+    """A prompt baseline as an inventory condition: every item prompt is the question of the
+    protocol's `stage` (simple: the pole's adjective phrase; p2: a description of the pole), as
+    `npti baseline` asks its questions. One personality for all items, so they share a prefix."""
+
+    protocol: Any  # npti_lens.protocol.Protocol
+    stage: str
+    personality: str
+
+    def token_ids(self, tokenizer: Any, question: str) -> list[int]:
+        return self.protocol.prompt(
+            tokenizer, self.stage, personality=self.personality, question=question
+        ).token_ids
+
+
+def prompt_frame(
+    method: str, trait: str, pole: str, protocol: Any, personas: str | Path | None, seed: int = 0
+) -> PromptFrame:
+    """The simple or p2 frame of a trait pole; p2's description is drawn (seeded) from `personas`."""
+    import random
+
+    if method not in PROMPT_METHODS:
+        raise UserError(f"--method: {method!r} is not one of npti, vector, {', '.join(PROMPT_METHODS)}")
+    protocol.stage(method)  # a protocol without the stage fails here, before any model work
+    if method == "simple":
+        return PromptFrame(protocol, method, protocol.adjective(trait, pole))
+    descriptions = load_personas(personas or SAMPLE_PERSONAS, [trait])[(trait, pole)]
+    return PromptFrame(
+        protocol, method, random.Random(f"{seed}:inventory-persona:{trait}:{pole}").choice(descriptions)
+    )
 
 
 def option_token_ids(tokenizer: Any) -> list[list[int]]:
@@ -107,17 +167,22 @@ def option_probs(
     model: TransformerBridge,
     prompts: list[list[int]],
     option_ids: list[list[int]],
-    batch_size: int = 16,
+    batch_size: int = 32,
     *,
     reuse_prefix: bool = True,
 ) -> np.ndarray:
     """probs[prompt, option]: next-token probability of each option after each prompt.
 
-    With `reuse_prefix`, the prefix all prompts share (a respondent's persona and the start of the
-    item prompt) runs once and its KV cache serves every batch; the suffixes are padded on the right
-    and read at their last real token. The tests hold both paths equal.
+    With `reuse_prefix`, the prefix all prompts share (a respondent's persona and, in the default
+    layout, the whole item prompt up to the statement) runs once and its KV cache serves every
+    batch (each suffix padded on the left, after the prefix). Batches are
+    taken in order of length, so padding costs little; with no hook on the model (no induction)
+    the forwards skip the bridge's module wrappers (`sites.plain_hf`). The tests hold every path
+    equal to one plain forward per prompt.
     """
     hf = model.original_model
+    if not any_hook(model):
+        hf = plain_hf(model) or hf
     device = model_device(model)
     out = np.zeros((len(prompts), len(option_ids)))
     n_shared = shared_prefix(prompts) if reuse_prefix and len(prompts) > 1 else 0
@@ -126,10 +191,12 @@ def option_probs(
         prefix = torch.tensor([prompts[0][:n_shared]], dtype=torch.long, device=device)
         with positions_context(torch.zeros(prefix.shape, dtype=torch.bool, device=device), any_set=False):
             cache = hf(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     for start in range(0, len(prompts), batch_size):
-        batch = prompts[start : start + batch_size]
+        rows = order[start : start + batch_size]
+        batch = [prompts[i] for i in rows]
         if cache is not None:
-            logits = _suffix_logits(model, cache, [p[n_shared:] for p in batch], n_shared)
+            logits = _suffix_logits(hf, model, cache, [p[n_shared:] for p in batch], n_shared)
         else:
             ids, mask = pad_batch(model, batch, left=True)
             width = ids.shape[1]
@@ -142,35 +209,39 @@ def option_probs(
         probs = torch.softmax(logits.float(), dim=-1)
         for j, tok_ids in enumerate(option_ids):
             if tok_ids:
-                out[start : start + len(batch), j] = probs[:, tok_ids].sum(-1).cpu().numpy()
+                out[rows, j] = probs[:, tok_ids].sum(-1).cpu().numpy()
     return out
 
 
-def _suffix_logits(model: TransformerBridge, cache: Any, suffixes: list[list[int]], n_shared: int) -> Tensor:
-    """Next-token logits after each suffix, continuing the shared prefix's KV cache (a copy per batch)."""
+def _suffix_logits(
+    hf: torch.nn.Module, model: TransformerBridge, cache: Any, suffixes: list[list[int]], n_shared: int
+) -> Tensor:
+    """Next-token logits after each suffix, continuing the shared prefix's KV cache (a copy per batch).
+
+    The suffixes are padded on the left, between the prefix and their first token: the mask hides
+    the pads from every real token, positions continue the prefix's, and every row ends in the last
+    column, so the vocabulary projection runs for one position per row."""
     import copy
 
     device = model_device(model)
-    ids, mask = pad_batch(model, suffixes, left=False)  # right padding: real tokens never see pads
+    ids, mask = pad_batch(model, suffixes, left=True)
     b, width = ids.shape
-    last = mask.sum(-1) - 1
     past = copy.deepcopy(cache)
     past.batch_repeat_interleave(b)
     attn = torch.cat([torch.ones((b, n_shared), dtype=mask.dtype, device=device), mask], dim=1)
-    pos = (n_shared + torch.arange(width, device=device)).expand(b, width)
+    pos = n_shared + (mask.cumsum(-1) - 1).clamp(min=0)
     answer_pos = torch.zeros((b, width), dtype=torch.bool, device=device)
-    answer_pos[torch.arange(b, device=device), last] = True
-    keep, where = torch.unique(last, return_inverse=True)  # logits only at the rows' last tokens
+    answer_pos[:, -1] = True
     with positions_context(answer_pos, any_set=True):
-        logits = model.original_model(
+        logits = hf(
             input_ids=ids,
             attention_mask=attn,
             position_ids=pos,
             past_key_values=past,
             use_cache=True,
-            logits_to_keep=keep,
+            logits_to_keep=1,
         ).logits
-    return logits[torch.arange(b, device=device), where]
+    return logits[:, -1]
 
 
 @dataclass
@@ -200,15 +271,34 @@ def administer_once(
     option_ids: list[list[int]],
     *,
     system: str = "",
-    batch_size: int = 16,
+    batch_size: int = 32,
+    layout: str = DEFAULT_LAYOUT,
+    frame: PromptFrame | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(forward, reversed) option probabilities of every item, with an optional system message."""
-    prompts = [build(model.tokenizer, item_prompt(it), system).token_ids for it in items]
-    prompts += [
-        build(model.tokenizer, item_prompt(it, reversed_scale=True), system).token_ids for it in items
-    ]
-    probs = option_probs(model, prompts, option_ids, batch_size)
-    return probs[: len(items)], probs[len(items) :]
+    """(forward, reversed) option probabilities of every item, with an optional system message or
+    prompt frame (not both).
+
+    Each order is one call of `option_probs`, so each has its own shared prefix (in the default
+    layout the two differ from the first line of the scale on)."""
+    if frame is not None and system:
+        raise ValueError("administer_once: a prompt frame or a system message, not both")
+
+    def ids(text: str) -> list[int]:
+        return (
+            frame.token_ids(model.tokenizer, text)
+            if frame
+            else build(model.tokenizer, text, system).token_ids
+        )
+
+    return tuple(  # type: ignore[return-value]
+        option_probs(
+            model,
+            [ids(item_prompt(it, reversed_scale=rev, layout=layout)) for it in items],
+            option_ids,
+            batch_size,
+        )
+        for rev in (False, True)
+    )
 
 
 def respondent_descriptions(path: str | Path | None, n: int) -> list[str]:
@@ -230,20 +320,31 @@ def administer(
     cfg: InventoryConfig,
     condition: str = "none",
     *,
+    frame: PromptFrame | None = None,
     progress: bool = False,
 ) -> Administration:
-    """The inventory given to the model as it is (plus persona respondents for alpha)."""
+    """The inventory given to the model as it is (plus persona respondents for alpha).
+
+    Under a prompt `frame` there are no respondents (alpha is NaN): they are themselves a persona
+    prompt and would compete with the frame's."""
     from tqdm.auto import tqdm
 
     option_ids = option_token_ids(model.tokenizer)
-    fwd, rev = administer_once(model, items, option_ids, batch_size=cfg.batch_size)
+    fwd, rev = administer_once(
+        model, items, option_ids, batch_size=cfg.batch_size, layout=cfg.layout, frame=frame
+    )
     resp = None
-    descriptions = respondent_descriptions(cfg.personas, cfg.respondents)
+    descriptions = [] if frame else respondent_descriptions(cfg.personas, cfg.respondents)
     if descriptions:
         rows = []
         for d in tqdm(descriptions, desc=f"respondents ({condition})", unit="persona", disable=not progress):
             f, r = administer_once(
-                model, items, option_ids, system=persona_system(d), batch_size=cfg.batch_size
+                model,
+                items,
+                option_ids,
+                system=persona_system(d),
+                batch_size=cfg.batch_size,
+                layout=cfg.layout,
             )
             rows.append(keyed(Administration("", f, r).scores()["score"], items))
         resp = np.stack(rows)
@@ -385,16 +486,20 @@ def measure(
     cfg: InventoryConfig,
     inductions: dict[str, Any] | None = None,
     *,
+    frames: dict[str, PromptFrame] | None = None,
     progress: bool = False,
 ) -> InventoryResult:
-    """The profile of the model as it is and under each induction.
+    """The profile of the model as it is, under each induction and under each prompt frame.
 
     `inductions` maps a condition name to a zero-argument callable returning a context manager that
-    induces (e.g. `lambda: induce(model, pairs, InduceConfig(gamma=2))`).
+    induces (e.g. `lambda: induce(model, pairs, InduceConfig(gamma=2))`); `frames` maps a condition
+    name to a `PromptFrame` (e.g. `prompt_frame("p2", "Extraversion", "high", protocol, None)`).
     """
     cfg.check()
     adms = [administer(model, items, cfg, progress=progress)]
     for name, make in (inductions or {}).items():
         with make():
             adms.append(administer(model, items, cfg, condition=name, progress=progress))
+    for name, frame in (frames or {}).items():
+        adms.append(administer(model, items, cfg, condition=name, frame=frame, progress=progress))
     return InventoryResult(items, adms, cfg)

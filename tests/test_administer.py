@@ -16,10 +16,12 @@ from npti_lens.administer import (
     option_token_ids,
     statement,
 )
+from npti_lens.bench import SAMPLE_PERSONAS, load_personas
 from npti_lens.cli import main
+from npti_lens.errors import UserError
 from npti_lens.induction import InduceConfig, induce
 from npti_lens.inventory import Item, load_inventory
-from npti_lens.prompts import build
+from npti_lens.prompts import build, tokenize
 from tests.helpers import SHARED, hf_reference
 from tests.test_induction import two_sets
 
@@ -33,6 +35,13 @@ def test_statement_and_prompt_text():
     fwd, rev = item_prompt(it), item_prompt(it, reversed_scale=True)
     assert "1 = very inaccurate" in fwd and "5 = very accurate" in fwd
     assert "1 = very accurate" in rev and "5 = very inaccurate" in rev
+    # the default layout ends with the statement; the other one ends with the instruction
+    assert fwd.endswith('Statement: "I worry about things."')
+    old = item_prompt(it, layout="statement-first")
+    assert old.endswith("Reply with the number only.") and old.index("Statement") < old.index("1 = very")
+    assert sorted(fwd.split("\n")) == sorted(old.split("\n"))  # the same lines, in another order
+    with pytest.raises(UserError, match="--layout: 'sideways' is not one of scale-first, statement-first"):
+        InventoryConfig(layout="sideways").check()
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])  # with and without a chat template
@@ -133,6 +142,8 @@ def test_cli_inventory_with_and_without_induction(tiny_dirs, tiny_models, tmp_pa
         assert f"{flag}: 0 must be at least 1" in capsys.readouterr().err
     assert main([*args, "--overwrite", "--trait", "Extraversion"]) == 2
     assert "go together" in capsys.readouterr().err
+    assert main([*args, "--overwrite", "--layout", "sideways"]) == 2
+    assert "--layout: 'sideways' is not one of scale-first, statement-first" in capsys.readouterr().err
 
 
 def test_cli_inventory_on_the_organism(tmp_path, capsys):
@@ -169,10 +180,20 @@ def test_a_cached_persona_prefix_equals_full_forwards(family, tiny_models):
         build(model.tokenizer, item_prompt(it, reversed_scale=True), system).token_ids for it in items
     ]
     assert shared_prefix(prompts) >= MIN_SHARED_PREFIX  # the cached path is the one taken
-    assert len({len(p) for p in prompts}) > 1  # right padding of the suffixes is exercised
+    assert len({len(p) for p in prompts}) > 1  # left padding of the suffixes is exercised
     full = option_probs(model, prompts, ids, batch_size=4, reuse_prefix=False)
     cached = option_probs(model, prompts, ids, batch_size=4)
     np.testing.assert_allclose(cached, full, atol=1e-5)
+    # one order alone (as administer_once asks): the whole item prompt but the statement is shared
+    forward = prompts[: len(items)]
+    n = shared_prefix(forward)
+    shared_text = model.tokenizer.decode(forward[0][:n])
+    # the scale's lines (every "accurate" of the prompt) are all in the shared prefix
+    assert shared_text.count("accurate") == model.tokenizer.decode(forward[0]).count("accurate") >= 6
+    for p in forward:  # what runs per item: its statement and the template's end, no scale, no instruction
+        own = model.tokenizer.decode(p[n:])
+        assert "accurate" not in own and "with the" not in own
+    np.testing.assert_allclose(option_probs(model, forward, ids, batch_size=3), full[: len(items)], atol=1e-5)
     high, low = two_sets(model)
     for cfg in (
         InduceConfig(gamma=4.0, keep_prob=0.9),
@@ -192,3 +213,66 @@ def test_shared_prefix_leaves_every_prompt_a_token():
     assert shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2
     assert shared_prefix([[1, 2, 3, 4], [1, 2, 5]]) == 2
     assert shared_prefix([[9], [1, 2]]) == 0
+
+
+def test_prompt_frames_ask_every_item_through_the_protocols_stage(tiny_models):
+    from npti_lens.administer import measure, prompt_frame
+    from npti_lens.protocol import load_protocol
+
+    model = tiny_models["llama"]
+    proto = load_protocol("npti")
+    items = [it for it in load_inventory() if it.domain == "Extraversion"][:6]
+    ids = option_token_ids(model.tokenizer)
+    simple = prompt_frame("simple", "Extraversion", "high", proto, None)
+    p2 = prompt_frame("p2", "Extraversion", "low", proto, None)
+    assert simple.personality == proto.adjective("Extraversion", "high")
+    assert p2.personality in load_personas(SAMPLE_PERSONAS, ["Extraversion"])[("Extraversion", "low")]
+    assert prompt_frame("p2", "Extraversion", "low", proto, None, seed=0) == p2  # seeded: the same draw
+    cfg = InventoryConfig(respondents=2, n_boot=50)
+    result = measure(model, items, cfg, frames={"simple": simple, "p2": p2})
+    none, *framed = result.administrations
+    assert [a.condition for a in framed] == ["simple", "p2"] and none.respondents is not None
+    for adm, frame in zip(framed, (simple, p2), strict=True):
+        assert adm.respondents is None  # no persona respondents under a persona prompt: no alpha
+        for rev, got in ((False, adm.p_forward), (True, adm.p_reversed)):
+            # oracle: the exact text the released template gives, one full forward per item
+            texts = [proto.render(model.tokenizer, frame.stage, personality=frame.personality,
+                                  question=item_prompt(it, reversed_scale=rev)) for it in items]  # fmt: skip
+            want = option_probs(model, [tokenize(model.tokenizer, t) for t in texts], ids, reuse_prefix=False)
+            np.testing.assert_allclose(got, want, atol=1e-5)
+        assert np.abs(adm.p_forward - none.p_forward).max() > 1e-3  # the frame changes what is asked
+    rows = result.domain_rows()
+    assert all(np.isnan(r["alpha"]) for r in rows if r["condition"] != "none")
+    assert all("shift" in r for r in rows if r["condition"] != "none")
+    with pytest.raises(UserError, match="--method: 'vibes' is not one of npti, vector, simple, p2"):
+        prompt_frame("vibes", "Extraversion", "high", proto, None)
+
+
+def test_cli_inventory_prompt_baselines(tiny_dirs, tmp_path, capsys):
+    out = tmp_path / "inv"
+    args = [
+        "inventory",
+        "--model",
+        str(tiny_dirs["llama"]),
+        "--out",
+        str(out),
+        "--respondents",
+        "2",
+        "--n-boot",
+        "50",
+    ]
+    assert main([*args, "--method", "p2", "--trait", "Agreeableness", "--pole", "low"]) == 0
+    domains = _read(out / "domains.csv")
+    assert {r["condition"] for r in domains} == {"none", "Agreeableness_low p2"}
+    assert all(r["shift"] != "" for r in domains if r["condition"] != "none")
+    capsys.readouterr()
+    for extra, message in (
+        (["--method", "p2"], "--method p2: give --trait and --pole, and no --neurons"),
+        (["--method", "simple", "--trait", "Agreeableness", "--pole", "low", "--neurons", str(tmp_path)],
+         "--method simple: give --trait and --pole, and no --neurons"),
+        (["--method", "p2", "--trait", "Agreeableness,Openness", "--pole", "low"], "one trait pole at a time"),
+        (["--method", "vibes", "--neurons", str(tmp_path), "--trait", "Openness", "--pole", "low"],
+         "--method: 'vibes' is not one of npti, vector, simple, p2"),
+    ):  # fmt: skip
+        assert main([*args, "--overwrite", *extra]) == 2
+        assert message in capsys.readouterr().err

@@ -49,7 +49,8 @@ def inventory_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--method",
         default="npti",
-        help="npti, or vector (the directions beside the sets; --gamma is the coefficient)",
+        help="npti; vector (the directions beside the sets; --gamma is the coefficient); or a prompt "
+        "baseline, simple or p2 (--trait and --pole, no --neurons; p2 draws a description from --personas)",
     )
     add_config(p, InduceConfig, from_protocol=FROM_PROTOCOL)
     add_config(p, InventoryConfig)
@@ -57,7 +58,7 @@ def inventory_flags(p: argparse.ArgumentParser) -> None:
 
 def inventory(args: argparse.Namespace) -> None:
     from npti_lens import figures
-    from npti_lens.administer import InventoryConfig, measure
+    from npti_lens.administer import PROMPT_METHODS, InventoryConfig, measure, prompt_frame
     from npti_lens.induction import induce, load_pair
     from npti_lens.inventory import load_inventory
     from npti_lens.io import parse_poles
@@ -67,15 +68,25 @@ def inventory(args: argparse.Namespace) -> None:
     cfg = config_from(args, InventoryConfig)
     cfg.check()
     proto = protocol_of(args)  # the inventory's own item prompt; the protocol's induction rules
-    pairs, name = [], ""
-    if args.neurons or args.trait or args.pole:
+    if args.method not in ("npti", "vector", *PROMPT_METHODS):
+        raise UserError(f"--method: {args.method!r} is not one of npti, vector, {', '.join(PROMPT_METHODS)}")
+    pairs, name, frames = [], "", {}
+    if args.method in PROMPT_METHODS:  # a prompt baseline: no neurons, one trait pole
+        if args.neurons or not (args.trait and args.pole):
+            raise UserError(
+                f"--method {args.method}: give --trait and --pole, and no --neurons (it is a prompt)"
+            )
+        poles = parse_poles(args.trait, args.pole)
+        if len(poles) != 1:
+            raise UserError(f"--method {args.method}: one trait pole at a time (--trait {args.trait})")
+        (t, p), seed = poles[0], getattr(args, "seed", None) or 0
+        frames[f"{t}_{p} {args.method}"] = prompt_frame(args.method, t, p, proto, cfg.personas, seed)
+    elif args.neurons or args.trait or args.pole:
         if not (args.neurons and args.trait and args.pole):
             raise UserError("--neurons, --trait and --pole go together (an induction needs all three)")
         poles = parse_poles(args.trait, args.pole)
         pairs = [load_pair(args.neurons, t, p) for t, p in poles]
         icfg = induce_config(args, proto)
-        if args.method not in ("npti", "vector"):
-            raise UserError(f"--method: {args.method!r} is not npti or vector")
         strength = "gamma" if args.method == "npti" else "vector coef"
         name = "+".join(f"{t}_{p}" for t, p in poles) + f" {strength}={icfg.gamma:g}"
     model = load_model_for(args, proto)
@@ -95,7 +106,7 @@ def inventory(args: argparse.Namespace) -> None:
         inductions[name] = steered
     elif pairs:
         inductions[name] = lambda: induce(model, pairs, icfg, allow_other_model=args.allow_other_model)
-    result = measure(model, items, cfg, inductions, progress=True)
+    result = measure(model, items, cfg, inductions, frames=frames, progress=True)
     files = result.save(out)
     rows = result.domain_rows()
     files["figure"] = figures.inventory_profile(rows, out / "profile.png")
