@@ -30,10 +30,10 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from npti_lens.bench import SAMPLE_PERSONAS, load_personas
-from npti_lens.constants import CFG_FILE, RATING_DIGITS, TRAITS
+from npti_lens.constants import RATING_DIGITS, TRAITS
 from npti_lens.errors import UserError
 from npti_lens.generation import positions_context
-from npti_lens.inventory import Item, bootstrap_ci, cronbach_alpha, expected_rating, keyed
+from npti_lens.inventory import Administration, InventoryResult, Item, keyed
 from npti_lens.model import model_device, pad_batch
 from npti_lens.prompts import build, persona_system
 from npti_lens.sites import any_hook, plain_hf
@@ -244,27 +244,6 @@ def _suffix_logits(
     return logits[:, -1]
 
 
-@dataclass
-class Administration:
-    """One condition: option probabilities of every item in both orders (and of the respondents)."""
-
-    condition: str
-    p_forward: np.ndarray  # [item, option]
-    p_reversed: np.ndarray
-    respondents: np.ndarray | None = None  # keyed item scores [respondent, item]
-
-    def scores(self) -> dict[str, np.ndarray]:
-        fwd, mass_f = expected_rating(self.p_forward)
-        rev, mass_r = expected_rating(self.p_reversed, reversed_scale=True)
-        return {
-            "forward": fwd,
-            "reversed": rev,
-            "score": (fwd + rev) / 2,
-            "mass_forward": mass_f,
-            "mass_reversed": mass_r,
-        }
-
-
 def administer_once(
     model: TransformerBridge,
     items: list[Item],
@@ -349,135 +328,6 @@ def administer(
             rows.append(keyed(Administration("", f, r).scores()["score"], items))
         resp = np.stack(rows)
     return Administration(condition, fwd, rev, resp)
-
-
-@dataclass
-class InventoryResult:
-    """A profile per condition (the first is the model as it is) with item, facet and domain tables."""
-
-    items: list[Item]
-    administrations: list[Administration]
-    cfg: InventoryConfig
-
-    def item_rows(self) -> list[dict[str, Any]]:
-        rows = []
-        for adm in self.administrations:
-            s = adm.scores()
-            k = keyed(s["score"], self.items)
-            for i, it in enumerate(self.items):
-                rows.append(
-                    {
-                        "condition": adm.condition,
-                        "id": it.id,
-                        "domain": it.domain,
-                        "facet": it.facet,
-                        "facet_name": it.facet_name,
-                        "keyed": it.keyed,
-                        "text": it.text,
-                        **{f"p{d}": float(adm.p_forward[i, j]) for j, d in enumerate(OPTIONS)},
-                        **{f"p{d}_reversed": float(adm.p_reversed[i, j]) for j, d in enumerate(OPTIONS)},
-                        "mass_forward": float(s["mass_forward"][i]),
-                        "mass_reversed": float(s["mass_reversed"][i]),
-                        "rating_forward": float(s["forward"][i]),
-                        "rating_reversed": float(s["reversed"][i]),
-                        "rating": float(s["score"][i]),
-                        "keyed_score": float(k[i]),
-                    }
-                )
-        return rows
-
-    def _groups(self, key: Any) -> dict[Any, np.ndarray]:
-        """Item indices per value of key(item), in first-seen order."""
-        groups: dict[Any, list[int]] = {}
-        for i, it in enumerate(self.items):
-            groups.setdefault(key(it), []).append(i)
-        return {g: np.array(ix) for g, ix in groups.items()}
-
-    def facet_rows(self) -> list[dict[str, Any]]:
-        rows = []
-        for adm in self.administrations:
-            k = keyed(adm.scores()["score"], self.items)
-            for (domain, facet, name), ix in self._groups(
-                lambda it: (it.domain, it.facet, it.facet_name)
-            ).items():
-                rows.append({"condition": adm.condition, "domain": domain, "facet": facet, "facet_name": name,
-                             "score": float(_mean(k[ix])), "n_items": len(ix)})  # fmt: skip
-        return rows
-
-    def domain_rows(self) -> list[dict[str, Any]]:
-        base = self.administrations[0]
-        base_k = keyed(base.scores()["score"], self.items)
-        rows = []
-        for adm in self.administrations:
-            s = adm.scores()
-            k = keyed(s["score"], self.items)
-            kf, kr = keyed(s["forward"], self.items), keyed(s["reversed"], self.items)
-            for n, (domain, ix) in enumerate(self._groups(lambda it: it.domain).items()):
-                seed = self.cfg.boot_seed + n
-                lo, hi = bootstrap_ci(k[ix], n_boot=self.cfg.n_boot, seed=seed)
-                alpha = (
-                    cronbach_alpha(adm.respondents[:, ix]) if adm.respondents is not None else float("nan")
-                )
-                row = {
-                    "condition": adm.condition,
-                    "domain": domain,
-                    "score": float(_mean(k[ix])),
-                    "alpha": alpha,
-                    "ci_low": lo,
-                    "ci_high": hi,
-                    "option_mass": float(
-                        np.mean([s["mass_forward"][ix].mean(), s["mass_reversed"][ix].mean()])
-                    ),
-                    "score_forward": float(_mean(kf[ix])),
-                    "score_reversed": float(_mean(kr[ix])),
-                    "n_items": len(ix),
-                }
-                if adm is not base:
-                    diff = k[ix] - base_k[ix]
-                    row["shift"] = float(_mean(diff))
-                    row["shift_ci_low"], row["shift_ci_high"] = bootstrap_ci(
-                        diff, n_boot=self.cfg.n_boot, seed=seed
-                    )
-                rows.append(row)
-        return rows
-
-    def to_frame(self, table: str = "domains") -> Any:
-        import pandas as pd
-
-        return pd.DataFrame(
-            {"items": self.item_rows, "facets": self.facet_rows, "domains": self.domain_rows}[table]()
-        )
-
-    def save(self, out: str | Path) -> dict[str, Path]:
-        """items.csv, facets.csv, domains.csv and cfg.json in `out` (atomic writes)."""
-        import dataclasses
-
-        from npti_lens.io import to_csv, write_json_atomic, write_text_atomic
-
-        out = Path(out)
-        files = {}
-        for name, rows in (
-            ("items", self.item_rows()),
-            ("facets", self.facet_rows()),
-            ("domains", self.domain_rows()),
-        ):
-            files[name] = out / f"{name}.csv"
-            write_text_atomic(files[name], to_csv(_union_columns(rows)))
-        write_json_atomic(out / CFG_FILE, {"inventory": dataclasses.asdict(self.cfg), "n_items": len(self.items),
-                                             "conditions": [a.condition for a in self.administrations]})  # fmt: skip
-        return files
-
-
-def _mean(x: np.ndarray) -> float:
-    """Mean over the items that have a rating; NaN (without a warning) when none has."""
-    x = x[~np.isnan(x)]
-    return float(x.mean()) if len(x) else float("nan")
-
-
-def _union_columns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows with every column any row has (empty where a row lacks it), first-seen order."""
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    return [{c: r.get(c, "") for c in cols} for r in rows]
 
 
 def measure(

@@ -4,7 +4,9 @@ CSV columns `id,text,domain,facet,facet_name,keyed`; `domain` is a Big Five trai
 facet number (1-6 in the IPIP-NEO), `keyed` is `+` (agreeing means more of the domain) or `-`.
 The package ships a short inventory written for it (`SHIPPED_INVENTORY`, 60 items: one `+` and one
 `-` item per IPIP-NEO facet). The IPIP-NEO-120 or -300 (public domain, ipip.ori.org) in this layout
-can be given instead.
+can be given instead. Beside the files: the scoring of answered items (expected ratings, keying,
+Cronbach's alpha, bootstrap intervals) and the result tables of an administration
+(`npti_lens.administer` gives the inventory to a model).
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from npti_lens.constants import TRAITS
+from npti_lens.constants import CFG_FILE, RATING_DIGITS, TRAITS
 from npti_lens.errors import UserError
 
 SHIPPED_INVENTORY = Path(__file__).parent / "data" / "inventory.csv"
@@ -122,3 +125,155 @@ def bootstrap_ci(
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(means, [tail, 100 - tail])
     return float(lo), float(hi)
+
+
+@dataclass
+class Administration:
+    """One condition: option probabilities of every item in both orders (and of the respondents)."""
+
+    condition: str
+    p_forward: np.ndarray  # [item, option]
+    p_reversed: np.ndarray
+    respondents: np.ndarray | None = None  # keyed item scores [respondent, item]
+
+    def scores(self) -> dict[str, np.ndarray]:
+        fwd, mass_f = expected_rating(self.p_forward)
+        rev, mass_r = expected_rating(self.p_reversed, reversed_scale=True)
+        return {
+            "forward": fwd,
+            "reversed": rev,
+            "score": (fwd + rev) / 2,
+            "mass_forward": mass_f,
+            "mass_reversed": mass_r,
+        }
+
+
+@dataclass
+class InventoryResult:
+    """A profile per condition (the first is the model as it is) with item, facet and domain tables."""
+
+    items: list[Item]
+    administrations: list[Administration]
+    cfg: Any  # npti_lens.administer.InventoryConfig: n_boot, boot_seed, and saved whole
+
+    def item_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for adm in self.administrations:
+            s = adm.scores()
+            k = keyed(s["score"], self.items)
+            for i, it in enumerate(self.items):
+                rows.append(
+                    {
+                        "condition": adm.condition,
+                        "id": it.id,
+                        "domain": it.domain,
+                        "facet": it.facet,
+                        "facet_name": it.facet_name,
+                        "keyed": it.keyed,
+                        "text": it.text,
+                        **{f"p{d}": float(adm.p_forward[i, j]) for j, d in enumerate(RATING_DIGITS)},
+                        **{
+                            f"p{d}_reversed": float(adm.p_reversed[i, j]) for j, d in enumerate(RATING_DIGITS)
+                        },
+                        "mass_forward": float(s["mass_forward"][i]),
+                        "mass_reversed": float(s["mass_reversed"][i]),
+                        "rating_forward": float(s["forward"][i]),
+                        "rating_reversed": float(s["reversed"][i]),
+                        "rating": float(s["score"][i]),
+                        "keyed_score": float(k[i]),
+                    }
+                )
+        return rows
+
+    def _groups(self, key: Any) -> dict[Any, np.ndarray]:
+        """Item indices per value of key(item), in first-seen order."""
+        groups: dict[Any, list[int]] = {}
+        for i, it in enumerate(self.items):
+            groups.setdefault(key(it), []).append(i)
+        return {g: np.array(ix) for g, ix in groups.items()}
+
+    def facet_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for adm in self.administrations:
+            k = keyed(adm.scores()["score"], self.items)
+            for (domain, facet, name), ix in self._groups(
+                lambda it: (it.domain, it.facet, it.facet_name)
+            ).items():
+                rows.append({"condition": adm.condition, "domain": domain, "facet": facet, "facet_name": name,
+                             "score": float(_mean(k[ix])), "n_items": len(ix)})  # fmt: skip
+        return rows
+
+    def domain_rows(self) -> list[dict[str, Any]]:
+        base = self.administrations[0]
+        base_k = keyed(base.scores()["score"], self.items)
+        rows = []
+        for adm in self.administrations:
+            s = adm.scores()
+            k = keyed(s["score"], self.items)
+            kf, kr = keyed(s["forward"], self.items), keyed(s["reversed"], self.items)
+            for n, (domain, ix) in enumerate(self._groups(lambda it: it.domain).items()):
+                seed = self.cfg.boot_seed + n
+                lo, hi = bootstrap_ci(k[ix], n_boot=self.cfg.n_boot, seed=seed)
+                alpha = (
+                    cronbach_alpha(adm.respondents[:, ix]) if adm.respondents is not None else float("nan")
+                )
+                row = {
+                    "condition": adm.condition,
+                    "domain": domain,
+                    "score": float(_mean(k[ix])),
+                    "alpha": alpha,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "option_mass": float(
+                        np.mean([s["mass_forward"][ix].mean(), s["mass_reversed"][ix].mean()])
+                    ),
+                    "score_forward": float(_mean(kf[ix])),
+                    "score_reversed": float(_mean(kr[ix])),
+                    "n_items": len(ix),
+                }
+                if adm is not base:
+                    diff = k[ix] - base_k[ix]
+                    row["shift"] = float(_mean(diff))
+                    row["shift_ci_low"], row["shift_ci_high"] = bootstrap_ci(
+                        diff, n_boot=self.cfg.n_boot, seed=seed
+                    )
+                rows.append(row)
+        return rows
+
+    def to_frame(self, table: str = "domains") -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(
+            {"items": self.item_rows, "facets": self.facet_rows, "domains": self.domain_rows}[table]()
+        )
+
+    def save(self, out: str | Path) -> dict[str, Path]:
+        """items.csv, facets.csv, domains.csv and cfg.json in `out` (atomic writes)."""
+        import dataclasses
+
+        from npti_lens.io import to_csv, write_json_atomic, write_text_atomic
+
+        out = Path(out)
+        files = {}
+        for name, rows in (
+            ("items", self.item_rows()),
+            ("facets", self.facet_rows()),
+            ("domains", self.domain_rows()),
+        ):
+            files[name] = out / f"{name}.csv"
+            write_text_atomic(files[name], to_csv(_union_columns(rows)))
+        write_json_atomic(out / CFG_FILE, {"inventory": dataclasses.asdict(self.cfg), "n_items": len(self.items),
+                                             "conditions": [a.condition for a in self.administrations]})  # fmt: skip
+        return files
+
+
+def _mean(x: np.ndarray) -> float:
+    """Mean over the items that have a rating; NaN (without a warning) when none has."""
+    x = x[~np.isnan(x)]
+    return float(x.mean()) if len(x) else float("nan")
+
+
+def _union_columns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with every column any row has (empty where a row lacks it), first-seen order."""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    return [{c: r.get(c, "") for c in cols} for r in rows]
