@@ -74,7 +74,10 @@ class InventoryConfig:
         default=20, metadata={"help": "persona-prompted administrations for Cronbach's alpha (0: no alpha)"}
     )
     personas: str | None = field(
-        default=None, metadata={"help": "persona file of the alpha respondents; none: the shipped sample"}
+        default=None,
+        metadata={
+            "help": "persona file of the alpha respondents and of --method p2; none: the shipped sample"
+        },
     )
     n_boot: int = field(default=2000, metadata={"help": "bootstrap resamples of the items"})
     boot_seed: int = field(default=0, metadata={"help": "seed of the bootstrap"})
@@ -352,4 +355,5 @@ def measure(
             adms.append(administer(model, items, cfg, condition=name, progress=progress))
     for name, frame in (frames or {}).items():
         adms.append(administer(model, items, cfg, condition=name, frame=frame, progress=progress))
-    return InventoryResult(items, adms, cfg)
+    prompts = {name: {"stage": f.stage, "personality": f.personality} for name, f in (frames or {}).items()}
+    return InventoryResult(items, adms, cfg, prompts)

@@ -12,7 +12,7 @@ Cronbach's alpha, bootstrap intervals) and the result tables of an administratio
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +155,7 @@ class InventoryResult:
     items: list[Item]
     administrations: list[Administration]
     cfg: Any  # npti_lens.administer.InventoryConfig: n_boot, boot_seed, and saved whole
+    prompts: dict[str, dict[str, str]] = field(default_factory=dict)  # prompt condition -> stage, personality
 
     def item_rows(self) -> list[dict[str, Any]]:
         rows = []
@@ -263,7 +264,8 @@ class InventoryResult:
             files[name] = out / f"{name}.csv"
             write_text_atomic(files[name], to_csv(_union_columns(rows)))
         write_json_atomic(out / CFG_FILE, {"inventory": dataclasses.asdict(self.cfg), "n_items": len(self.items),
-                                             "conditions": [a.condition for a in self.administrations]})  # fmt: skip
+                                             "conditions": [a.condition for a in self.administrations],
+                                             "prompt_conditions": self.prompts})  # fmt: skip
         return files
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -264,6 +265,9 @@ def test_cli_inventory_prompt_baselines(tiny_dirs, tmp_path, capsys):
     assert main([*args, "--method", "p2", "--trait", "Agreeableness", "--pole", "low"]) == 0
     domains = _read(out / "domains.csv")
     assert {r["condition"] for r in domains} == {"none", "Agreeableness_low p2"}
+    saved = json.loads((out / "cfg.json").read_text())["prompt_conditions"]["Agreeableness_low p2"]
+    assert saved["stage"] == "p2"  # the drawn description is on record, as the model read it
+    assert saved["personality"] in load_personas(SAMPLE_PERSONAS, ["Agreeableness"])[("Agreeableness", "low")]
     assert all(r["shift"] != "" for r in domains if r["condition"] != "none")
     capsys.readouterr()
     for extra, message in (
