@@ -29,14 +29,14 @@ import torch
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from npti_lens.bench import SAMPLE_PERSONAS, load_personas
+from npti_lens.bench import SAMPLE_PERSONAS, draw_personas, load_personas
 from npti_lens.constants import RATING_DIGITS, TRAITS
 from npti_lens.errors import UserError
 from npti_lens.generation import positions_context
 from npti_lens.inventory import Administration, InventoryResult, Item, keyed
 from npti_lens.model import model_device, pad_batch
 from npti_lens.prompts import build, persona_system
-from npti_lens.sites import any_hook, plain_hf
+from npti_lens.sites import forward_module
 
 OPTIONS = RATING_DIGITS
 SCALE = (
@@ -134,18 +134,15 @@ class PromptFrame:
 def prompt_frame(
     method: str, trait: str, pole: str, protocol: Any, personas: str | Path | None, seed: int = 0
 ) -> PromptFrame:
-    """The simple or p2 frame of a trait pole; p2's description is drawn (seeded) from `personas`."""
-    import random
-
+    """The simple or p2 frame of a trait pole; p2's description is drawn from `personas` as the p2
+    baseline draws its first question's (`bench.draw_personas`)."""
     if method not in PROMPT_METHODS:
         raise UserError(f"--method: {method!r} is not one of npti, vector, {', '.join(PROMPT_METHODS)}")
     protocol.stage(method)  # a protocol without the stage fails here, before any model work
     if method == "simple":
         return PromptFrame(protocol, method, protocol.adjective(trait, pole))
     descriptions = load_personas(personas or SAMPLE_PERSONAS, [trait])[(trait, pole)]
-    return PromptFrame(
-        protocol, method, random.Random(f"{seed}:inventory-persona:{trait}:{pole}").choice(descriptions)
-    )
+    return PromptFrame(protocol, method, draw_personas(descriptions, 1, seed=seed, trait=trait, pole=pole)[0])
 
 
 def option_token_ids(tokenizer: Any) -> list[list[int]]:
@@ -183,9 +180,7 @@ def option_probs(
     the forwards skip the bridge's module wrappers (`sites.plain_hf`). The tests hold every path
     equal to one plain forward per prompt.
     """
-    hf = model.original_model
-    if not any_hook(model):
-        hf = plain_hf(model) or hf
+    hf = forward_module(model)
     device = model_device(model)
     out = np.zeros((len(prompts), len(option_ids)))
     n_shared = shared_prefix(prompts) if reuse_prefix and len(prompts) > 1 else 0

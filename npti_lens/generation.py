@@ -28,7 +28,7 @@ from transformers import DynamicCache
 
 from npti_lens.errors import UserError
 from npti_lens.model import Model, eos_token_ids, model_device, n_positions, pad_batch
-from npti_lens.sites import any_hook, plain_hf
+from npti_lens.sites import forward_module
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +132,7 @@ def _choose(logits: Tensor, presence: Tensor, cfg: GenerateConfig, gen: torch.Ge
 def _generate_batch(
     model: TransformerBridge, prompts: list[list[int]], cfg: GenerateConfig, seed: int
 ) -> list[Generation]:
-    hf = model.original_model
-    if not any_hook(model):  # nothing to see inside the model: skip the bridge's module wrappers
-        plain = plain_hf(model)
-        hf = hf if plain is None else plain
+    hf = forward_module(model)  # no hook on the model: the HF model without the bridge's wrappers
     tok = model.tokenizer
     device = model_device(model)
     pad = int(tok.pad_token_id)

@@ -149,3 +149,10 @@ def plain_hf(model: TransformerBridge) -> torch.nn.Module | None:
         plain = None
     _PLAIN[model] = plain  # beside the model, not on it: a module attribute would join its state
     return plain
+
+
+def forward_module(model: TransformerBridge) -> torch.nn.Module:
+    """What a forward of `model` should run: the plain HF model where no hook is on it and one
+    exists (`plain_hf`), else the bridge's wrapped HF model, so every hook fires."""
+    plain = None if any_hook(model) else plain_hf(model)
+    return model.original_model if plain is None else plain
