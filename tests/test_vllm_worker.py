@@ -78,18 +78,38 @@ def test_the_edit_on_the_cpu_equals_the_plain_rule():
     assert torch.allclose(out, want, atol=1e-6)
 
 
-def test_a_forward_whose_hooks_did_not_all_run_fails_loudly():
-    ext = bare(step=object(), fired={0, 2})
-    with pytest.raises(RuntimeError, match=r"layers \[1\] did not run"):
+def test_a_forward_whose_activations_did_not_all_reach_the_edit_fails_loudly():
+    ext = bare(step=object(), calls=2)
+    with pytest.raises(RuntimeError, match=r"2 times in this forward, not once for each of 3 layers"):
         ext._npti_post_hook(torch.nn.Module(), (), None)
-    bare(step=object(), fired={0, 1, 2})._npti_post_hook(torch.nn.Module(), (), None)
-    bare(step=None, fired=set())._npti_post_hook(torch.nn.Module(), (), None)  # nothing asked of this forward
+    with pytest.raises(RuntimeError, match=r"4 times"):  # an activation of something else counted in
+        bare(step=object(), calls=4)._npti_post_hook(torch.nn.Module(), (), None)
+    bare(step=object(), calls=3)._npti_post_hook(torch.nn.Module(), (), None)
+    bare(step=None, calls=0)._npti_post_hook(torch.nn.Module(), (), None)  # nothing asked of this forward
+
+
+def test_the_nth_activation_of_a_forward_is_layer_n():
+    """One shared activation module (GPT-2's) or one per layer: the edit goes by call order."""
+    cfg = InduceConfig(gamma=3.0, keep_prob=1.0)
+    plan = plans(1, torch.device("cpu"), cfg)
+    sites = [Site(layer=i, gated=True, d_local=D, gate=torch.nn.functional.silu) for i in range(L)]
+    ext = bare(sites=sites, calls=0)
+    seen = []
+    ext._npti_edit = lambda site, p, c, rows, pos, x, out: seen.append((site.layer, p is plan[site.layer]))
+    ext._npti["step"] = SimpleNamespace(records=[], edits=[(torch.tensor([0]), torch.tensor([3]), cfg, plan)])
+    x, out = torch.randn(2, 2 * D), torch.randn(2, D)
+    for _ in range(L):
+        ext._npti_on_act(x, out)
+    assert [layer for layer, _ in seen] == [layer for layer in range(L) if plan.get(layer) is not None]
+    assert all(same for _, same in seen) and ext._npti["calls"] == L
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
     [
         ("enforce_eager", False),
+        ("compilation_config", {"cudagraph_mode": "FULL_AND_PIECEWISE"}),
+        ("compilation_config", {"cudagraph_mode": "PIECEWISE", "splitting_ops": ["vllm::unified_attention"]}),
         ("enable_prefix_caching", True),
         ("speculative_config", {"method": "ngram", "num_speculative_tokens": 3}),
         ("pipeline_parallel_size", 2),
@@ -100,7 +120,7 @@ def test_a_forward_whose_hooks_did_not_all_run_fails_loudly():
     ],
 )
 def test_every_configuration_the_hooks_cannot_work_under_is_refused(name, value):
-    assert {n for n, _, _ in REFUSED} >= {name}
+    assert {n for n, _, _ in REFUSED} | {"compilation_config"} >= {name}
     ok = {
         "enforce_eager": True,
         "enable_prefix_caching": False,
@@ -110,6 +130,17 @@ def test_every_configuration_the_hooks_cannot_work_under_is_refused(name, value)
     assert refusal(ok) is None
     why = refusal({**ok, name: value})
     assert why is not None and name in why
+
+
+def test_compiled_with_the_edit_as_a_split_point_is_taken():
+    """--no-enforce-eager alone is refused; with npti's compilation config (piecewise graphs split
+    at npti::act) it is not, and that config keeps vLLM's own split points."""
+    from npti_lens.vllm.args import OP, SPLIT_DEFAULTS, compile_settings
+
+    settings = compile_settings()
+    assert refusal(settings) is None and refusal({"enforce_eager": False}) is not None
+    splits = settings["compilation_config"]["splitting_ops"]
+    assert splits[-1] == OP and set(SPLIT_DEFAULTS) <= set(splits)
 
 
 def test_weight_only_quantisation_is_not_refused():

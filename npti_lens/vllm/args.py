@@ -142,13 +142,65 @@ def rank_plan(plan: LayerPlan, rank: int, d_local: int, device: torch.device) ->
     )
 
 
+OP = "npti::act"  # the op that carries the edit through compilation (npti_lens.vllm.ops)
+# vLLM 0.32's default piecewise split points (CompilationConfig._attention_ops and the KV-cache
+# updates set_splitting_ops_for_v1 adds), which an explicit list replaces, then ours.
+SPLIT_DEFAULTS = (
+    "vllm::unified_attention_with_output", "vllm::unified_mla_attention_with_output", "vllm::mamba_mixer2",
+    "vllm::mamba_mixer", "vllm::short_conv", "vllm::qwen4_exp_ple_short_conv", "vllm::qwen4_exp_qsa_with_output",
+    "vllm::qwen4_exp_qsa_prepare_with_output", "vllm::linear_attention", "vllm::qwen_gdn_attention_core",
+    "vllm::qwen_gdn_attention_core_fused_norm_packed", "vllm::gdn_attention_core_xpu",
+    "vllm::olmo_hybrid_gdn_full_forward", "vllm::sparse_attn_indexer", "vllm::rocm_aiter_sparse_attn_indexer",
+    "vllm::deepseek_v4_attention", "vllm::hpc_rope_norm_forward", "vllm::unified_kv_cache_update",
+    "vllm::unified_mla_kv_cache_update",
+)  # fmt: skip
+
+
+def compile_settings() -> dict[str, Any]:
+    """vLLM engine arguments for compiled NPTI: vLLM's compilation (mode 3, VLLM_COMPILE) with
+    piecewise CUDA graphs split at NPTI's op as at attention, so the edit runs between graphs."""
+    return {
+        "enforce_eager": False,
+        "compilation_config": {
+            "mode": 3,
+            "cudagraph_mode": "PIECEWISE",
+            "splitting_ops": [*SPLIT_DEFAULTS, OP],
+        },
+    }
+
+
+def _field(config: Any, name: str) -> Any:
+    return config.get(name) if isinstance(config, dict) else getattr(config, name, None)
+
+
+def compile_refusal(config: Any) -> str | None:
+    """Why a compilation config would run NPTI's op inside a CUDA graph (the edit replayed, not
+    run), or None."""
+    if config is None:
+        return None
+    mode = str(_field(config, "cudagraph_mode") or "").upper().rsplit(".", 1)[-1]
+    if mode in ("FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE"):
+        return (
+            f"compilation_config.cudagraph_mode={mode}: a full CUDA graph replays the whole model without "
+            "running the edit's Python (it would silently not happen); npti --compile uses PIECEWISE"
+        )
+    splits = _field(config, "splitting_ops")
+    if mode == "PIECEWISE" and splits is not None and OP not in splits:
+        return (
+            f"compilation_config.splitting_ops without {OP}: piecewise CUDA graphs would capture the "
+            f"edit instead of running it; add {OP} (npti --compile does)"
+        )
+    return None
+
+
 # What the hooks cannot work under: (setting, value that is refused or a test, why). Read from a
 # plain mapping of vLLM's engine arguments (`npti serve`'s parsed flags, `VLLMEngine`'s keywords)
 # before any model is loaded, and again from the workers' VllmConfig (npti_lens.vllm.worker).
 WEIGHT_ONLY_QUANT = ("awq", "awq_marlin", "gptq", "gptq_marlin", "bitsandbytes", "gguf")
 REFUSED = (
     ("enforce_eager", lambda v: v is False, "--no-enforce-eager: compiled code and CUDA graphs skip the "
-     "Python hooks that edit and record (the edit would silently not happen); keep --enforce-eager"),
+     "Python hooks that edit and record (the edit would silently not happen); use npti's --compile, which "
+     "splits the graphs at the edit"),
     ("enable_prefix_caching", bool, "--enable-prefix-caching: a cached prefix is not recomputed, so its "
      "positions are neither edited (positions=all) nor recorded; drop it"),
     ("speculative_config", bool, "--speculative-config: rejected drafts shift the positions the edit and "
@@ -167,8 +219,17 @@ REFUSED = (
 
 
 def refusal(settings: dict[str, Any]) -> str | None:
-    """Why vLLM under these engine arguments would not run NPTI's hooks as meant, or None."""
+    """Why vLLM under these engine arguments would not run NPTI's hooks as meant, or None.
+    `--no-enforce-eager` is taken with a compilation config that splits at NPTI's op."""
+    config = settings.get("compilation_config")
+    why = compile_refusal(config)
+    if why:
+        return why
+    splits = _field(config, "splitting_ops") if config is not None else None
+    compiled = splits is not None and OP in splits
     for name, bad, why in REFUSED:
+        if name == "enforce_eager" and compiled:
+            continue
         if name in settings and bad(settings[name]):
             return f"{why} ({name}={settings[name]!r})"
     return None

@@ -20,7 +20,7 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
 from npti_lens.constants import pole_name
-from npti_lens.vllm.args import induction_args, refusal
+from npti_lens.vllm.args import compile_refusal, induction_args, refusal
 
 NEURONS_ENV = "NPTI_SERVE_NEURONS"
 
@@ -143,15 +143,25 @@ class NestedArgs:
 
 
 def config_refusal(vllm_config: Any) -> str | None:
-    """Why a running vLLM's configuration would skip or corrupt the hooks (see `refusal`), or None."""
+    """Why a running vLLM's configuration would skip or corrupt the hooks (see `refusal`), or None.
+    Compiled code is taken where no CUDA graph captures NPTI's op (`compile_refusal`): the workers
+    then check that every activation carries the op (`npti_lens.vllm.ops`)."""
     from vllm.config import CompilationMode, CUDAGraphMode
 
     model, cache, par = vllm_config.model_config, vllm_config.cache_config, vllm_config.parallel_config
     comp = vllm_config.compilation_config
+    graphs = comp.cudagraph_mode != CUDAGraphMode.NONE
+    why = compile_refusal(
+        {
+            "cudagraph_mode": comp.cudagraph_mode.name,
+            "splitting_ops": list(comp.splitting_ops or []) if comp.mode == CompilationMode.VLLM_COMPILE else None,
+        }
+    )
+    if why:
+        return why
+    if graphs and comp.mode != CompilationMode.VLLM_COMPILE:
+        return f"CUDA graphs ({comp.cudagraph_mode.name}) without vLLM's piecewise compilation capture the edit"
     settings = {
-        "enforce_eager": bool(model.enforce_eager)
-        and comp.mode == CompilationMode.NONE
-        and comp.cudagraph_mode == CUDAGraphMode.NONE,
         "enable_prefix_caching": cache.enable_prefix_caching,
         "speculative_config": vllm_config.speculative_config,
         "pipeline_parallel_size": par.pipeline_parallel_size,

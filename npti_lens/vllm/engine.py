@@ -31,7 +31,7 @@ from npti_lens.io import check_writable
 from npti_lens.model import answer_end_ids, facts, name_model, same_model_key
 from npti_lens.neurons import NeuronSet
 from npti_lens.record import Stats
-from npti_lens.vllm.args import refusal
+from npti_lens.vllm.args import compile_settings, refusal
 from npti_lens.vllm.recording import COUNT_LIMIT
 from npti_lens.vllm.resources import _env, check_cpu_head_dim, cpu_binding, stats_bytes
 
@@ -111,6 +111,7 @@ class VLLMEngine:
         kv_cache_gib: float | None = None,
         induce_defaults: InduceConfig | None = None,
         shared_dir: str | Path | None = None,
+        compile: bool = False,  # noqa: A002 - vLLM compilation with the edit as a split point
         **llm_kwargs: Any,
     ) -> None:
         why = vllm_available()
@@ -139,10 +140,12 @@ class VLLMEngine:
         if not torch.cuda.is_available():
             check_cpu_head_dim(hf)
         settings = {
-            "enforce_eager": True,  # Python hooks run on every step only without compilation / graphs
+            # eager, or compiled with piecewise CUDA graphs split at NPTI's op (npti_lens.vllm.ops)
+            **(compile_settings() if compile else {"enforce_eager": True}),
             "enable_prefix_caching": False,  # every position computed: statistics count each once
             **llm_kwargs,
         }
+        self.compiled = settings.get("enforce_eager") is False
         why = refusal(settings)
         if why:
             raise UserError(f"VLLMEngine: {why}")
@@ -292,6 +295,11 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        if self.compiled:
+            raise UserError(
+                "search statistics need eager vLLM (the residual sums are hooks compiled code skips): "
+                "drop --compile for npti search"
+            )
         todo = [(p, a) for p, a in sequences if a]
         if todo:
             params = [

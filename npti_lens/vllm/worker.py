@@ -53,7 +53,13 @@ from npti_lens.vllm.args import (
     neurons_from,
     rank_plan,
 )
+from npti_lens.vllm import ops
 from npti_lens.vllm.recording import Recording, Site
+
+try:  # every activation vLLM builds in this process carries NPTI's op (see npti_lens.vllm.ops)
+    ops.install()
+except ImportError:  # no vLLM: the hot path is still importable for its tests
+    pass
 
 # How each gated activation vLLM implements acts on the gate half (the module's own settings).
 GATES = {
@@ -100,53 +106,69 @@ class NPTIWorkerExtension(Recording):
         if why:
             raise RuntimeError(f"npti: {why}")
         model = self.model_runner.model
-        sites: dict[int, tuple[torch.nn.Module, Site]] = {}
+        from vllm.config import CompilationMode, CUDAGraphMode
+
+        comp = self.vllm_config.compilation_config
+        compiled = comp.mode != CompilationMode.NONE or comp.cudagraph_mode != CUDAGraphMode.NONE
+        acts: dict[int, torch.nn.Module] = {}  # every layer's activation (GPT-2 shares one module)
         blocks: dict[int, torch.nn.Module] = {}
         rank = get_tensor_model_parallel_rank()
-        for name, module in model.named_modules():
+        for name, module in model.named_modules(remove_duplicate=False):
             m = re.search(r"(?:layers|\.h)\.(\d+)\.mlp\.(act_fn|act)$", name)
             if m:
-                kind = type(module).__name__
-                gated = "AndMul" in kind or kind.startswith("MulAnd")  # GeluAndMulSparse too
-                if gated and kind not in GATES:
-                    raise RuntimeError(
-                        f"npti: {name} is a {kind}; the edit and statistics implement the gated "
-                        f"activations {', '.join(GATES)} only"
-                    )
-                gate = GATES[kind](module) if gated else None
-                sites[int(m.group(1))] = (module, Site(int(m.group(1)), gated, 0, gate))
+                acts[int(m.group(1))] = module
             b = re.search(r"(?:layers|\.h)\.(\d+)$", name)
             if b:
                 blocks[int(b.group(1))] = module
-        if not sites:
+        if not acts:
             raise RuntimeError(f"npti: no MLP activation module found in {type(model).__name__}")
+        if sorted(acts) != list(range(len(acts))):
+            raise RuntimeError(f"npti: MLP activations found for layers {sorted(acts)[:8]}..., not 0..n-1")
+        kinds = sorted({ops.base_name(m) for m in acts.values()})
+        kind = kinds[0]
+        gated = "AndMul" in kind or kind.startswith("MulAnd")  # GeluAndMulSparse too
+        if len(kinds) > 1 or (gated and kind not in GATES):
+            raise RuntimeError(
+                f"npti: the MLP activations are {', '.join(kinds)}; the edit and statistics implement one "
+                f"of the gated activations {', '.join(GATES)} or an elementwise one"
+            )
         cfg = self.model_runner.model_config.hf_config
         d_mlp = int(getattr(cfg, "intermediate_size", 0) or getattr(cfg, "n_inner", 0) or 4 * cfg.n_embd)
         tp = d_mlp // self._npti_local_width(model)
+        gate = GATES[kind](acts[0]) if gated else None
         self._npti = {
             "base": InduceConfig(**(base or {})),
-            "n_layers": len(sites),
+            "n_layers": len(acts),
             "d_mlp": d_mlp,
             "tp": tp,
             "rank": rank,
+            "compiled": compiled,
+            "sites": [Site(layer, gated, d_mlp // tp, gate) for layer in range(len(acts))],
             "inductions": {},
             "stats": {},
             "recorded_upto": {},
             "requests": {},  # req_id -> parsed npti arguments
             "nonfinite": None,  # a device flag: no sync per layer
             "step": None,
-            "fired": set(),  # layers whose hook ran in the forward under way
+            "calls": 0,  # activations run in the forward under way (the n-th is layer n)
             "counted": {},  # bucket -> tokens counted since the last take
             "handles": [],
         }
-        for module, site in sites.values():
-            site.d_local = d_mlp // tp
-            self._npti["handles"].append(module.register_forward_hook(self._npti_act_hook(site)))
-        for layer, module in blocks.items():
+        for module in {id(m): m for m in acts.values()}.values():
+            if ops.claim(module, self._npti_on_act):
+                continue  # the op in its forward calls us, compiled or not
+            if compiled:
+                raise RuntimeError(
+                    f"npti: the MLP activation {type(module).__name__} carries no npti op, so compiled code "
+                    "would skip the edit; run vLLM eagerly (drop --compile)"
+                )
+            hook = module.register_forward_hook(lambda m, i, o: self._npti_on_act(i[0], o))
+            self._npti["handles"].append(hook)
+        for layer, module in blocks.items():  # residual sums (search only; eager: checked per step)
             self._npti["handles"].append(module.register_forward_hook(self._npti_block_hook(layer)))
         self._npti["handles"].append(model.register_forward_pre_hook(self._npti_pre_hook, with_kwargs=True))
         self._npti["handles"].append(model.register_forward_hook(self._npti_post_hook))
-        self._npti["gated"] = next(iter(sites.values()))[1].gated
+        self._npti["gated"] = gated
         return self._npti_dims()
 
     def _npti_local_width(self, model: torch.nn.Module) -> int:
@@ -202,20 +224,20 @@ class NPTIWorkerExtension(Recording):
     def _npti_pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
         self._npti["step"] = None if positions is None else self._npti_step(positions)
-        self._npti["fired"] = set()
+        self._npti["calls"] = 0
 
     def _npti_post_hook(self, module: torch.nn.Module, args: tuple, out: Any) -> None:
-        """A forward that should have edited or recorded: every layer's hook ran, or fail loudly."""
-        step = self._npti["step"]
-        if step is None:
+        """A forward that should have edited or recorded: every layer's activation reached us once,
+        or fail loudly."""
+        s = self._npti
+        if s["step"] is None or s["calls"] == s["n_layers"]:
             return
-        missing = sorted(set(range(self._npti["n_layers"])) - self._npti["fired"])
-        if missing:
-            raise RuntimeError(
-                f"npti: the MLP activation hooks of layers {missing[:8]} did not run in this forward, so "
-                "their edit or statistics would silently be missing (compiled code, CUDA graphs or a fused "
-                "activation kernel?); run vLLM eagerly on a bf16/fp16 checkpoint"
-            )
+        raise RuntimeError(
+            f"npti: the MLP activations reached the edit {s['calls']} times in this forward, not once for "
+            f"each of {s['n_layers']} layers, so edits or statistics would silently be missing or misplaced "
+            "(CUDA graphs that capture the whole model, or a fused activation kernel?); run vLLM eagerly "
+            "on a bf16/fp16 checkpoint"
+        )
 
     def _npti_step(self, positions: Tensor) -> _Step | None:
         runner = self.model_runner
@@ -256,6 +278,11 @@ class NPTIWorkerExtension(Recording):
             pos_.extend(range(first + begin - lo, first + hi - lo))
         if not edits and not records:
             return None
+        if records and self._npti["compiled"]:
+            raise RuntimeError(
+                "npti: search statistics need eager vLLM (the residual sums are Python hooks that compiled "
+                "code skips); record with an engine made without compile"
+            )
         device = positions.device
 
         def rows(idx: list[int]) -> Tensor:
@@ -306,25 +333,23 @@ class NPTIWorkerExtension(Recording):
                 plans.by_cfg.popitem(last=False)
         return plans.by_cfg[ckey]
 
-    def _npti_act_hook(self, site: Site):  # noqa: ANN202 - a closure over the site
-        def hook(module: torch.nn.Module, inputs: tuple, out: Tensor) -> Tensor | None:
-            step = self._npti["step"]
-            if step is None:
-                return None
-            self._npti["fired"].add(site.layer)
-            x = inputs[0]
-            for bucket, rows in step.records:
-                self._npti_record(bucket, site, rows, x, out)
-            if not step.edits:
-                return None
-            for rows, positions, cfg, plans in step.edits:
-                plan = plans.get(site.layer)
-                if plan is None or plan.cols.numel() == 0:
-                    continue
-                self._npti_edit(site, plan, cfg, rows, positions, x, out)
-            return out
-
-        return hook
+    def _npti_on_act(self, x: Tensor, out: Tensor) -> None:
+        """An MLP activation ran (the op in its forward, or an eager hook): x is its input, `out`
+        its output, edited in place. Layers run in order, so the n-th call of a forward is layer n."""
+        s = self._npti
+        layer = s["calls"]
+        s["calls"] = layer + 1
+        step = s["step"]
+        if step is None or layer >= s["n_layers"]:
+            return
+        site = s["sites"][layer]
+        for bucket, rows in step.records:
+            self._npti_record(bucket, site, rows, x, out)
+        for rows, positions, cfg, plans in step.edits:
+            plan = plans.get(layer)
+            if plan is None or plan.cols.numel() == 0:
+                continue
+            self._npti_edit(site, plan, cfg, rows, positions, x, out)
 
     def _npti_edit(
         self,
