@@ -56,6 +56,13 @@ class EngineConfig:
         default=None,
         metadata={"help": "vllm: GiB of KV cache (default: on a GPU its share of memory, else 1)"},
     )
+    compile: bool = field(
+        default=False,
+        metadata={
+            "help": "vllm: compile the model and, on a GPU, capture piecewise CUDA graphs split at "
+            "NPTI's edit (generation and serving; a search records in eager mode)"
+        },
+    )
 
 
 @runtime_checkable

@@ -109,10 +109,11 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
     add_config(p, EngineConfig)
 
 
-def load_model_for(args: argparse.Namespace, proto: Any) -> Any:
+def load_model_for(args: argparse.Namespace, proto: Any, *, records: bool = False) -> Any:
     """The model of --model/--device/--dtype; --dtype auto: the protocol's dtype on a GPU, else float32.
 
     With --engine vllm (where the command has the flag): a `VLLMEngine` instead of a TransformerBridge.
+    `records`: the command records search statistics (which --compile cannot).
     """
     from transformers.utils import logging as hf_logging
 
@@ -124,6 +125,13 @@ def load_model_for(args: argparse.Namespace, proto: Any) -> Any:
         ecfg = config_from(args, EngineConfig)
         if ecfg.engine not in ("tl", "vllm"):
             raise UserError(f"--engine: unknown engine {ecfg.engine!r}; choose tl or vllm")
+        if ecfg.compile and ecfg.engine != "vllm":
+            raise UserError("--compile: only with --engine vllm (the TransformerLens loop runs eagerly)")
+        if ecfg.compile and records:
+            raise UserError(
+                "--compile: this command records search statistics, which need eager vLLM (its residual "
+                "sums are hooks compiled code skips); drop --compile"
+            )
         if ecfg.engine == "vllm":
             return load_engine(args, proto, ecfg)
         if ecfg.tensor_parallel != 1:
@@ -159,6 +167,7 @@ def load_engine(args: argparse.Namespace, proto: Any, ecfg: Any) -> Any:
         seed=getattr(args, "seed", 0) or 0,
         kv_cache_gib=ecfg.kv_cache_gib,
         induce_defaults=proto.induce_config(),
+        compile=ecfg.compile,
     )
 
 

@@ -43,7 +43,7 @@ def search(args: argparse.Namespace) -> None:
     check_writable(args.out, folder=True)
     proto = protocol_of(args)
     gcfg = generate_config(args, proto, "search")
-    model = load_model_for(args, proto)
+    model = load_model_for(args, proto, records=True)
     stats = run_search(
         model,
         args.questions,

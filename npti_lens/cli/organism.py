@@ -111,7 +111,7 @@ def _real_demo(args: argparse.Namespace, out: Any, cfg: Any) -> None:
     from npti_lens.protocol import load_protocol
 
     start = time.time()
-    model = load_model_for(args, load_protocol("npti"))
+    model = load_model_for(args, load_protocol("npti"), records=True)
     try:
         tl = None
         if "vector" in cfg.methods and args.engine != "tl":

@@ -26,6 +26,12 @@ def serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tensor-parallel", type=int, default=1, help="GPUs (or CPU ranks) to shard over")
     p.add_argument("--kv-cache-gib", type=float, default=None, help="GiB of KV cache (CPU default: 1)")
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the model and, on a GPU, capture piecewise CUDA graphs split at NPTI's edit "
+        "(default: eager)",
+    )
+    p.add_argument(
         "--vllm-arg", action="append", default=[], help="one more argument for vLLM's server (repeat)"
     )
     add_protocol_flag(p)
@@ -43,7 +49,7 @@ def serve(args: argparse.Namespace) -> None:
     )
     vargs = vllm_args(
         args.model, host=args.host, port=args.port, dtype=dtype, tensor_parallel=args.tensor_parallel,
-        kv_cache_gib=args.kv_cache_gib, extra=args.vllm_arg,
+        kv_cache_gib=args.kv_cache_gib, extra=args.vllm_arg, compile=args.compile,
     )  # fmt: skip
     print(
         f"serving {args.model} on http://{args.host}:{args.port}/v1 with {', '.join(neurons) or 'no'} neuron sets"

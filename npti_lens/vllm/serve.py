@@ -24,7 +24,7 @@ from npti_lens.constants import POLES, TRAITS, pole_name
 from npti_lens.errors import UserError
 from npti_lens.gguf import is_gguf_spec, resolve_gguf
 from npti_lens.induction import InduceConfig
-from npti_lens.vllm.args import refusal
+from npti_lens.vllm.args import compile_settings, refusal
 from npti_lens.vllm.engine import EXTENSION, use_v1_runner, vllm_available
 
 CHECK = "npti_lens.vllm.check:RequestCheck"
@@ -56,6 +56,13 @@ def neuron_folders(specs: list[str]) -> dict[str, str]:
     return out
 
 
+def compiled_argv(compile: bool) -> list[str]:  # noqa: A002
+    """vLLM server flags for eager mode, or for `compile_settings`' compilation."""
+    if not compile:
+        return ["--enforce-eager"]
+    return ["--no-enforce-eager", "--compilation-config", json.dumps(compile_settings()["compilation_config"])]
+
+
 def vllm_args(
     model: str,
     *,
@@ -65,6 +72,7 @@ def vllm_args(
     tensor_parallel: int,
     kv_cache_gib: float | None,
     extra: list[str] | None = None,
+    compile: bool = False,  # noqa: A002 - compiled, with piecewise CUDA graphs split at NPTI's op
 ) -> Any:
     """vLLM's own server arguments, parsed by its own parser, with what NPTI's edit needs."""
     import torch
@@ -78,7 +86,7 @@ def vllm_args(
     argv = [
         "--model", model, *served, "--host", host, "--port", str(port), "--dtype", dtype,
         "--tensor-parallel-size", str(tensor_parallel),
-        "--enforce-eager", "--no-enable-prefix-caching", "--generation-config", "vllm",
+        *compiled_argv(compile), "--no-enable-prefix-caching", "--generation-config", "vllm",
         "--worker-extension-cls", EXTENSION, "--logits-processors", CHECK, "--middleware", NESTED,
     ]  # fmt: skip
     if kv_cache_gib is None and not torch.cuda.is_available():
