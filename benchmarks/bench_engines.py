@@ -7,7 +7,9 @@ One randomly initialised Llama of the given shape (saved to a temporary folder a
 vLLM can load it), random 32-token prompts, fixed-length greedy answers (EOS ignored). Both engines
 get the same token ids. Each figure is the median of `--repeats` runs after one warm-up. The
 induction is 1% of all neurons per pole (the shapes of `bench.py`), shifted at generated tokens.
-vLLM runs eagerly (`enforce_eager`: the hooks are Python), as `npti --engine vllm` does.
+`vllm` runs eagerly, as `npti --engine vllm` does; `vllm-compiled` is `--compile` (vLLM's
+compilation, on a GPU with piecewise CUDA graphs split at NPTI's op; no search figure: a search
+records in eager mode). `--engines tl,vllm,vllm-compiled` for all three.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ def main() -> None:
     out: dict[str, Any] = {
         "shape": shape, "dtype": dtype, "device": args.device, "new_tokens": args.new_tokens,
         "prompt_len": 32, "threads": args.threads, "platform": platform.platform(),
-        "gpu": torch.cuda.get_device_name(0) if gpu else None, "tl": {}, "vllm": {},
+        "gpu": torch.cuda.get_device_name(0) if gpu else None, "tl": {}, "vllm": {}, "vllm-compiled": {},
     }  # fmt: skip
     gen = torch.Generator().manual_seed(0)
     prompts = {b: torch.randint(4, 1000, (b, 32), generator=gen).tolist() for b in batches}
@@ -126,6 +128,8 @@ def main() -> None:
                 }
                 print(key, b, out[key][str(b)], flush=True)
 
+            if record_fn is None:
+                return
             b = max(batches)
             g = GenerateConfig(
                 max_new_tokens=args.new_tokens, batch_size=b, repetition_penalty=1.0, ignore_eos=True
@@ -156,19 +160,23 @@ def main() -> None:
             del model
             if gpu:
                 torch.cuda.empty_cache()
-        if "vllm" in engines:
+        for key in ("vllm", "vllm-compiled"):
+            if key not in engines:
+                continue
             from npti_lens.vllm.engine import VLLMEngine
 
             t0 = time.perf_counter()
-            engine = VLLMEngine(str(folder), dtype=dtype)
-            out["vllm"]["load_s"] = time.perf_counter() - t0
+            engine = VLLMEngine(str(folder), dtype=dtype, compile=key == "vllm-compiled")
+            out[key]["load_s"] = time.perf_counter() - t0
             tgt, opp = full_sets(engine)
             extra = engine.induce_extra([(tgt, opp)], cfg)
             figures(
-                "vllm",
-                lambda ps, g: engine.generate(ps, g),
-                lambda ps, g: engine.generate(ps, g, extra=extra),
-                lambda pairs: engine.record(pairs, Stats.zeros(engine.n_layers, engine.d_mlp)),
+                key,
+                lambda ps, g, engine=engine: engine.generate(ps, g),
+                lambda ps, g, engine=engine, extra=extra: engine.generate(ps, g, extra=extra),
+                None
+                if engine.compiled
+                else lambda pairs, engine=engine: engine.record(pairs, Stats.zeros(engine.n_layers, engine.d_mlp)),
             )
             engine.close()
     print(json.dumps(out, indent=1))

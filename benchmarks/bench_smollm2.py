@@ -3,6 +3,7 @@ TransformerLens loop and vLLM, plain and induced, at several batch sizes; and te
 decoding (the two ways search can get statistics).
 
     python benchmarks/bench_smollm2.py [--batches 1,16,64] [--tokens 32] [--json OUT] [--threads 2]
+        [--engines hf,tl,vllm,vllm-compiled]
 
 The same token ids for every engine: the released neutral template around the shipped test
 questions (repeated to fill a batch). Fixed-length greedy answers (EOS ignored), repetition penalty
@@ -68,7 +69,7 @@ def main() -> None:
 
     def add(engine: str, cond: str, b: int, seconds: float) -> None:
         rows.append({"engine": engine, "condition": cond, "batch": b, "tok_s": b * args.tokens / seconds})
-        print(f"{engine:<5}{cond:<8}batch {b:>3}: {rows[-1]['tok_s']:7.1f} tok/s", flush=True)
+        print(f"{engine:<14}{cond:<8}batch {b:>3}: {rows[-1]['tok_s']:7.1f} tok/s", flush=True)
 
     def gcfg(b: int) -> GenerateConfig:
         return GenerateConfig(
@@ -104,16 +105,18 @@ def main() -> None:
             {"engine": "tl", "condition": "teacher forcing", "batch": 16, "tok_s": 16 * args.tokens / tf}
         )
         print(f"tl   teacher forcing, batch 16: {rows[-1]['tok_s']:.1f} answer tok/s", flush=True)
-    if "vllm" in engines:
+    for key in ("vllm", "vllm-compiled"):  # eager, and --compile (on a CPU: Inductor, no CUDA graphs)
+        if key not in engines:
+            continue
         from npti_lens.vllm.engine import VLLMEngine
 
-        with VLLMEngine("smollm2") as engine:
+        with VLLMEngine("smollm2", compile=key == "vllm-compiled") as engine:
             extra = engine.induce_extra(induced.pairs, induced.induce_cfg)
             for b in batches:
                 ps = prompts_for(b)
                 engine.generate(ps, gcfg(b))
-                add("vllm", "plain", b, timed(lambda ps=ps, b=b: engine.generate(ps, gcfg(b))))
-                add("vllm", "induced", b, timed(lambda ps=ps, b=b: engine.generate(ps, gcfg(b), extra=extra)))
+                add(key, "plain", b, timed(lambda ps=ps, b=b: engine.generate(ps, gcfg(b))))
+                add(key, "induced", b, timed(lambda ps=ps, b=b: engine.generate(ps, gcfg(b), extra=extra)))
     out = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
            "tokens": args.tokens, "rows": rows}  # fmt: skip
     if args.json:

@@ -75,10 +75,17 @@ def test_engine_flags_fail_clearly(monkeypatch, capsys, tmp_path):
     for flags, word in (
         (["--engine", "fast"], "--engine"),
         (["--tensor-parallel", "2"], "--tensor-parallel"),
+        (["--compile"], "--compile: only with --engine vllm"),
     ):
         assert main([*cmd, *flags]) == 2
         assert word in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
+    # a search records statistics, which compiled code cannot: refused before any model is loaded
+    (tmp_path / "qs").mkdir()
+    search = ["search", "--model", "organism", "--questions", "qs", "--personas", "p.jsonl", "--out", "run"]
+    assert main([*search, "--engine", "vllm", "--compile"]) == 2
+    assert "--compile: this command records search statistics" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "stats").exists()
 
 
 def test_serve_checks_its_neuron_folders(tmp_path):
@@ -155,6 +162,28 @@ def test_serve_refuses_a_vllm_arg_that_undoes_the_hooks(flag, word):
     assert vllm_args("m", **kw).enforce_eager is True
     with pytest.raises(UserError, match=word):
         vllm_args("m", **kw, extra=[flag])
+
+
+def test_serve_compile_splits_the_graphs_at_the_edit():
+    """--compile: vLLM's compilation with piecewise graphs split at npti::act; a --vllm-arg asking
+    for full CUDA graphs on top is refused (they would replay the edit, not run it)."""
+    from npti_lens.errors import UserError
+    from npti_lens.vllm.engine import vllm_available
+
+    if vllm_available() is not None:
+        pytest.skip(f"vLLM not importable: {vllm_available()}")
+    from npti_lens.vllm.args import OP
+    from npti_lens.vllm.serve import vllm_args
+
+    kw = {"host": "127.0.0.1", "port": 1, "dtype": "float32", "tensor_parallel": 1, "kv_cache_gib": 1.0}
+    args = vllm_args("m", **kw, compile=True)
+    cc = args.compilation_config
+    assert args.enforce_eager is False and int(cc.mode) == 3 and str(cc.cudagraph_mode).endswith("PIECEWISE")
+    assert OP in cc.splitting_ops and "vllm::unified_attention_with_output" in cc.splitting_ops
+    for extra in (['--compilation-config={"cudagraph_mode": "FULL_AND_PIECEWISE"}'],
+                  ['--compilation-config={"cudagraph_mode": "PIECEWISE", "splitting_ops": []}']):  # fmt: skip
+        with pytest.raises(UserError, match="compilation_config"):
+            vllm_args("m", **kw, compile=True, extra=extra)
 
 
 def test_the_engine_refuses_keywords_that_undo_the_hooks(tmp_path):

@@ -1,9 +1,10 @@
 """The vLLM side of the engine seam: NPTI's edit and answer-token statistics inside vLLM's workers.
 
 `NPTIWorkerExtension` is mixed into every vLLM worker (`LLM(worker_extension_cls=...)`); the driver
-(`npti_lens.vllm.engine`) calls its methods with `collective_rpc`. It hooks each layer's MLP
-activation (`mlp.act_fn`: SiluAndMul or GeluAndMul, input gate|up, output act(gate) * up; GPT-2's
-`mlp.act`) and, once per forward, reads from the model runner which rows of the flattened batch belong to which
+(`npti_lens.vllm.engine`) calls its methods with `collective_rpc`. Each layer's MLP activation
+(`mlp.act_fn`: SiluAndMul or GeluAndMul, input gate|up, output act(gate) * up; GPT-2's `mlp.act`)
+ends in NPTI's op (`npti_lens.vllm.ops`, which survives compilation; an eager forward hook where a
+model's activation carries none), which calls `_npti_on_act`; once per forward the worker reads from the model runner which rows of the flattened batch belong to which
 request and at which position. Each request says in `SamplingParams.extra_args` what to do with it:
 
 - an induction: `npti_induction` (a registered key) or `npti_trait` + `npti_pole` (+ `npti_neurons`,
@@ -21,8 +22,9 @@ own contiguous slice of the neurons (the column-split gate_up).
 On a GPU the hooks never make the host wait: row indices cross once per step from pinned host
 memory, plans are index tensors built once per configuration (outside the forward where the driver
 prepares them), the histogram is a scatter-add, and the non-finite check is a device flag read by
-the driver after a batch. After every forward that edits or records, the worker checks that every
-layer's hook ran (a configuration that bypasses `act_fn` fails loudly instead of doing nothing).
+the driver after a batch. After every forward that edits or records, the worker checks that each
+layer's activation reached the edit exactly once (a configuration that bypasses `act_fn`, or a CUDA
+graph around it, fails loudly instead of doing nothing).
 """
 
 from __future__ import annotations
