@@ -131,3 +131,50 @@ def test_a_compiled_engine_refuses_to_record(engines):
     engine = engines["llama"][1]
     with pytest.raises(UserError, match="eager vLLM"):
         engine.record([([1, 2], [3, 4])], Stats.zeros(engine.n_layers, engine.d_mlp))
+
+
+def test_vllms_piecewise_split_cuts_the_graph_at_the_edit():
+    """The GPU path's structure, built on the CPU with vLLM's own `split_graph` on the graph Dynamo
+    captures: `npti::act` is a piece of its own (run eagerly between CUDA graphs, as attention is),
+    the activation before it and the projection after it are pieces that graphs capture; and the
+    split model still calls the worker's handler, with the activation's output, at run time."""
+    import torch
+    from vllm.compilation.backends import split_graph
+    from vllm.config import VllmConfig, set_current_vllm_config
+    from vllm.model_executor.layers.activation import SiluAndMul
+
+    from npti_lens.vllm import ops
+    from npti_lens.vllm.args import compile_settings
+
+    with set_current_vllm_config(VllmConfig()):
+        act = SiluAndMul()  # what a Llama MLP builds in our workers
+    assert type(act).__name__ == "NPTISiluAndMul" and ops.base_name(act) == "SiluAndMul"
+
+    class MLP(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up, self.act, self.down = torch.nn.Linear(8, 16), act, torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.down(self.act(self.up(x)))
+
+    graphs = []
+    mlp, x = MLP(), torch.randn(3, 8)
+    torch.compile(mlp, backend=lambda gm, inputs: graphs.append((gm, inputs)) or gm.forward)(x)
+    gm, inputs = graphs[0]  # Dynamo's graph and its inputs (the parameters, lifted, and x)
+    split, pieces = split_graph(gm, compile_settings()["compilation_config"]["splitting_ops"])
+    calls = [[str(n.target) for n in p.graph.graph.nodes if n.op == "call_function"] for p in pieces]
+    alone = [c for p, c in zip(pieces, calls, strict=True) if p.is_splitting_graph]
+    assert alone == [["npti.act"]] and len(pieces) == 3
+    assert any("linear" in t for t in calls[-1]) and not any("npti" in t for c in calls[:1] for t in c)
+    seen = []
+    ops.claim(act, lambda inp, out: (seen.append(out.clone()), out.mul_(0.0)))
+    try:
+        with torch.no_grad():
+            got = split(*inputs)
+            got = got[0] if isinstance(got, (tuple, list)) else got
+            want = mlp.down(torch.zeros(3, 8))  # the handler zeroed the activation in place
+    finally:
+        ops.release(act)
+    assert len(seen) == 1 and seen[0].shape == (3, 8)
+    assert torch.allclose(got, want)

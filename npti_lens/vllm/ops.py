@@ -48,6 +48,11 @@ def claim(module: torch.nn.Module, handler: Callable[[Tensor, Tensor], None]) ->
     return True
 
 
+def release(module: torch.nn.Module) -> None:
+    """Stop routing `module`'s op calls (they do nothing again)."""
+    _handlers.pop(getattr(module, "npti_token", None), None)
+
+
 def base_name(module: torch.nn.Module) -> str:
     """The vLLM class a module is (ours are subclasses: their base's name)."""
     return getattr(type(module), "npti_base", type(module).__name__)
