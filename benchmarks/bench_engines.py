@@ -176,7 +176,9 @@ def main() -> None:
                 lambda ps, g, engine=engine, extra=extra: engine.generate(ps, g, extra=extra),
                 None
                 if engine.compiled
-                else lambda pairs, engine=engine: engine.record(pairs, Stats.zeros(engine.n_layers, engine.d_mlp)),
+                else lambda pairs, engine=engine: engine.record(
+                    pairs, Stats.zeros(engine.n_layers, engine.d_mlp)
+                ),
             )
             engine.close()
     print(json.dumps(out, indent=1))

@@ -116,7 +116,12 @@ def main() -> None:
                 ps = prompts_for(b)
                 engine.generate(ps, gcfg(b))
                 add(key, "plain", b, timed(lambda ps=ps, b=b: engine.generate(ps, gcfg(b))))
-                add(key, "induced", b, timed(lambda ps=ps, b=b: engine.generate(ps, gcfg(b), extra=extra)))
+                add(
+                    key,
+                    "induced",
+                    b,
+                    timed(lambda ps=ps, b=b, e=extra: engine.generate(ps, gcfg(b), extra=e)),
+                )
     out = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
            "tokens": args.tokens, "rows": rows}  # fmt: skip
     if args.json:

@@ -154,13 +154,17 @@ def config_refusal(vllm_config: Any) -> str | None:
     why = compile_refusal(
         {
             "cudagraph_mode": comp.cudagraph_mode.name,
-            "splitting_ops": list(comp.splitting_ops or []) if comp.mode == CompilationMode.VLLM_COMPILE else None,
+            "splitting_ops": list(comp.splitting_ops or [])
+            if comp.mode == CompilationMode.VLLM_COMPILE
+            else None,
         }
     )
     if why:
         return why
     if graphs and comp.mode != CompilationMode.VLLM_COMPILE:
-        return f"CUDA graphs ({comp.cudagraph_mode.name}) without vLLM's piecewise compilation capture the edit"
+        return (
+            f"CUDA graphs ({comp.cudagraph_mode.name}) without vLLM's piecewise compilation capture the edit"
+        )
     settings = {
         "enable_prefix_caching": cache.enable_prefix_caching,
         "speculative_config": vllm_config.speculative_config,

@@ -68,7 +68,11 @@ def _wrap(base: type) -> type:
         torch.ops.npti.act(x, out, self.npti_token)
         return out
 
-    return type(f"NPTI{base.__name__}", (base,), {"__init__": __init__, "forward": forward, "npti_base": base.__name__})
+    return type(
+        f"NPTI{base.__name__}",
+        (base,),
+        {"__init__": __init__, "forward": forward, "npti_base": base.__name__},
+    )
 
 
 def install() -> None:

@@ -60,7 +60,11 @@ def compiled_argv(compile: bool) -> list[str]:  # noqa: A002
     """vLLM server flags for eager mode, or for `compile_settings`' compilation."""
     if not compile:
         return ["--enforce-eager"]
-    return ["--no-enforce-eager", "--compilation-config", json.dumps(compile_settings()["compilation_config"])]
+    return [
+        "--no-enforce-eager",
+        "--compilation-config",
+        json.dumps(compile_settings()["compilation_config"]),
+    ]
 
 
 def vllm_args(

@@ -4,8 +4,9 @@
 (`npti_lens.vllm.engine`) calls its methods with `collective_rpc`. Each layer's MLP activation
 (`mlp.act_fn`: SiluAndMul or GeluAndMul, input gate|up, output act(gate) * up; GPT-2's `mlp.act`)
 ends in NPTI's op (`npti_lens.vllm.ops`, which survives compilation; an eager forward hook where a
-model's activation carries none), which calls `_npti_on_act`; once per forward the worker reads from the model runner which rows of the flattened batch belong to which
-request and at which position. Each request says in `SamplingParams.extra_args` what to do with it:
+model's activation carries none), which calls `_npti_on_act`; once per forward the worker reads
+from the model runner which rows of the flattened batch belong to which request and at which
+position. Each request says in `SamplingParams.extra_args` what to do with it:
 
 - an induction: `npti_induction` (a registered key) or `npti_trait` + `npti_pole` (+ `npti_neurons`,
   the name of a loaded neuron folder), and `npti_gamma`, optionally `npti_keep_prob`, `npti_keep`,
@@ -29,6 +30,7 @@ graph around it, fails loudly instead of doing nothing).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields
@@ -46,6 +48,7 @@ from npti_lens.induction import (
     shifted,
 )
 from npti_lens.neurons import NeuronSet
+from npti_lens.vllm import ops
 from npti_lens.vllm.args import (
     PREFIX,
     RankPlan,
@@ -55,13 +58,12 @@ from npti_lens.vllm.args import (
     neurons_from,
     rank_plan,
 )
-from npti_lens.vllm import ops
 from npti_lens.vllm.recording import Recording, Site
 
-try:  # every activation vLLM builds in this process carries NPTI's op (see npti_lens.vllm.ops)
+# every activation vLLM builds in this process carries NPTI's op (see npti_lens.vllm.ops); without
+# vLLM the hot path is still importable for its tests
+with contextlib.suppress(ImportError):
     ops.install()
-except ImportError:  # no vLLM: the hot path is still importable for its tests
-    pass
 
 # How each gated activation vLLM implements acts on the gate half (the module's own settings).
 GATES = {
