@@ -8,7 +8,8 @@ decoding (the two ways search can get statistics).
 The same token ids for every engine: the released neutral template around the shipped test
 questions (repeated to fill a batch). Fixed-length greedy answers (EOS ignored), repetition penalty
 1.0. The induction: 1% of the model's neurons per pole (random sets), gamma 1, keep 1.0. One run
-each after one warm-up; tokens/s = answer tokens / wall seconds.
+each after one warm-up (vLLM: `--repeats N` alternates plain and induced N times and takes the
+medians); tokens/s = answer tokens / wall seconds.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,6 +41,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--engines", default="hf,tl,vllm")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--repeats", type=int, default=1, help="vLLM: plain and induced alternated, median of N")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -115,13 +118,14 @@ def main() -> None:
             for b in batches:
                 ps = prompts_for(b)
                 engine.generate(ps, gcfg(b))
-                add(key, "plain", b, timed(lambda ps=ps, b=b: engine.generate(ps, gcfg(b))))
-                add(
-                    key,
-                    "induced",
-                    b,
-                    timed(lambda ps=ps, b=b, e=extra: engine.generate(ps, gcfg(b), extra=e)),
-                )
+                times: dict[str, list[float]] = {"plain": [], "induced": []}
+                for _ in range(args.repeats):  # alternated: slow drifts of the machine hit both alike
+                    times["plain"].append(timed(lambda ps=ps, b=b: engine.generate(ps, gcfg(b))))
+                    times["induced"].append(
+                        timed(lambda ps=ps, b=b, e=extra: engine.generate(ps, gcfg(b), extra=e))
+                    )
+                for cond, ts in times.items():
+                    add(key, cond, b, statistics.median(ts))
     out = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
            "tokens": args.tokens, "rows": rows}  # fmt: skip
     if args.json:

@@ -1,6 +1,6 @@
 """`npti serve`: vLLM's OpenAI server with NPTI inductions chosen per request, through the official
 `openai` client; answers equal the TransformerLens loop's; bad requests are HTTP 400s and the server
-keeps serving."""
+keeps serving. Every test runs against an eager server and a `--compile` one."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ from tests.helpers import QUESTIONS, build_tiny_vllm, npti_server, random_pole_s
 GCFG = GenerateConfig(max_new_tokens=24, repetition_penalty=1.15)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=[False, True], ids=["eager", "compiled"])
+def server(request, tmp_path_factory):
+    """The server eager and with --compile (vLLM's compilation; on a CPU Inductor, no CUDA graphs)."""
     from npti_lens.model import load_model, model_id
     from npti_lens.sites import mlp_sites
 
@@ -35,7 +36,13 @@ def server(tmp_path_factory):
     hi, lo = random_pole_sets(model_id(tl), sites.n_layers, sites.d_mlp)
     for ns in (hi, lo):
         ns.save(root / "sets" / pole_name(ns.trait, ns.pole))
-    args = ["--model", str(folder), "--neurons", f"sets={root / 'sets'}"]
+    args = [
+        "--model",
+        str(folder),
+        "--neurons",
+        f"sets={root / 'sets'}",
+        *(["--compile"] if request.param else []),
+    ]
     with npti_server(args, root / "server.log", wait_s=300) as client:
         yield client, str(folder), tl, hi, lo
 
