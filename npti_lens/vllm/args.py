@@ -117,6 +117,7 @@ class RankPlan:
     mine: Tensor | None
     part: LayerPlan
     cols: Tensor
+    up_cols: Tensor  # the same neurons' columns in the up half of gate|up (gated MLPs)
 
 
 def rank_plan(plan: LayerPlan, rank: int, d_local: int, device: torch.device) -> RankPlan:
@@ -139,6 +140,7 @@ def rank_plan(plan: LayerPlan, rank: int, d_local: int, device: torch.device) ->
         mine=None if whole else mine.to(device),
         part=take(mine),
         cols=(plan.idx[mine] - lo).to(device),
+        up_cols=(plan.idx[mine] - lo + d_local).to(device),
     )
 
 

@@ -365,12 +365,11 @@ class NPTIWorkerExtension(Recording):
         x: Tensor,
         out: Tensor,
     ) -> None:
-        full, cols = plan.full, plan.cols
+        full, cols, at = plan.full, plan.cols, rows[:, None]  # gathers of just the plan's cells
         if site.gated:
-            block = x.index_select(0, rows)
-            a, up = site.gate(block[:, cols]), block[:, cols + site.d_local]
+            a, up = site.gate(x[at, cols]), x[at, plan.up_cols]
         else:
-            a, up = out.index_select(0, rows)[:, cols], None
+            a, up = out[at, cols], None
         keep = full.is_target
         if cfg.keep == "bernoulli" and cfg.keep_prob < 1.0:
             keep = keep & (counter_uniform(cfg.seed, positions, site.layer, full.idx) <= cfg.keep_prob)
@@ -385,6 +384,4 @@ class NPTIWorkerExtension(Recording):
         bad = ~torch.isfinite(new).all()
         flag = self._npti["nonfinite"]
         self._npti["nonfinite"] = bad if flag is None else flag | bad
-        block = out.index_select(0, rows)
-        block[:, cols] = new
-        out.index_copy_(0, rows, block)
+        out[at, cols] = new  # one scatter in place (rows and columns are distinct)
