@@ -7,6 +7,9 @@ One randomly initialised Llama of the given shape (saved to a temporary folder a
 vLLM can load it), random 32-token prompts, fixed-length greedy answers (EOS ignored). Both engines
 get the same token ids. Each figure is the median of `--repeats` runs after one warm-up. The
 induction is 1% of all neurons per pole (the shapes of `bench.py`), shifted at generated tokens.
+On a GPU each vLLM engine then runs one induced batch and one recording with
+`torch.cuda.set_sync_debug_mode("error")` around every layer's edit and recording
+(`npti_strict`): `host_syncs_in_hooks` is 0, or the sync that raised.
 `vllm` runs eagerly, as `npti --engine vllm` does; `vllm-compiled` is `--compile` (vLLM's
 compilation, on a GPU with piecewise CUDA graphs split at NPTI's op; no search figure: a search
 records in eager mode). `--engines tl,vllm,vllm-compiled` for all three.
@@ -15,6 +18,7 @@ records in eager mode). `--engines tl,vllm,vllm-compiled` for all three.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -180,6 +184,20 @@ def main() -> None:
                     pairs, Stats.zeros(engine.n_layers, engine.d_mlp)
                 ),
             )
+            if gpu:  # any device-to-host sync inside the per-layer edit / recording raises here
+                g = GenerateConfig(max_new_tokens=8, batch_size=max(batches), ignore_eos=True)
+                engine.llm.collective_rpc("npti_strict", args=(True,))
+                try:
+                    gens = engine.generate(prompts[max(batches)], g, extra=extra)
+                    if not engine.compiled:
+                        stats = Stats.zeros(engine.n_layers, engine.d_mlp)
+                        engine.record([(x.prompt_ids, x.answer_ids) for x in gens], stats)
+                    out[key]["host_syncs_in_hooks"] = 0
+                except Exception as e:  # noqa: BLE001 - the figure is the failure, reported
+                    out[key]["host_syncs_in_hooks"] = f"a sync: {type(e).__name__}: {str(e)[:300]}"
+                with contextlib.suppress(Exception):  # a sync that raised may have ended the engine
+                    engine.llm.collective_rpc("npti_strict", args=(False,))
+                print(key, "host syncs in the hooks:", out[key]["host_syncs_in_hooks"], flush=True)
             engine.close()
     print(json.dumps(out, indent=1))
     if args.json:

@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         {
             "vllm",
             "vllm.args",
+            "vllm.ops",
             "vllm.recording",
             "vllm.resources",
             "vllm.worker",

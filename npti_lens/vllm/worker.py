@@ -218,6 +218,11 @@ class NPTIWorkerExtension(Recording):
     def npti_keys(self) -> list[str]:
         return sorted(self._npti["inductions"])
 
+    def npti_strict(self, on: bool) -> None:
+        """A check for GPUs: while on, any device-to-host sync inside the per-layer edit and
+        recording raises (`torch.cuda.set_sync_debug_mode("error")` around them)."""
+        self._npti["strict"] = bool(on)
+
     def npti_take_nonfinite(self) -> bool:
         flag = self._npti["nonfinite"]
         self._npti["nonfinite"] = None
@@ -346,7 +351,16 @@ class NPTIWorkerExtension(Recording):
         step = s["step"]
         if step is None or layer >= s["n_layers"]:
             return
-        site = s["sites"][layer]
+        if s.get("strict") and out.is_cuda:  # npti_strict: a host sync in here is an error
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                return self._npti_layer(step, s["sites"][layer], x, out)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        self._npti_layer(step, s["sites"][layer], x, out)
+
+    def _npti_layer(self, step: _Step, site: Site, x: Tensor, out: Tensor) -> None:
+        layer = site.layer
         for bucket, rows in step.records:
             self._npti_record(bucket, site, rows, x, out)
         for rows, positions, cfg, plans in step.edits:
