@@ -86,7 +86,7 @@ def main() -> None:
     ap.add_argument("--shape", default=None, help="llama100m (CPU default) or llama8b (GPU default)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the TL loop (CPU)")
     ap.add_argument(
-        "--batches", default=None, help="comma-separated batch sizes (default 1,16,64; GPU 1,32,64)"
+        "--batches", default=None, help="comma-separated batch sizes (default 1,16,64; GPU 1,32,256)"
     )
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--engines", default="tl,vllm")
@@ -94,7 +94,7 @@ def main() -> None:
     gpu = args.device == "cuda"
     dtype = args.dtype or ("bfloat16" if gpu else "float32")
     shape = args.shape or ("llama8b" if gpu else "llama100m")
-    batches = [int(b) for b in (args.batches or ("1,32,64" if gpu else "1,16,64")).split(",")]
+    batches = [int(b) for b in (args.batches or ("1,32,256" if gpu else "1,16,64")).split(",")]
     reps = 1 if args.quick else 3
     torch.set_num_threads(args.threads)
 
