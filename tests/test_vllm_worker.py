@@ -12,7 +12,7 @@ import torch
 from npti_lens.induction import InduceConfig, plan_layers
 from npti_lens.vllm.args import REFUSED, rank_plan, refusal
 from npti_lens.vllm.recording import Site
-from npti_lens.vllm.worker import GATES, NPTIWorkerExtension
+from npti_lens.vllm.worker import GATES, NPTIWorkerExtension, _Step
 from tests.helpers import random_pole_sets
 
 META = torch.device("meta")
@@ -96,7 +96,7 @@ def test_the_nth_activation_of_a_forward_is_layer_n():
     ext = bare(sites=sites, calls=0)
     seen = []
     ext._npti_edit = lambda site, p, c, rows, pos, x, out: seen.append((site.layer, p is plan[site.layer]))
-    ext._npti["step"] = SimpleNamespace(records=[], edits=[(torch.tensor([0]), torch.tensor([3]), cfg, plan)])
+    ext._npti["step"] = _Step(records=[], edits=[(torch.tensor([0]), torch.tensor([3]), cfg, plan)])
     x, out = torch.randn(2, 2 * D), torch.randn(2, D)
     for _ in range(L):
         ext._npti_on_act(x, out)

@@ -20,12 +20,10 @@ Keep draws hash (seed, position, layer, neuron) (`counter_uniform`), so a reques
 depend on what else shares its batch. Under tensor parallelism each rank edits and records only its
 own contiguous slice of the neurons (the column-split gate_up).
 
-On a GPU the hooks never make the host wait: row indices cross once per step from pinned host
-memory, plans are index tensors built once per configuration (outside the forward where the driver
-prepares them), the histogram is a scatter-add, and the non-finite check is a device flag read by
-the driver after a batch. After every forward that edits or records, the worker checks that each
-layer's activation reached the edit exactly once (a configuration that bypasses `act_fn`, or a CUDA
-graph around it, fails loudly instead of doing nothing).
+On a GPU the hooks never make the host wait: row indices cross once per step from pinned memory,
+plans are index tensors built once per configuration (by the driver, outside the forward), the
+histogram is a scatter-add, the non-finite check a device flag read after a batch. Each forward
+that edits or records checks that every layer's activation reached the edit exactly once.
 """
 
 from __future__ import annotations
