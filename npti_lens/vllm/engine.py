@@ -1,7 +1,7 @@
 """The engine seam's vLLM side, driver half: answer, induce and record on vLLM (`--engine vllm`).
 
-`VLLMEngine` loads a model into vLLM (eager, no prefix caching, our worker extension
-`npti_lens.vllm.worker`) and offers what the answering layer needs from a model: a `tokenizer`, its
+`VLLMEngine` loads a model into vLLM (eager, or compiled with `compile=True`; no prefix caching;
+our worker extension `npti_lens.vllm.worker`) and offers what the answering layer needs from a model: a `tokenizer`, its
 dimensions and name, `generate(prompts, cfg, induction=...)` returning the TransformerLens loop's
 `Generation`s for the same token ids, and `record(pairs, stats)`, the teacher-forced answer-token
 statistics of `npti_lens.record`, gathered in the workers. Inductions are sent to the workers once
