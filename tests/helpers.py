@@ -252,6 +252,19 @@ def build_tiny_vllm(family: str, folder: Path, *, seed: int = 0, init: float = 0
     return folder
 
 
+def tiny_vllm_with_sets(family: str, folder: Path):
+    """A tiny vLLM-ready model (`build_tiny_vllm`), its TransformerBridge, and random high and low
+    sets for it: (folder, bridge, high, low)."""
+    from npti_lens.model import load_model, model_id
+    from npti_lens.sites import mlp_sites
+
+    folder = build_tiny_vllm(family, folder)
+    tl = load_model(str(folder))
+    sites = mlp_sites(tl)
+    hi, lo = random_pole_sets(model_id(tl), sites.n_layers, sites.d_mlp)
+    return folder, tl, hi, lo
+
+
 def random_pole_sets(model: str, n_layers: int, d_mlp: int, n: int = 60, trait: str = "Extraversion"):
     """A high and a low neuron set of `n` random neurons each, with random diff and q95 (seeded)."""
     from npti_lens.neurons import NeuronSet

@@ -21,7 +21,7 @@ from npti_lens.answers import Condition, answer  # noqa: E402
 from npti_lens.errors import UserError  # noqa: E402
 from npti_lens.generation import GenerateConfig  # noqa: E402
 from npti_lens.protocol import load_protocol  # noqa: E402
-from tests.helpers import QUESTIONS, build_tiny_vllm, random_pole_sets  # noqa: E402
+from tests.helpers import QUESTIONS, tiny_vllm_with_sets  # noqa: E402
 
 GCFG = GenerateConfig(max_new_tokens=16, repetition_penalty=1.15, batch_size=4)
 FAMILIES = ("llama", "gemma2")  # SiluAndMul and GeluAndMul (tanh)
@@ -30,8 +30,6 @@ FAMILIES = ("llama", "gemma2")  # SiluAndMul and GeluAndMul (tanh)
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory):
     """{family: (TransformerBridge, compiled VLLMEngine, high, low)}, and llama's eager engine."""
-    from npti_lens.model import load_model, model_id
-    from npti_lens.sites import mlp_sites
     from npti_lens.vllm.engine import VLLMEngine
 
     # the probe below crosses to the workers as a pickled function (test only)
@@ -41,10 +39,7 @@ def engines(tmp_path_factory):
     root = tmp_path_factory.mktemp("vllm_compiled")
     try:
         for family in FAMILIES:
-            folder = build_tiny_vllm(family, root / family)
-            tl = load_model(str(folder))
-            sites = mlp_sites(tl)
-            hi, lo = random_pole_sets(model_id(tl), sites.n_layers, sites.d_mlp)
+            folder, tl, hi, lo = tiny_vllm_with_sets(family, root / family)
             made.append(VLLMEngine(str(folder), compile=True))
             out[family] = (tl, made[-1], hi, lo)
             if family == "llama":

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(
 from npti_lens.answers import Condition, answer  # noqa: E402
 from npti_lens.generation import GenerateConfig  # noqa: E402
 from npti_lens.protocol import load_protocol  # noqa: E402
-from tests.helpers import QUESTIONS, build_tiny_vllm, random_pole_sets, write_data  # noqa: E402
+from tests.helpers import QUESTIONS, tiny_vllm_with_sets, write_data  # noqa: E402
 from tests.vllm_oracles import answer_acts, explain_differences  # noqa: E402
 
 GCFG = GenerateConfig(max_new_tokens=24, repetition_penalty=1.15, batch_size=4)
@@ -29,18 +29,13 @@ FAMILIES = ("llama", "qwen2", "gemma2")  # gemma2: GeluAndMul (tanh), not SiLU
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
     """{family: (TransformerBridge, VLLMEngine, high set, low set)}; the engines close at the end."""
-    from npti_lens.model import load_model, model_id
-    from npti_lens.sites import mlp_sites
     from npti_lens.vllm.engine import VLLMEngine
 
     out = {}
     root = tmp_path_factory.mktemp("vllm_models")
     try:
         for family in FAMILIES:
-            folder = build_tiny_vllm(family, root / family)
-            tl = load_model(str(folder))
-            sites = mlp_sites(tl)
-            hi, lo = random_pole_sets(model_id(tl), sites.n_layers, sites.d_mlp)
+            folder, tl, hi, lo = tiny_vllm_with_sets(family, root / family)
             out[family] = (tl, VLLMEngine(str(folder)), hi, lo)
         yield out
     finally:

@@ -18,7 +18,7 @@ from npti_lens.answers import Condition, answer  # noqa: E402
 from npti_lens.constants import pole_name  # noqa: E402
 from npti_lens.generation import GenerateConfig  # noqa: E402
 from npti_lens.protocol import load_protocol  # noqa: E402
-from tests.helpers import QUESTIONS, build_tiny_vllm, npti_server, random_pole_sets  # noqa: E402
+from tests.helpers import QUESTIONS, npti_server, tiny_vllm_with_sets  # noqa: E402
 
 GCFG = GenerateConfig(max_new_tokens=24, repetition_penalty=1.15)
 
@@ -26,14 +26,8 @@ GCFG = GenerateConfig(max_new_tokens=24, repetition_penalty=1.15)
 @pytest.fixture(scope="module", params=[False, True], ids=["eager", "compiled"])
 def server(request, tmp_path_factory):
     """The server eager and with --compile (vLLM's compilation; on a CPU Inductor, no CUDA graphs)."""
-    from npti_lens.model import load_model, model_id
-    from npti_lens.sites import mlp_sites
-
     root = tmp_path_factory.mktemp("serve")
-    folder = build_tiny_vllm("llama", root / "llama")
-    tl = load_model(str(folder))
-    sites = mlp_sites(tl)
-    hi, lo = random_pole_sets(model_id(tl), sites.n_layers, sites.d_mlp)
+    folder, tl, hi, lo = tiny_vllm_with_sets("llama", root / "llama")
     for ns in (hi, lo):
         ns.save(root / "sets" / pole_name(ns.trait, ns.pole))
     args = [
