@@ -42,7 +42,6 @@ def logprobs(
 
 
 def main() -> None:
-    torch.set_num_threads(2)
     model = load_model("organism")
     gcfg = GenerateConfig(max_new_tokens=48, batch_size=32, repetition_penalty=1.0)
     work = Path(tempfile.mkdtemp())

@@ -6,7 +6,6 @@ Held-out questions (20 per trait), greedy answers of at most 48 tokens, the ship
 
 from __future__ import annotations
 
-import torch
 from _sources import OUT, ROOT
 
 from npti_lens.ablation import AblationConfig, run_ablation
@@ -21,7 +20,6 @@ from npti_lens.score import score_rows, summarize
 
 
 def main() -> None:
-    torch.set_num_threads(2)
     model = load_model("organism")
     cfg = AblationConfig(gamma=3.0, gammas="1,3,5", top_k="5,20,50")
     gcfg = GenerateConfig(max_new_tokens=48, batch_size=32, repetition_penalty=1.0)

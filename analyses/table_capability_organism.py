@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import torch
 from _sources import OUT, ROOT
 
 from npti_lens.answers import Condition, answer
@@ -27,7 +26,6 @@ GAMMAS = [1.0, 3.0, 5.0]
 
 
 def main() -> None:
-    torch.set_num_threads(2)
     model = load_model("organism")
     gcfg = GenerateConfig(max_new_tokens=48, batch_size=32, repetition_penalty=1.0)
     rules = load_protocol(ORGANISM).induce_config()  # the keep rule and clamp the demo uses

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from npti_lens.threads import set_threads
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SHAPES = {  # name: (hidden, layers, intermediate, heads, kv heads, vocab)
@@ -325,7 +327,7 @@ def main() -> None:
     ap.add_argument("--models", default=None, help="comma-separated: organism, llama100m, llama1b, llama8b")
     ap.add_argument("--memory-child", nargs=2, metavar=("MODEL", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers.utils import logging as hf_logging
 

@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from npti_lens.threads import set_threads
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -96,7 +98,7 @@ def main() -> None:
     shape = args.shape or ("llama8b" if gpu else "llama100m")
     batches = [int(b) for b in (args.batches or ("1,32,256" if gpu else "1,16,64")).split(",")]
     reps = 1 if args.quick else 3
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
 
     from bench import full_sets
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from npti_lens.threads import set_threads
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -43,7 +45,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--repeats", type=int, default=1, help="vLLM: plain and induced alternated, median of N")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
 
     from transformers import AutoModelForCausalLM
 

@@ -24,7 +24,7 @@ NOTEBOOKS = {
             "code",
             "import tempfile, torch\nfrom pathlib import Path\n\nimport npti_lens as nl\n"
             "from npti_lens.organism import corpus\n"
-            "from npti_lens.organism.judge import attribute\n\ntorch.set_num_threads(2)\n"
+            "from npti_lens.organism.judge import attribute\n\n"
             "work = Path(tempfile.mkdtemp())\nmodel = nl.load_model('organism')\n"
             "sites = nl.mlp_sites(model)\nprint(sites.n_layers, 'layers x', sites.d_mlp, 'neurons, gated:', sites.gated)",
         ),
@@ -122,7 +122,7 @@ NOTEBOOKS = {
             "from npti_lens.generation import GenerateConfig\nfrom npti_lens.induction import load_pair\n"
             "from npti_lens.model import load_model\nfrom npti_lens.organism.corpus import question_split\n"
             "from npti_lens.organism.judge import OrganismJudge\nfrom npti_lens.score import score_rows, summarize\n\n"
-            "torch.set_num_threads(2)\nroot = Path.cwd().parent if Path.cwd().name == 'notebooks' else Path.cwd()\n"
+            "root = Path.cwd().parent if Path.cwd().name == 'notebooks' else Path.cwd()\n"
             "model = load_model('organism')\ntarget, opposite = load_pair(root / 'neuron_results' / 'organism', 'Neuroticism', 'low')\n"
             "questions = question_split()['Neuroticism']['test']\nlen(target), len(opposite)",
         ),
@@ -151,7 +151,7 @@ NOTEBOOKS = {
         ),
         (
             "code",
-            "import json, tempfile, torch\nfrom pathlib import Path\n\nimport npti_lens as nl\n\ntorch.set_num_threads(2)\n"
+            "import json, tempfile, torch\nfrom pathlib import Path\n\nimport npti_lens as nl\n\n"
             "work = Path(tempfile.mkdtemp())\nmodel = nl.load_model('smollm2')\nsites = nl.mlp_sites(model)\n"
             "from npti_lens.model import model_id\nprint(model_id(model), sites.n_layers, 'layers x', sites.d_mlp, 'neurons')",
         ),

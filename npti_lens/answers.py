@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +202,23 @@ def answer(
     """
     proto = protocol_for(model, protocol)
     gcfg = gcfg or proto.generate_config(condition.stage)
+    texts, prompts = _prepare(model, questions, condition, gcfg, proto, allow_other_model, checks)
+    gens = _generate(
+        model, [p.token_ids for p in prompts], gcfg, condition, proto, allow_other_model, progress
+    )
+    return _rows(model, texts, prompts, gens, condition, proto, token_ids)
+
+
+def _prepare(
+    model: Model,
+    questions: Sequence[Any],
+    condition: Condition,
+    gcfg: GenerateConfig,
+    proto: Protocol,
+    allow_other_model: bool,
+    checks: bool,
+) -> tuple[list[str], list[Any]]:
+    """The question texts and their rendered prompts, every check made."""
     texts = [getattr(q, "text", q) for q in questions]
     sources = [getattr(q, "source", f"question {i + 1}") for i, q in enumerate(questions)]
     if condition.personalities and len(condition.personalities) != len(texts):
@@ -215,15 +232,26 @@ def answer(
         proto.prompt(model.tokenizer, condition.stage, question=q, **f)
         for q, f in zip(texts, fields, strict=True)
     ]
-    ids = [p.token_ids for p in prompts]
     if checks:
+        ids = [p.token_ids for p in prompts]
         check_context(model, ids, gcfg.max_new_tokens, sources)
         warn_unknown(model.tokenizer, ids, sources)
-    gens = _generate(model, ids, gcfg, condition, proto, allow_other_model, progress)
+    return texts, prompts
+
+
+def _rows(
+    model: Model,
+    texts: list[str],
+    prompts: list[Any],
+    gens: list[Any],
+    condition: Condition,
+    proto: Protocol,
+    token_ids: bool = False,
+) -> list[dict[str, Any]]:
     rows = []
     for i, (q, p, g) in enumerate(zip(texts, prompts, gens, strict=True)):
         row: dict[str, Any] = {"question": q, "prompt": p.text, "answer": g.text}
-        if condition.kind == "search":
+        if condition.kind in ("search", "p2", "p2-as-written"):
             row["persona"] = condition.personalities[i]
         if token_ids:
             row["prompt_token_ids"], row["answer_token_ids"] = p.token_ids, g.answer_ids
@@ -242,6 +270,80 @@ def answer(
             row["engine"] = engine_name(model)
         rows.append(row)
     return rows
+
+
+@dataclass(frozen=True)
+class AnswerJob:
+    """One answer set: `questions` answered under `condition` with `gcfg`, kept as `<key>.jsonl`."""
+
+    key: str
+    questions: Sequence[Any]
+    condition: Condition
+    gcfg: GenerateConfig
+
+
+def answer_sets(
+    model: Model,
+    jobs: Sequence[AnswerJob],
+    folder: str | Path,
+    *,
+    protocol: Protocol | str | None = None,
+    tl_model: TransformerBridge | None = None,
+    progress: bool = False,
+) -> dict[str, list[dict[str, Any]]]:
+    """The rows of every job: read back from `folder/<key>.jsonl` where an earlier (killed) run wrote
+    them, the rest generated and each written as soon as it exists.
+
+    On an engine every missing set is one batch of mixed conditions (per-request inductions: the
+    engine's speed at large batches); a vector condition runs on `tl_model` (the TL loop, same
+    weights). On the TL loop the sets run one by one (an intervention's hooks hold the whole model).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    proto = protocol_for(model, protocol)
+    got: dict[str, list[dict[str, Any]]] = {}
+    todo: list[AnswerJob] = []
+    for job in jobs:
+        path = folder / f"{job.key}.jsonl"
+        if path.is_file():
+            got[job.key] = [{k: v for k, v in r.items() if k != "_line"} for r in read_answers(path)]
+        else:
+            todo.append(job)
+    if len({j.key for j in jobs}) != len(jobs):
+        raise ValueError("answer_sets: two jobs share a key")
+    batched = [j for j in todo if is_engine(model) and j.condition.direction is None]
+    for job in (j for j in todo if not (is_engine(model) and j.condition.direction is None)):
+        on = model
+        if job.condition.direction is not None and is_engine(model):
+            if tl_model is None:
+                raise UserError(f"--engine {engine_name(model)}: the vector baseline runs on --engine tl")
+            on = tl_model
+        got[job.key] = answer(on, job.questions, job.condition, job.gcfg, protocol=proto, progress=progress)
+        write_answers(folder / f"{job.key}.jsonl", got[job.key])
+    groups: dict[tuple, list[AnswerJob]] = {}
+    for job in batched:  # one engine call per sampling configuration
+        groups.setdefault(tuple(sorted(asdict(job.gcfg).items())), []).append(job)
+    for group in groups.values():
+        prepared = [_prepare(model, j.questions, j.condition, j.gcfg, proto, False, True) for j in group]
+        ids, extras, index = [], [], []
+        for job, (_, prompts) in zip(group, prepared, strict=True):
+            cond = job.condition
+            extra = (
+                model.induce_extra(cond.pairs, cond.induce_cfg or proto.induce_config())
+                if cond.pairs
+                else None
+            )
+            ids += [p.token_ids for p in prompts]
+            extras += [extra] * len(prompts)
+            index += list(range(len(prompts)))  # seeds as in a call of this set alone
+        gens = model.generate(ids, group[0].gcfg, extra=extras, indices=index, progress=progress)
+        start = 0
+        for job, (texts, prompts) in zip(group, prepared, strict=True):
+            part = gens[start : start + len(prompts)]
+            start += len(prompts)
+            got[job.key] = _rows(model, texts, prompts, part, job.condition, proto)
+            write_answers(folder / f"{job.key}.jsonl", got[job.key])
+    return {job.key: got[job.key] for job in jobs}
 
 
 def _generate(

@@ -1,22 +1,23 @@
-"""Stage 7, an offline trait judge: a text classifier of high vs low trained on the model's own
-persona answers (`npti judge train RUN`, `npti score --judge classifier`).
+"""Stage 7, an offline trait judge: a classifier of high vs low over what a reader sees of an answer,
+trained on persona answers of the model (`npti judge train RUN`, `npti score --judge classifier`).
 
-Per trait: word (1-2)-gram and character (2-4)-gram TF-IDF (sublinear tf, l2 rows) side by side,
-then logistic regression (scikit-learn). Validity is measured by cross-validation grouped by
-question (no question on both sides of a split): held-out accuracy, AUROC, Brier score and expected
-calibration error, written to the classifier's `cfg.json`.
+Per trait: the reader's features (`npti_lens.readers`: TF-IDF, a sentence encoder, or the subject
+model's hidden states), standardised for the dense readers, then logistic regression
+(scikit-learn). Validity is measured by cross-validation grouped by question (no question on both
+sides of a split): held-out accuracy, AUROC, Brier score and expected calibration error, and the
+learning curve (held-out AUROC as the training folds keep 1, 2, 4, ... answers per question and
+pole), all written to the classifier's `cfg.json`.
 
-The fitted parameters are stored as JSON (vocabularies, settings) and safetensors (idf, weights),
-never pickled, and the features are rebuilt from them by a plain computation that the tests hold
-equal to scikit-learn's own transform.
+The fitted parameters are stored as JSON (vocabularies, settings) and safetensors (idf, weights,
+standardisation), never pickled.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,151 +26,31 @@ import numpy as np
 from npti_lens.constants import ANSWERS_DIR, CFG_FILE, POLES, RUN_CFG_FILE, TRAITS, VERSION, pole_name
 from npti_lens.errors import UserError
 from npti_lens.io import atomic_path, fingerprint, read_json, write_json_atomic
+from npti_lens.readers import ANALYZERS, Tfidf, _vectorizer, make_reader  # noqa: F401 - ANALYZERS, _vectorizer: the old names
 from npti_lens.score import register_judge
+from npti_lens.validity import (  # noqa: F401 - the classifier's names, as before the split
+    ClassifierConfig,
+    TraitModel,
+    auroc,
+    calibration,
+    curve_sizes,
+    fit_trait,
+    grouped_folds,
+    validate,
+)
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: a reader per classifier (format 1, TF-IDF only, still loads)
 KIND = "npti_lens.classifier"
 WEIGHTS_FILE = "classifier.safetensors"
 VOCAB_FILE = "vocabulary.json"
-ANALYZERS = {"word": ("word", (1, 2)), "char": ("char_wb", (2, 4))}
+CURVE_FILE = "learning_curve.png"
 
 
-@dataclass
-class ClassifierConfig:
-    folds: int = field(default=5, metadata={"help": "cross-validation folds, grouped by question"})
-    c: float = field(default=4.0, metadata={"help": "inverse regularisation strength of the regression"})
-    min_df: int = field(default=2, metadata={"help": "keep n-grams seen in at least this many answers"})
-    seed: int = field(default=0, metadata={"help": "seed of the regression's solver"})
-
-
-# ----- features: scikit-learn to fit, a plain rebuild to apply --------------------------------
-
-
-def _vectorizer(kind: str, min_df: int = 1, vocabulary: dict[str, int] | None = None) -> Any:
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    analyzer, ngrams = ANALYZERS[kind]
-    return TfidfVectorizer(
-        analyzer=analyzer,
-        ngram_range=ngrams,
-        lowercase=True,
-        sublinear_tf=True,
-        min_df=min_df if vocabulary is None else 1,
-        vocabulary=vocabulary,
-    )
-
-
-def _features(texts: list[str], vocab: dict[str, dict[str, int]], idf: dict[str, np.ndarray]) -> Any:
-    """TF-IDF rows rebuilt from stored vocabularies and idf: counts -> 1 + log -> * idf -> l2."""
-    from scipy import sparse
-    from sklearn.feature_extraction.text import CountVectorizer
-
-    blocks = []
-    for kind in ANALYZERS:
-        analyzer, ngrams = ANALYZERS[kind]
-        counts = (
-            CountVectorizer(analyzer=analyzer, ngram_range=ngrams, lowercase=True, vocabulary=vocab[kind])
-            .transform(texts)
-            .astype(np.float64)
-            .tocsr()
-        )
-        counts.data = 1.0 + np.log(counts.data)
-        x = counts.multiply(idf[kind][None, :]).tocsr()
-        norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
-        norms[norms == 0] = 1.0
-        blocks.append(sparse.diags(1.0 / norms) @ x)
-    return sparse.hstack(blocks).tocsr()
-
-
-@dataclass
-class TraitModel:
-    """One trait's fitted classifier: P(high) of a text."""
-
-    trait: str
-    vocab: dict[str, dict[str, int]]
-    idf: dict[str, np.ndarray]
-    coef: np.ndarray
-    intercept: float
-
-    def p_high(self, texts: list[str]) -> np.ndarray:
-        z = _features(texts, self.vocab, self.idf) @ self.coef + self.intercept
-        return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64).ravel()))
-
-
-def fit_trait(texts: list[str], labels: np.ndarray, trait: str, cfg: ClassifierConfig) -> TraitModel:
-    """Fit the vectorisers and the regression on all of `texts` (labels: 1 = high)."""
-    from scipy import sparse
-    from sklearn.linear_model import LogisticRegression
-
-    vecs = {k: _vectorizer(k, cfg.min_df) for k in ANALYZERS}
-    x = sparse.hstack([vecs[k].fit_transform(texts) for k in ANALYZERS]).tocsr()
-    reg = LogisticRegression(C=cfg.c, max_iter=2000, random_state=cfg.seed).fit(x, labels)
-    return TraitModel(
-        trait=trait,
-        vocab={k: {t: int(i) for t, i in vecs[k].vocabulary_.items()} for k in ANALYZERS},
-        idf={k: np.asarray(vecs[k].idf_, dtype=np.float64) for k in ANALYZERS},
-        coef=np.asarray(reg.coef_[0], dtype=np.float64),
-        intercept=float(reg.intercept_[0]),
-    )
-
-
-# ----- validity: cross-validation grouped by question -------------------------------------------
-
-
-def grouped_folds(groups: list[str], n_folds: int) -> list[np.ndarray]:
-    """Fold index per row such that every group lies in one fold (GroupKFold); the test folds."""
-    from sklearn.model_selection import GroupKFold
-
-    n_groups = len(set(groups))
-    k = min(n_folds, n_groups)
-    if k < 2:
-        raise UserError(f"grouped cross-validation needs 2 or more questions, the run has {n_groups}")
-    idx = np.arange(len(groups))
-    return [test for _, test in GroupKFold(n_splits=k).split(idx, groups=groups)]
-
-
-def calibration(p: np.ndarray, y: np.ndarray, bins: int = 10) -> tuple[float, float]:
-    """(Brier score, expected calibration error over `bins` equal-width bins of P(high))."""
-    brier = float(np.mean((p - y) ** 2))
-    which = np.minimum((p * bins).astype(int), bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        m = which == b
-        if m.any():
-            ece += m.mean() * abs(p[m].mean() - y[m].mean())
-    return brier, float(ece)
-
-
-def auroc(p: np.ndarray, y: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, p)) if len(set(y.tolist())) == 2 else math.nan
-
-
-def validate(
-    texts: list[str], labels: np.ndarray, groups: list[str], cfg: ClassifierConfig
-) -> dict[str, Any]:
-    """Out-of-fold P(high) of every answer from models that never saw its question, and its figures."""
-    p = np.zeros(len(texts))
-    folds = grouped_folds(groups, cfg.folds)
-    for test in folds:
-        train = np.setdiff1d(np.arange(len(texts)), test)
-        if len(set(labels[train].tolist())) < 2:
-            raise UserError("a cross-validation fold has answers of one pole only; search more questions")
-        m = fit_trait([texts[i] for i in train], labels[train], "cv", cfg)
-        p[test] = m.p_high([texts[i] for i in test])
-    brier, ece = calibration(p, labels)
-    return {
-        "n_answers": len(texts),
-        "n_questions": len(set(groups)),
-        "folds": len(folds),
-        "accuracy": float(np.mean((p >= 0.5) == (labels == 1))),
-        "auroc": auroc(p, labels),
-        "brier": brier,
-        "ece": ece,
-    }
+def question_key(text: str) -> str:
+    """A question's identity for overlap checks (case and outer spaces ignored)."""
+    return hashlib.sha256(" ".join(str(text).lower().split()).encode("utf-8")).hexdigest()[:16]
 
 
 # ----- the classifier folder ---------------------------------------------------------------------
@@ -177,7 +58,7 @@ def validate(
 
 @dataclass
 class Classifier:
-    """Per-trait models with the run they were trained on and their held-out figures."""
+    """Per-trait models with the data they were trained on and their held-out figures."""
 
     models: dict[str, TraitModel]
     cfg: dict[str, Any]
@@ -186,13 +67,21 @@ class Classifier:
     def traits(self) -> list[str]:
         return list(self.models)
 
+    @property
+    def reader(self) -> str:
+        return str(self.cfg.get("reader", {}).get("kind", "tfidf"))
+
     def p_high(self, trait: str, texts: list[str]) -> np.ndarray:
         if trait not in self.models:
             raise UserError(
                 f"--classifier: not trained on {trait} (it knows {', '.join(self.models)}); "
-                "train it on a run with that trait"
+                f"train it on answers of that trait (npti judge train ... --traits {trait})"
             )
         return self.models[trait].p_high(texts)
+
+    def training_questions(self, trait: str) -> set[str]:
+        """The keys (`question_key`) of the questions this trait was trained on (empty: not recorded)."""
+        return set(self.cfg.get("questions", {}).get(trait, []))
 
     def save(self, out: str | Path) -> Path:
         from safetensors.numpy import save_file
@@ -202,9 +91,12 @@ class Classifier:
         tensors: dict[str, np.ndarray] = {}
         vocab: dict[str, dict[str, dict[str, int]]] = {}
         for t, m in self.models.items():
-            vocab[t] = m.vocab
-            for k in ANALYZERS:
-                tensors[f"{t}.idf.{k}"] = m.idf[k]
+            if not m.reader.dense:
+                vocab[t] = m.reader.vocab
+                for k in ANALYZERS:
+                    tensors[f"{t}.idf.{k}"] = m.reader.idf[k]
+            else:
+                tensors[f"{t}.center"], tensors[f"{t}.scale"] = m.center, m.scale
             tensors[f"{t}.coef"] = m.coef
             tensors[f"{t}.intercept"] = np.array([m.intercept])
         with atomic_path(out / WEIGHTS_FILE) as tmp:
@@ -215,7 +107,9 @@ class Classifier:
         return out
 
     @classmethod
-    def load(cls, folder: str | Path) -> Classifier:
+    def load(cls, folder: str | Path, *, model: Any = None, encoder: str | None = None) -> Classifier:
+        """A classifier folder; a dense reader is rebuilt from what `cfg.json` names (`encoder`
+        overrides the encoder's folder; `model`: the subject model, for the hidden reader)."""
         from safetensors.numpy import load_file
 
         folder = Path(folder)
@@ -227,10 +121,11 @@ class Classifier:
         cfg = read_json(folder / CFG_FILE)
         if not isinstance(cfg, dict) or cfg.get("kind") != KIND:
             raise UserError(f"{where}/{CFG_FILE} is not a classifier's; make one with npti judge train")
-        if cfg.get("format") != FORMAT:
+        if cfg.get("format") not in (1, FORMAT):
             raise UserError(
-                f"{where} is classifier format {cfg.get('format')!r}, this npti_lens reads {FORMAT}; train it again"
+                f"{where} is classifier format {cfg.get('format')!r}, this npti_lens reads 1 and {FORMAT}; train it again"
             )
+        dense = _dense_reader(cfg, where, model, encoder)
         try:
             tensors = load_file(str(folder / WEIGHTS_FILE))
             vocab = json.loads((folder / VOCAB_FILE).read_text(encoding="utf-8"))
@@ -238,16 +133,19 @@ class Classifier:
                 raise ValueError("vocabulary does not match cfg.json")
             models = {}
             for t in cfg["traits"]:
+                if dense is None:
+                    reader = Tfidf(vocab=vocab[t], idf={k: tensors[f"{t}.idf.{k}"] for k in ANALYZERS})
+                    center = scale = None
+                else:
+                    reader, center, scale = dense, tensors[f"{t}.center"], tensors[f"{t}.scale"]
                 m = TraitModel(
-                    trait=t,
-                    vocab=vocab[t],
-                    idf={k: tensors[f"{t}.idf.{k}"] for k in ANALYZERS},
-                    coef=tensors[f"{t}.coef"],
-                    intercept=float(tensors[f"{t}.intercept"][0]),
+                    t, reader, tensors[f"{t}.coef"], float(tensors[f"{t}.intercept"][0]), center, scale
                 )
-                width = sum(len(m.vocab[k]) for k in ANALYZERS)
-                if m.coef.shape != (width,) or any(m.idf[k].shape != (len(m.vocab[k]),) for k in ANALYZERS):
-                    raise ValueError(f"{t}: weights do not fit its vocabulary")
+                if m.coef.shape != (reader.width(),) or (
+                    dense is None
+                    and any(m.reader.idf[k].shape != (len(m.reader.vocab[k]),) for k in ANALYZERS)
+                ):
+                    raise ValueError(f"{t}: weights do not fit its reader")
                 models[t] = m
         except UserError:
             raise
@@ -256,8 +154,34 @@ class Classifier:
         return cls(models, cfg)
 
 
+def _dense_reader(cfg: dict[str, Any], where: str, model: Any, encoder: str | None) -> Any:
+    """The dense reader a classifier was trained with, checked to be the same one (None: TF-IDF)."""
+    spec = cfg.get("reader") or {"kind": "tfidf"}
+    kind = spec.get("kind")
+    if kind == "tfidf":
+        return None
+    if kind == "encoder":
+        reader = make_reader("encoder", encoder=encoder or spec.get("folder"))
+        if reader.record().get("weights_sha256") != spec.get("weights_sha256"):
+            raise UserError(
+                f"{where} was trained with the encoder {spec.get('name')} (weights sha256 "
+                f"{str(spec.get('weights_sha256'))[:16]}), not the one in {reader.folder}; pass that encoder"
+            )
+        return reader
+    if kind == "hidden":
+        from npti_lens.model import model_id
+
+        if model is not None and model_id(model).lower() != str(spec.get("model")).lower():
+            raise UserError(
+                f"{where} reads the hidden states of {spec.get('model')}, not of {model_id(model)}"
+            )
+        return make_reader("hidden", model=model, hidden_layer=spec.get("layer"))
+    raise UserError(f"{where}/{CFG_FILE} names an unknown reader {kind!r}; train it again")
+
+
 def run_rows(run: str | Path, trait: str) -> list[dict[str, Any]]:
-    """The persona answers of both poles of `trait` in a search run (rows with text only)."""
+    """The persona answers of both poles of `trait` in a search run or judge data folder (rows with
+    text only), each with its `sample`: its place among its question's answers of that pole."""
     from npti_lens.io import read_jsonl
 
     rows = []
@@ -268,29 +192,48 @@ def run_rows(run: str | Path, trait: str) -> list[dict[str, Any]]:
         got = [r for r in read_jsonl(path, what="search answers") if str(r.get("answer", "")).strip()]
         if not got:
             raise UserError(f"{path}: no answer text to train on")
-        rows += [{**r, "pole": pole} for r in got]
+        seen: dict[str, int] = {}
+        for r in got:
+            q = str(r.get("question", ""))
+            rows.append({**r, "pole": pole, "sample": seen.get(q, 0)})
+            seen[q] = seen.get(q, 0) + 1
     return rows
 
 
 def train(
-    run: str | Path, out: str | Path, traits: list[str], cfg: ClassifierConfig | None = None
+    run: str | Path,
+    out: str | Path,
+    traits: list[str],
+    cfg: ClassifierConfig | None = None,
+    *,
+    model: Any = None,
+    progress: bool = False,
 ) -> Classifier:
-    """Fit and validate a classifier per trait on a search run's persona answers; save it to `out`."""
+    """Fit and validate a classifier per trait on the persona answers of a search run (or of
+    `npti judge data`); save it to `out`. `model`: the subject model, for the hidden reader."""
     cfg = cfg or ClassifierConfig()
     run = Path(run)
     if not (run / RUN_CFG_FILE).is_file():
-        raise UserError(f"RUN: {run} is not a search run ({RUN_CFG_FILE} missing); run npti search first")
+        raise UserError(
+            f"RUN: {run} is not a search run or judge data ({RUN_CFG_FILE} missing); run npti search or npti judge data first"
+        )
     meta = read_json(run / RUN_CFG_FILE)
     data = {t: run_rows(run, t) for t in traits}  # every trait checked before any fitting
+    reader = make_reader(
+        cfg.reader, min_df=cfg.min_df, encoder=cfg.encoder, model=model, hidden_layer=cfg.hidden_layer
+    )
+    shared = reader if reader.dense else None
     models, figures = {}, {}
-    for t, rows in data.items():
+    from tqdm.auto import tqdm
+
+    for t, rows in tqdm(data.items(), desc="judge train", unit="trait", disable=not progress):
         texts = [str(r["answer"]) for r in rows]
         labels = np.array([1 if r["pole"] == "high" else 0 for r in rows])
         groups = [str(r.get("question", i)) for i, r in enumerate(rows)]
-        figures[t] = validate(texts, labels, groups, cfg)
-        models[t] = fit_trait(texts, labels, t, cfg)
+        figures[t] = validate(texts, labels, groups, cfg, shared, [int(r["sample"]) for r in rows])
+        models[t] = fit_trait(texts, labels, t, cfg, shared)
         log.info("%s: held-out accuracy %.3f, AUROC %.3f", t, figures[t]["accuracy"], figures[t]["auroc"])
-    vocab = {t: m.vocab for t, m in models.items()}
+    vocab = {t: m.reader.vocab for t, m in models.items() if not m.reader.dense}
     out_cfg = {
         "kind": KIND,
         "format": FORMAT,
@@ -299,17 +242,22 @@ def train(
         "model": meta.get("model"),
         "protocol": meta.get("protocol"),
         "protocol_hash": meta.get("protocol_hash"),
+        "stage": meta.get("stage", "search"),
         "run_fingerprint": fingerprint(
             {t: [(r["question"], r["answer"], r["pole"]) for r in data[t]] for t in traits}
         ),
-        "features": {k: {"analyzer": a, "ngram_range": list(n)} for k, (a, n) in ANALYZERS.items()},
-        "config": cfg.__dict__,
+        "reader": reader.record(),
+        "config": asdict(cfg),
         "traits": list(models),
+        "questions": {t: sorted({question_key(r["question"]) for r in data[t]}) for t in traits},
         "validity": figures,
         "vocabulary_fingerprint": fingerprint(vocab),
     }
     clf = Classifier(models, out_cfg)
     clf.save(out)
+    from npti_lens.curves import learning_curve
+
+    learning_curve(figures, Path(out) / CURVE_FILE, title=f"{reader.name} judge")
     return clf
 
 
@@ -328,7 +276,9 @@ class ClassifierJudge:
     ) -> None:
         if classifier is None:
             raise UserError("--classifier: name the folder of a classifier (npti judge train RUN --out DIR)")
-        self.clf = classifier if isinstance(classifier, Classifier) else Classifier.load(classifier)
+        self.clf = (
+            classifier if isinstance(classifier, Classifier) else Classifier.load(classifier, model=model)
+        )
         self.trait, self.pole, self.model = trait, pole, model
         self.warnings: list[str] = []
 

@@ -3,7 +3,9 @@
 Search on persona-prompted answers for all five traits, select neurons, then answer held-out
 questions (never used in search or training) for every trait and pole: with no intervention, with
 NPTI at several gammas, with a random-neuron control matched per layer in count and shift size,
-and with the persona prompt as the upper reference. Scored by the organism judge.
+and with the persona prompt (P2) as the upper reference. Scored by the organism judge, whose
+positive control (does it see P2 against no prompt, per pole?) gates every verdict (`judge blind`)
+and gives each cell NPTI's effect as a share of P2's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from npti_lens import evidence
 from npti_lens.answers import Condition, answer
 from npti_lens.constants import POLES, opposite, pole_name
+from npti_lens.control import Control, trait_control
 from npti_lens.directions import Direction, random_direction
 from npti_lens.errors import UserError
 from npti_lens.evidence import Cell
@@ -69,7 +72,10 @@ class DemoConfig:
     )
     methods: str = field(
         default="npti,simple,p2",
-        metadata={"help": "methods compared: npti, vector (the mean-difference direction), simple, p2"},
+        metadata={
+            "help": "methods compared: npti, vector (the mean-difference direction), simple, p2 (always "
+            "answered: the judge's positive control)"
+        },
     )
     vector_coefs: str = field(
         default="0.25,0.5,1,2",
@@ -86,19 +92,13 @@ class DemoResult:
     out: Path
     files: dict[str, Path]
     evidence: list[Cell] = field(default_factory=list)
+    control: Control | None = None  # the organism judge's positive control (P2 on held-out questions)
 
     def evidence_table(self) -> str:
         """Per cell: the change from no intervention and from the controls, with the verdict."""
-        head = f"{'method':<8}{'trait':<18}{'pole':<6}{'gamma':>6}{'none':>7}{'induced':>8}{'control':>9}{'vs none [95% CI]':>24}{'vs control [95% CI]':>24}{'fluency':>8}  verdict"
-        lines = [head, "-" * len(head)]
-        for c in self.evidence:
-            vs_none = f"{c.diff_none:+.2f} [{c.ci_none_low:+.2f}, {c.ci_none_high:+.2f}]"
-            vs_ctrl = f"{c.diff_control:+.2f} [{c.ci_control_low:+.2f}, {c.ci_control_high:+.2f}]"
-            lines.append(
-                f"{c.method:<8}{c.trait:<18}{c.pole:<6}{c.gamma:>6g}{c.none:>7.2f}{c.npti:>8.2f}{c.control:>9.2f}"
-                f"{vs_none:>24}{vs_ctrl:>24}{c.fluency:>8.2f}  {c.verdict}"
-            )
-        return "\n".join(lines)
+        from npti_lens.report import evidence_table
+
+        return evidence_table(self.evidence, "gamma")
 
     def table(self) -> str:
         head = (
@@ -161,15 +161,16 @@ def run_demo(
     vectors = {name: Direction.load(out / "neurons" / name) for name in sets} if "vector" in methods else {}
     if cfg.control_draws < 1:
         raise UserError(f"{cfg.control_draws} is not 1 or more", field="control_draws")
-    controls = {}
+    random_sets = {}
     for i, (name, s) in enumerate(sets.items()):
         pair = torch.cat([s.flat(), sets[pole_name(s.trait, opposite(s.pole))].flat()])
         # draw 0 is the single control of npti_lens 0.1; draw j has seed + 1000 j
-        controls[name] = [
+        random_sets[name] = [
             random_control(s, seed=cfg.seed + i + 1000 * j, exclude=pair) for j in range(cfg.control_draws)
         ]
 
     split = corpus.question_split()
+    controls: dict[str, Any] = {}
     cells: list[evidence.Cell] = []
     generations: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
@@ -218,13 +219,25 @@ def run_demo(
 
     from tqdm.auto import tqdm
 
+    def toward(answered: list[dict[str, Any]], trait: str, pole: str) -> list[float]:
+        return [attribute(r["answer"], trait, pole)["target_fraction"] for r in answered]
+
     bar = tqdm(total=len(traits) * len(POLES), desc="answer held-out", unit="pole", disable=not progress)
     for t in traits:
         qs = split[t]["test"][: cfg.n_test]
         plain = ask(Condition.none())
+        persona = {}  # P2: the judge's positive control, always answered
+        for p in POLES:
+            rng = random.Random(f"{cfg.seed}:demo-persona:{t}:{p}")
+            descs = corpus.personas(t, p)
+            persona[p] = ask(Condition.baseline("p2", t, p, [rng.choice(descs) for _ in qs]))
+        seen = trait_control(t, {"none": {p: toward(plain, t, p) for p in POLES},
+                                 **{c: {p: toward(persona[c], t, p) for p in POLES} for c in POLES}}, seed=cfg.seed)  # fmt: skip
+        controls[t] = seen
         for p in POLES:
             bar.update(1)
             (none,) = add(t, p, "none", None, plain)
+            p2, sees = toward(persona[p], t, p), seen.poles[p].sees
             target, opp = pole_name(t, p), pole_name(t, opposite(p))
             for g in gammas if "npti" in methods else []:
                 icfg = proto.induce_config(gamma=g, seed=cfg.seed)
@@ -232,10 +245,11 @@ def run_demo(
                 fluency = rows[-1]["fluency"]
                 draws = [
                     ask(Condition.random([(c_t, c_o)], icfg, trait=t, pole=p))
-                    for c_t, c_o in zip(controls[target], controls[opp], strict=True)
+                    for c_t, c_o in zip(random_sets[target], random_sets[opp], strict=True)
                 ]
                 scores = add(t, p, "random", g, *draws)
-                cells.append(evidence.cell(t, p, g, npti, none, scores, seed=cfg.seed, fluency=fluency))
+                cells.append(evidence.cell(t, p, g, npti, none, scores, seed=cfg.seed, fluency=fluency, p2=p2,
+                                           judge_sees=sees))  # fmt: skip
             for coef in coefs if "vector" in methods else []:
                 (steered,) = add(t, p, "vector", coef, ask(Condition.vector(vectors[target], coef, layers)))
                 fluency = rows[-1]["fluency"]
@@ -245,24 +259,12 @@ def run_demo(
                     for j in range(cfg.control_draws)
                 ]  # fmt: skip
                 scores = add(t, p, "random-vector", coef, *draws)
-                cells.append(
-                    evidence.cell(
-                        t, p, coef, steered, none, scores, seed=cfg.seed, method="vector", fluency=fluency
-                    )
-                )
+                cells.append(evidence.cell(t, p, coef, steered, none, scores, seed=cfg.seed, method="vector",
+                                           fluency=fluency, p2=p2, judge_sees=sees))  # fmt: skip
             if "simple" in methods:
                 simple = Condition.baseline("simple", t, p, [proto.adjective(t, p)] * len(qs))
                 add(t, p, "simple", None, ask(simple))
-            if "p2" in methods:
-                rng = random.Random(f"{cfg.seed}:demo-persona:{t}:{p}")
-                descs = corpus.personas(t, p)
-                add(
-                    t,
-                    p,
-                    "persona",
-                    None,
-                    ask(Condition.baseline("p2", t, p, [rng.choice(descs) for _ in qs])),
-                )
+            add(t, p, "persona", None, persona[p])
 
     bar.close()
     for method in METHODS:  # one correction family per method: adding a method leaves the others' verdicts
@@ -276,6 +278,7 @@ def run_demo(
         "evidence": out / "demo_evidence.csv",
         "cells": out / "evidence.png",
         "vector_cells": out / "evidence_vector.png",
+        "control": out / "control.json",
     }
     write_text_atomic(files["csv"], to_csv(rows))
     write_text_atomic(files["evidence"], to_csv(evidence.to_rows(cells)))
@@ -307,7 +310,9 @@ def run_demo(
         gamma=cfg.compare_gamma,
         ylabel="target-pole fraction",
     )
-    return DemoResult(rows=rows, out=out, files=files, evidence=cells)
+    control = Control(controls, judge={"name": "organism"})
+    control.save(out)
+    return DemoResult(rows=rows, out=out, files=files, evidence=cells, control=control)
 
 
 def summary_lines(result: DemoResult) -> list[str]:

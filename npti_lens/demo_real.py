@@ -1,24 +1,33 @@
-"""`npti demo --model smollm2`: the paper's protocol on a real model, offline, with per-cell evidence.
+"""`npti demo --model smollm2`: the paper's protocol on a real model, offline, with per-cell evidence
+that says what its judge can see.
 
 The released templates, sampling, keep rule and clamp order (protocol `npti`; answers capped at
-`max_new_tokens`). Search on the shipped questions (48 per trait, situational, over the six facets)
-with the shipped persona descriptions; select with the paper's rule; train the offline trait
-classifier on the run's persona answers (its held-out validity beside every table). Then, per trait
-pole, on 24 held-out questions never used in search: no intervention, a strength sweep of NPTI's
-gamma from which the strongest effect whose mean fluency stays above a floor is chosen (the paper's
-gamma 1 is one point of the sweep), k random-neuron controls at the chosen gamma, optionally the
-direction baseline (swept and chosen the same way, with random directions as its controls), and
-the simple and P2 prompts. Every answer is scored by the classifier (P of the cell's pole) and the
-offline fluency (repeats and perplexity under the unmodified model).
+`max_new_tokens`). The demo runs as stages over one shared state (`_Demo`):
 
-Every answer set is written as soon as it exists (`answers/*.jsonl`), so a killed demo resumes.
+1. search on the shipped questions (48 per trait) with the shipped persona descriptions; select
+   with the paper's rule;
+2. the judge: one trained elsewhere (`--judge DIR`), or the demo's own, trained on `judge_answers`
+   P2 answers per search question and pole, each under another persona description
+   (`npti_lens.judging`), with the `reader` chosen;
+3. on 24 held-out questions per trait (never searched, never trained on): no intervention, the
+   simple and the P2 prompt;
+4. the positive control (`npti_lens.control`): does the judge see P2 on these questions? A pole it
+   does not see gets `judge blind` for every cell;
+5. the dose-response: NPTI's gamma walked up the ladder `gammas` per pole, with `control_draws`
+   random-neuron controls at every strength, until the mean fluency falls below `fluency_floor`
+   (the vector baseline on its own ladder, with random directions, where asked); the strength
+   chosen is the one of largest effect whose fluency holds;
+6. per cell, at the chosen strength: evidence against no intervention and the controls, with its
+   minimum detectable effect and NPTI's effect as a share of P2's.
+
+On an engine (vLLM) every stage's answer sets go out as one batch of mixed conditions. Every answer
+set is written as soon as it exists (`answers/*.jsonl`), so a killed demo resumes.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,14 +35,22 @@ from typing import Any
 import torch
 
 from npti_lens import evidence
-from npti_lens.answers import Condition, answer, read_answers, write_answers
+from npti_lens.answers import AnswerJob, Condition, answer_sets
 from npti_lens.bench import load_personas, load_questions, trait_question_file
-from npti_lens.classifier import Classifier, ClassifierJudge, train
+from npti_lens.classifier import Classifier, ClassifierConfig, ClassifierJudge, train
 from npti_lens.constants import POLES, opposite, pole_name
 from npti_lens.errors import UserError
 from npti_lens.evidence import Cell
 from npti_lens.induction import random_control
-from npti_lens.io import parse_numbers, parse_traits, read_json, to_csv, write_json_atomic
+from npti_lens.io import parse_numbers, parse_traits, read_json, write_json_atomic
+from npti_lens.judging import (
+    JudgeDataConfig,
+    check_control_questions,
+    control_from,
+    control_jobs,
+    make_judge_data,
+    p_high_toward,
+)
 from npti_lens.model import Model, is_engine, model_id
 from npti_lens.protocol import load_protocol
 from npti_lens.score import score_rows
@@ -53,11 +70,17 @@ class RealDemoConfig:
     n_search: int = field(default=48, metadata={"help": "search questions per trait (at most 48 shipped)"})
     n_test: int = field(default=24, metadata={"help": "held-out questions per trait (at most 24 shipped)"})
     max_new_tokens: int = field(default=48, metadata={"help": "tokens per answer, search and test"})
-    gammas: str = field(default="0.5,1", metadata={"help": "NPTI strengths swept (1: the paper's)"})
-    fluency_floor: float = field(
-        default=0.8, metadata={"help": "choose the strongest effect whose mean fluency is at least this"}
+    gammas: str = field(
+        default="0.5,1,2,4,8,16",
+        metadata={
+            "help": "NPTI's strengths, walked upward per pole until the fluency falls below the floor (1: the paper's)"
+        },
     )
-    control_draws: int = field(default=2, metadata={"help": "random-neuron controls per pole"})
+    fluency_floor: float = field(
+        default=0.8,
+        metadata={"help": "stop the sweep below this mean fluency; choose the largest effect at or above it"},
+    )
+    control_draws: int = field(default=2, metadata={"help": "random-neuron controls per pole and strength"})
     min_neurons: int = field(
         default=2000, metadata={"help": "selection: keep at least this many per pole (the paper's)"}
     )
@@ -66,11 +89,37 @@ class RealDemoConfig:
     )
     methods: str = field(
         default="npti,simple,p2",
-        metadata={"help": "npti, vector (direction baseline, TL engine), simple, p2"},
+        metadata={
+            "help": "npti, vector (direction baseline, TL engine), simple, p2 (always answered: the judge's control)"
+        },
     )
-    vector_coefs: str = field(default="2,4,8", metadata={"help": "coefficients of the vector swept"})
-    batch_size: int = field(default=32, metadata={"help": "prompts per forward"})
+    vector_coefs: str = field(
+        default="2,4,8,16,32", metadata={"help": "the vector's coefficients, walked like gammas"}
+    )
+    batch_size: int = field(default=32, metadata={"help": "prompts per forward (TL engine)"})
     seed: int = field(default=0, metadata={"help": "seed of personas, masks and controls"})
+    judge: str | None = field(
+        default=None,
+        metadata={"help": "a judge trained elsewhere (npti judge train --out); default: train one here"},
+    )
+    judge_answers: int = field(
+        default=4,
+        metadata={"help": "the demo's own judge: P2 answers per search question and pole, distinct personas"},
+    )
+    reader: str = field(
+        default="tfidf", metadata={"help": "the demo's own judge's reader: tfidf, encoder, hidden"}
+    )
+    encoder: str | None = field(
+        default=None, metadata={"help": "reader encoder: a folder of HF weights, or minilm"}
+    )
+
+
+def needs_tl(cfg: RealDemoConfig) -> bool:
+    """Whether the demo needs the TL loop beside an engine: the vector baseline, or a hidden-state judge."""
+    from npti_lens.judging import judge_cfg
+
+    reader = judge_cfg(cfg.judge).get("reader", {}).get("kind") if cfg.judge else cfg.reader
+    return "vector" in cfg.methods or reader == "hidden"
 
 
 def strongest_fluent(points: list[dict[str, Any]], floor: float) -> dict[str, Any] | None:
@@ -98,7 +147,7 @@ def _sans_traits(state: Any) -> Any:
     return state
 
 
-def _mean(xs: list[float]) -> float:
+def mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
@@ -110,6 +159,7 @@ class RealDemoResult:
     validity: dict[str, Any]
     out: Path
     files: dict[str, Path]
+    control: Any = None  # npti_lens.control.Control
 
     def table(self) -> str:
         head = f"{'trait':<18}{'pole':<6}{'condition':<15}{'strength':>9}{'P(pole)':>9}{'fluency':>9}{'degen.':>8}{'n':>4}"
@@ -123,39 +173,100 @@ class RealDemoResult:
         return "\n".join(lines)
 
     def evidence_table(self) -> str:
-        head = f"{'method':<8}{'trait':<18}{'pole':<6}{'strength':>9}{'none':>7}{'induced':>8}{'control':>8}{'vs none [95% CI]':>24}{'vs control [95% CI]':>24}{'fluency':>8}  verdict"
-        lines = [head, "-" * len(head)]
-        for c in self.cells:
-            vs_none = f"{c.diff_none:+.2f} [{c.ci_none_low:+.2f}, {c.ci_none_high:+.2f}]"
-            vs_ctrl = f"{c.diff_control:+.2f} [{c.ci_control_low:+.2f}, {c.ci_control_high:+.2f}]"
-            lines.append(
-                f"{c.method:<8}{c.trait:<18}{c.pole:<6}{c.gamma:>9g}{c.none:>7.2f}{c.npti:>8.2f}{c.control:>8.2f}"
-                f"{vs_none:>24}{vs_ctrl:>24}{c.fluency:>8.2f}  {c.verdict}"
-            )
-        return "\n".join(lines)
+        from npti_lens.report import evidence_table
+
+        return evidence_table(self.cells)
+
+
+@dataclass
+class _Demo:
+    """What the stages share."""
+
+    model: Model
+    steer_model: Any
+    cfg: RealDemoConfig
+    out: Path
+    traits: list[str]
+    methods: list[str]
+    proto: Any
+    questions: dict[str, tuple[list[Any], list[Any]]]
+    personas: dict[tuple[str, str], list[str]]
+    progress: bool = False
+    sets: dict[str, Any] = field(default_factory=dict)
+    judge: Any = None
+    scored: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    control: Any = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    sweep: list[dict[str, Any]] = field(default_factory=list)  # one point per (pole, method, strength)
+    cells: list[Cell] = field(default_factory=list)
+    choices: list[dict[str, Any]] = field(default_factory=list)
+
+    def test(self, trait: str) -> list[Any]:
+        return self.questions[trait][1]
+
+    def answer(self, jobs: list[AnswerJob]) -> None:
+        """Answer (or read back) and score `jobs`, all at once: one engine batch, one scoring pass."""
+        jobs = [j for j in jobs if j.key not in self.scored]
+        if not jobs:
+            return
+        got = answer_sets(self.model, jobs, self.out / "answers", protocol=self.proto,
+                          tl_model=self.steer_model if is_engine(self.model) else None, progress=self.progress)  # fmt: skip
+        flat = score_rows([r for j in jobs for r in got[j.key]], self.judge)
+        start = 0
+        for j in jobs:
+            self.scored[j.key] = flat[start : start + len(got[j.key])]
+            start += len(got[j.key])
+
+    def toward(self, key: str, pole: str) -> list[float]:
+        """P(pole) per answer of a scored set, whatever pole (if any) it was answered under."""
+        return [p_high_toward(r, pole) for r in self.scored[key]]
+
+    def add_row(self, trait: str, pole: str, condition: str, strength: float | None, keys: list[str]) -> dict:
+        rs = [r for k in keys for r in self.scored[k]]
+        row = {"trait": trait, "pole": pole, "condition": condition, "strength": strength,
+               "target": mean([x for k in keys for x in self.toward(k, pole)]),
+               "fluency": mean([r["fluency"] for r in rs]),
+               "degenerate": mean([float(r["degenerate"]) for r in rs]), "n": len(rs)}  # fmt: skip
+        self.rows.append(row)
+        return row
+
+    def gcfg(self, stage: str) -> Any:
+        return self.proto.generate_config(
+            stage, max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size
+        )
 
 
 def run_real_demo(
     model: Model, cfg: RealDemoConfig, out: str | Path, *, tl_model: Any = None, progress: bool = False
 ) -> RealDemoResult:
     """The demo on `model` (a TransformerBridge or a VLLMEngine); `tl_model`: a TransformerBridge of
-    the same weights for the vector baseline when `model` is an engine."""
-    out = Path(out)
+    the same weights for the vector baseline (and the hidden reader) when `model` is an engine."""
+    demo = _setup(model, cfg, Path(out), tl_model, progress)
+    for stage in (_search, _judge, _baselines, _control, _sweep, _evidence):
+        stage(demo)
+    from npti_lens.demo_report import write_real
+
+    files, validity = write_real(demo)
+    return RealDemoResult(demo.rows, demo.cells, demo.choices, validity, demo.out, files, demo.control)
+
+
+def _setup(model: Model, cfg: RealDemoConfig, out: Path, tl_model: Any, progress: bool) -> _Demo:
     traits = parse_traits(cfg.traits)
-    gammas = parse_numbers(cfg.gammas, "--gammas")
-    coefs = parse_numbers(cfg.vector_coefs, "--vector-coefs")
+    for spec, flag in ((cfg.gammas, "--gammas"), (cfg.vector_coefs, "--vector-coefs")):
+        if any(x <= 0 for x in parse_numbers(spec, flag)):
+            raise UserError(f"{flag}: strengths are above 0 ({spec})")
     methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
     bad = sorted(set(methods) - {"npti", "vector", "simple", "p2"})
     if bad or "npti" not in methods:
         raise UserError(f"{cfg.methods!r}: npti plus any of vector, simple, p2", field="methods")
     if cfg.control_draws < 1:
         raise UserError(f"{cfg.control_draws} is not 1 or more", field="control_draws")
+    if cfg.judge is None and cfg.judge_answers < 1:
+        raise UserError(f"{cfg.judge_answers} is not 1 or more", field="judge_answers")
     steer_model = model
-    if "vector" in methods and is_engine(model):
+    if needs_tl(cfg) and is_engine(model):
         if tl_model is None:
-            raise UserError(
-                "the vector baseline runs on the TL engine: drop vector from --methods or use --engine tl"
-            )
+            raise UserError("the vector baseline and the hidden reader run on the TL engine: use --engine tl")
         steer_model = tl_model
     questions = {
         t: (
@@ -164,8 +275,13 @@ def run_real_demo(
         )
         for t in traits
     }
-    personas = load_personas(PERSONAS, traits)
     proto = load_protocol("npti")
+    demo = _Demo(model, steer_model, cfg, out, traits, methods, proto, questions,
+                  load_personas(PERSONAS, traits), progress)  # fmt: skip
+    if cfg.judge is not None:
+        clf = Classifier.load(cfg.judge, model=steer_model)
+        check_control_questions(clf.cfg, {t: questions[t][1] for t in traits})
+        demo.judge = ClassifierJudge(clf, model=model)
     # every answer set depends on the whole config but the trait list: a demo may be continued, or
     # tabled, for some of its traits
     state = {"config": {k: v for k, v in asdict(cfg).items() if k != "traits"}, "model": model_id(model),
@@ -175,194 +291,158 @@ def run_real_demo(
             f"--out: {out} holds a demo of another model or config; pass --overwrite or another folder"
         )
     write_json_atomic(out / STATE_FILE, state)
+    return demo
 
-    # search (resumes), select (the paper's rule), the classifier (held-out by question)
-    qdir = out / "data" / "search"
+
+def _search(d: _Demo) -> None:
+    """Search (resumes) and select with the paper's rule."""
+    qdir = d.out / "data" / "search"
     qdir.mkdir(parents=True, exist_ok=True)
-    for t in traits:
-        lines = "".join(json.dumps({"question": q.text}) + "\n" for q in questions[t][0])
+    for t in d.traits:
+        lines = "".join(json.dumps({"question": q.text}) + "\n" for q in d.questions[t][0])
         (qdir / f"{t}.json").write_text(lines, encoding="utf-8")
-    gcfg_search = proto.generate_config(
-        "search", max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size
-    )
-    if not all(_searched(out / "run", t, p) for t in traits for p in POLES):
+    if not all(_searched(d.out / "run", t, p) for t in d.traits for p in POLES):
         # a demo tabled again for some of its traits finds them searched (the run's identity holds
         # the personas of every trait it searched, which a subset would not match)
-        run_search(model, qdir, PERSONAS, out / "run", SearchConfig(traits=cfg.traits, seed=cfg.seed),
-                   gcfg_search, protocol=proto, resume=True, progress=progress)  # fmt: skip
-    sets = select_run(
-        out / "run", out / "neurons", SelectConfig(min_neurons=cfg.min_neurons, threshold=cfg.threshold)
+        run_search(d.model, qdir, PERSONAS, d.out / "run", SearchConfig(traits=d.cfg.traits, seed=d.cfg.seed),
+                   d.gcfg("search"), protocol=d.proto, resume=True, progress=d.progress)  # fmt: skip
+    d.sets = select_run(
+        d.out / "run",
+        d.out / "neurons",
+        SelectConfig(min_neurons=d.cfg.min_neurons, threshold=d.cfg.threshold),
     )
-    clf_dir = out / "classifier"
-    clf = Classifier.load(clf_dir) if (clf_dir / "cfg.json").is_file() else None
-    if clf is None or set(traits) - set(clf.traits):
-        clf = train(out / "run", clf_dir, traits)
-    judge = ClassifierJudge(clf, model=model)  # fluency: perplexity under the unmodified model
-    vectors = {}
-    if "vector" in methods:
-        from npti_lens.directions import Direction
-
-        vectors = {name: Direction.load(out / "neurons" / name) for name in sets}
-
-    adir = out / "answers"
-    adir.mkdir(exist_ok=True)
-
-    def scored(key: str, cond: Condition, qs: list[Any], on: Any = None) -> list[dict[str, Any]]:
-        """Answers of `cond` (from `answers/key.jsonl` when a killed demo left them), scored."""
-        path = adir / f"{key}.jsonl"
-        if path.is_file():
-            rows = [{k: v for k, v in r.items() if k != "_line"} for r in read_answers(path)]
-        else:
-            # each stage's released sampling (neutral for inductions), answers capped at max_new_tokens
-            gcfg = proto.generate_config(
-                cond.stage, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size
-            )
-            rows = answer(on or model, qs, cond, gcfg, protocol=proto, progress=False)
-            write_answers(path, rows)
-        return score_rows(rows, judge)
-
-    rows: list[dict[str, Any]] = []
-    cells: list[Cell] = []
-    choices: list[dict[str, Any]] = []
-    generations: list[dict[str, Any]] = []
-
-    def toward(sc: list[dict[str, Any]], pole: str) -> list[float]:
-        """P(pole) per answer, whatever pole (if any) the row was answered under."""
-        return [r["p_high"] if pole == "high" else 1 - r["p_high"] for r in sc]
-
-    def add(trait: str, pole: str, condition: str, strength: float | None, sc: list[dict[str, Any]]) -> None:
-        rows.append({
-            "trait": trait, "pole": pole, "condition": condition, "strength": strength,
-            "target": _mean(toward(sc, pole)), "fluency": _mean([r["fluency"] for r in sc]),
-            "degenerate": _mean([float(r["degenerate"]) for r in sc]), "n": len(sc),
-        })  # fmt: skip
-        generations.extend({**r, "demo_condition": condition, "demo_pole": pole} for r in sc)
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(traits) * len(POLES), desc="demo cells", unit="pole", disable=not progress)
-    for ti, t in enumerate(traits):
-        test = questions[t][1]
-        plain = scored(f"{t}_none", Condition.none(t), test)
-        for p in POLES:
-            bar.update(1)
-            none = toward(plain, p)
-            add(t, p, "none", None, plain)
-            target, opp = sets[pole_name(t, p)], sets[pole_name(t, opposite(p))]
-            points = []
-            for g in gammas:
-                icfg = proto.induce_config(gamma=g, seed=cfg.seed)
-                sc = scored(f"{pole_name(t, p)}_npti_{g:g}", Condition.npti([(target, opp)], icfg), test)
-                add(t, p, "npti", g, sc)
-                s = toward(sc, p)
-                points.append({"strength": g, "scores": s, "rows": sc, "effect": _mean(s) - _mean(none),
-                               "fluency": rows[-1]["fluency"]})  # fmt: skip
-            pick = strongest_fluent(points, cfg.fluency_floor)
-            choices.append({"trait": t, "pole": p, "method": "npti", "chosen": None if pick is None else pick["strength"],
-                            **{f"fluency_at_{pt['strength']:g}": pt["fluency"] for pt in points}})  # fmt: skip
-            if pick is not None:
-                g = pick["strength"]
-                icfg = proto.induce_config(gamma=g, seed=cfg.seed)
-                pair = torch.cat([target.flat(), opp.flat()])
-                draws, all_rows = [], []
-                for j in range(cfg.control_draws):
-                    ct = random_control(target, seed=cfg.seed + 2 * ti + 1000 * (j + 1), exclude=pair)
-                    co = random_control(opp, seed=cfg.seed + 2 * ti + 1 + 1000 * (j + 1), exclude=pair)
-                    cond = Condition.random([(ct, co)], icfg, trait=t, pole=p)
-                    sc = scored(f"{pole_name(t, p)}_random_{g:g}_{j}", cond, test)
-                    draws.append(toward(sc, p))
-                    all_rows += sc
-                add(t, p, "random", g, all_rows)
-                cells.append(
-                    evidence.cell(
-                        t, p, g, pick["scores"], none, draws, seed=cfg.seed, fluency=pick["fluency"]
-                    )
-                )
-            if "vector" in methods:
-                _vector_cells(t, p, vectors[pole_name(t, p)], coefs, none, test, cfg, scored, add, toward,
-                              rows, cells, choices, steer_model)  # fmt: skip
-            if "simple" in methods:
-                add(t, p, "simple", None, scored(f"{pole_name(t, p)}_simple",
-                    Condition.baseline("simple", t, p, [proto.adjective(t, p)] * len(test)), test))  # fmt: skip
-            if "p2" in methods:
-                rng = random.Random(f"{cfg.seed}:demo-persona:{t}:{p}")
-                descs = [rng.choice(personas[(t, p)]) for _ in test]
-                add(
-                    t,
-                    p,
-                    "p2",
-                    None,
-                    scored(f"{pole_name(t, p)}_p2", Condition.baseline("p2", t, p, descs), test),
-                )
-    bar.close()
-    for method in ("npti", "vector"):
-        evidence.judge_cells([c for c in cells if c.method == method])
-    validity = _validity(clf, rows, generations, traits)
-    files = _write(out, rows, cells, choices, validity, generations)
-    return RealDemoResult(rows, cells, choices, validity, out, files)
 
 
-def _vector_cells(t, p, direction, coefs, none, test, cfg, scored, add, toward, rows, cells, choices, on):  # noqa: ANN001, ANN202
-    from npti_lens.directions import random_direction
-
-    points = []
-    for c in coefs:
-        sc = scored(f"{pole_name(t, p)}_vector_{c:g}", Condition.vector(direction, c), test, on)
-        add(t, p, "vector", c, sc)
-        s = toward(sc, p)
-        points.append(
-            {"strength": c, "scores": s, "effect": _mean(s) - _mean(none), "fluency": rows[-1]["fluency"]}
-        )
-    pick = strongest_fluent(points, cfg.fluency_floor)
-    choices.append(
-        {"trait": t, "pole": p, "method": "vector", "chosen": None if pick is None else pick["strength"]}
-    )
-    if pick is None:
+def _judge(d: _Demo) -> None:
+    """The demo's own judge, on P2 answers to the search questions (unless --judge named one)."""
+    if d.judge is not None:
         return
-    draws, all_rows = [], []
-    for j in range(cfg.control_draws):
-        rand = random_direction(direction, seed=cfg.seed + 1000 * (j + 1))
-        sc = scored(f"{pole_name(t, p)}_random-vector_{pick['strength']:g}_{j}",
-                    Condition.vector(rand, pick["strength"], random=True), test, on)  # fmt: skip
-        draws.append(toward(sc, p))
-        all_rows += sc
-    add(t, p, "random-vector", pick["strength"], all_rows)
-    cells.append(evidence.cell(t, p, pick["strength"], pick["scores"], none, draws, seed=cfg.seed,
-                               method="vector", fluency=pick["fluency"]))  # fmt: skip
+    folder = d.out / "judge"
+    clf = None
+    if (folder / "cfg.json").is_file():
+        clf = Classifier.load(folder, model=d.steer_model)
+        if set(d.traits) - set(clf.traits):
+            clf = None
+    if clf is None:
+        data = make_judge_data(
+            d.model, {t: d.questions[t][0] for t in d.traits}, d.personas, d.out / "judge_data",
+            JudgeDataConfig(per_question=d.cfg.judge_answers, max_new_tokens=d.cfg.max_new_tokens,
+                            batch_size=d.cfg.batch_size, seed=d.cfg.seed),
+            protocol=d.proto, progress=d.progress,
+        )  # fmt: skip
+        ccfg = ClassifierConfig(reader=d.cfg.reader, encoder=d.cfg.encoder)
+        clf = train(data, folder, d.traits, ccfg, model=d.steer_model)
+    d.judge = ClassifierJudge(clf, model=d.model)  # fluency: perplexity under the unmodified model
 
 
-def _validity(
-    clf: Classifier, rows: list[dict[str, Any]], gens: list[dict[str, Any]], traits: list[str]
-) -> dict[str, Any]:
-    """The classifier's held-out figures and its accuracy on P2 answers to the test questions."""
-    out: dict[str, Any] = {}
-    for t in traits:
-        p2 = [g for g in gens if g["demo_condition"] == "p2" and g.get("trait") == t]
-        right = [(g["p_high"] >= 0.5) == (g["demo_pole"] == "high") for g in p2]
-        out[t] = {**clf.cfg["validity"][t], "p2_accuracy": _mean([float(x) for x in right]), "p2_n": len(p2)}
-    return out
+def _baselines(d: _Demo) -> None:
+    """No intervention, P2 (the judge's control) and the simple prompt on the held-out questions."""
+    jobs = control_jobs({t: d.test(t) for t in d.traits}, d.personas, d.proto,
+                        max_new_tokens=d.cfg.max_new_tokens, batch_size=d.cfg.batch_size, seed=d.cfg.seed)  # fmt: skip
+    if "simple" in d.methods:
+        for t in d.traits:
+            for p in POLES:
+                cond = Condition.baseline("simple", t, p, [d.proto.adjective(t, p)] * len(d.test(t)))
+                jobs.append(AnswerJob(f"{pole_name(t, p)}_simple", d.test(t), cond, d.gcfg("simple")))
+    d.answer(jobs)
+    for t in d.traits:
+        for p in POLES:
+            d.add_row(t, p, "none", None, [f"{t}_none"])
+            if "simple" in d.methods:
+                d.add_row(t, p, "simple", None, [f"{pole_name(t, p)}_simple"])
+            d.add_row(t, p, "p2", None, [f"{pole_name(t, p)}_p2"])
 
 
-def _write(out: Path, rows, cells, choices, validity, generations) -> dict[str, Path]:  # noqa: ANN001
-    from npti_lens.figures import evidence_forest
-    from npti_lens.io import write_jsonl_atomic, write_text_atomic
+def _control(d: _Demo) -> None:
+    d.control = control_from(
+        d.scored, d.traits, seed=d.cfg.seed, judge={"name": d.judge.name, "reader": d.judge.clf.reader}
+    )
+    d.control.save(d.out)
 
-    files = {
-        "csv": out / RESULTS_CSV,
-        "evidence": out / "demo_evidence.csv",
-        "choices": out / "demo_choices.csv",
-        "validity": out / "judge_validity.json",
-        "generations": out / "demo_generations.jsonl",
-        "cells": out / "evidence.png",
-    }
-    write_text_atomic(files["csv"], to_csv(rows))
-    write_text_atomic(files["evidence"], to_csv(evidence.to_rows(cells)))
-    write_text_atomic(files["choices"], to_csv(choices))
-    write_json_atomic(files["validity"], validity)
-    write_jsonl_atomic(files["generations"], generations)
-    if any(c.method == "npti" for c in cells):
-        evidence_forest(evidence.to_rows([c for c in cells if c.method == "npti"]), files["cells"],
-                        ylabel="P(pole), offline classifier")  # fmt: skip
-    else:
-        del files["cells"]
-    return files
+
+def _sweep(d: _Demo) -> None:
+    """Walk each pole up its strength ladder, every level of every pole in one batch, until the
+    mean fluency falls below the floor; NPTI (and the vector) with their random controls."""
+    from npti_lens.directions import Direction, random_direction
+
+    k, g_ladder = d.cfg.control_draws, parse_numbers(d.cfg.gammas, "--gammas")
+    npti_at: dict[tuple[str, str], Any] = {}
+    for ti, t in enumerate(d.traits):
+        for p in POLES:
+            target, opp = d.sets[pole_name(t, p)], d.sets[pole_name(t, opposite(p))]
+            pair = torch.cat([target.flat(), opp.flat()])
+            ctrl = [(random_control(target, seed=d.cfg.seed + 2 * ti + 1000 * (j + 1), exclude=pair),
+                     random_control(opp, seed=d.cfg.seed + 2 * ti + 1 + 1000 * (j + 1), exclude=pair)) for j in range(k)]  # fmt: skip
+
+            def npti_jobs(
+                g: float, t: str = t, p: str = p, target: Any = target, opp: Any = opp, ctrl: Any = ctrl
+            ) -> list[AnswerJob]:
+                icfg = d.proto.induce_config(gamma=g, seed=d.cfg.seed)
+                name = pole_name(t, p)
+                return [AnswerJob(f"{name}_npti_{g:g}", d.test(t), Condition.npti([(target, opp)], icfg), d.gcfg("neutral"))] + [
+                    AnswerJob(f"{name}_random_{g:g}_{j}", d.test(t), Condition.random([c], icfg, trait=t, pole=p), d.gcfg("neutral"))
+                    for j, c in enumerate(ctrl)
+                ]  # fmt: skip
+
+            npti_at[(t, p)] = npti_jobs
+    _walk(d, "npti", g_ladder, npti_at)
+    if "vector" in d.methods:
+        c_ladder, vec_at = parse_numbers(d.cfg.vector_coefs, "--vector-coefs"), {}
+        for t in d.traits:
+            for p in POLES:
+                vec = Direction.load(d.out / "neurons" / pole_name(t, p))
+
+                def vector_jobs(c: float, t: str = t, p: str = p, vec: Any = vec) -> list[AnswerJob]:
+                    name = pole_name(t, p)
+                    return [AnswerJob(f"{name}_vector_{c:g}", d.test(t), Condition.vector(vec, c), d.gcfg("neutral"))] + [
+                        AnswerJob(f"{name}_random-vector_{c:g}_{j}", d.test(t),
+                                  Condition.vector(random_direction(vec, seed=d.cfg.seed + 1000 * (j + 1)), c, random=True), d.gcfg("neutral"))
+                        for j in range(k)
+                    ]  # fmt: skip
+
+                vec_at[(t, p)] = vector_jobs
+        _walk(d, "vector", c_ladder, vec_at)
+
+
+def _walk(d: _Demo, method: str, ladder: list[float], jobs_at: dict[tuple[str, str], Any]) -> None:
+    alive = list(jobs_at)
+    control = "random" if method == "npti" else "random-vector"
+    for s in sorted(ladder):
+        if not alive:
+            break
+        d.answer([j for tp in alive for j in jobs_at[tp](s)])
+        for t, p in list(alive):
+            keys = [j.key for j in jobs_at[(t, p)](s)]
+            main = d.add_row(t, p, method, s, keys[:1])
+            ctrl = d.add_row(t, p, control, s, keys[1:])
+            d.sweep += [{"trait": t, "pole": p, "method": method, "strength": s, "keys": keys, **main},
+                        {"trait": t, "pole": p, "method": control, "strength": s, **ctrl}]  # fmt: skip
+            if main["fluency"] < d.cfg.fluency_floor:
+                alive.remove((t, p))  # the first strength past the floor is the last one asked
+
+
+def _evidence(d: _Demo) -> None:
+    """Per pole and method, the cell at the chosen strength; one correction family per method."""
+    for t in d.traits:
+        for p in POLES:
+            none = d.toward(f"{t}_none", p)
+            p2 = d.toward(f"{pole_name(t, p)}_p2", p)
+            for method in ("npti", "vector"):
+                pts = [x for x in d.sweep if (x["trait"], x["pole"], x["method"]) == (t, p, method)]
+                if not pts:
+                    continue
+                for x in pts:
+                    x["scores"] = d.toward(x["keys"][0], p)
+                    x["effect"] = mean(x["scores"]) - mean(none)
+                pick = strongest_fluent(pts, d.cfg.fluency_floor)
+                d.choices.append({"trait": t, "pole": p, "method": method, "chosen": None if pick is None else pick["strength"],
+                                  "broke_at": next((x["strength"] for x in pts if x["fluency"] < d.cfg.fluency_floor), None),
+                                  **{f"fluency_at_{x['strength']:g}": x["fluency"] for x in pts}})  # fmt: skip
+                if pick is None:
+                    continue
+                draws = [d.toward(key, p) for key in pick["keys"][1:]]
+                d.cells.append(evidence.cell(t, p, pick["strength"], pick["scores"], none, draws, seed=d.cfg.seed,
+                                             method=method, fluency=pick["fluency"], p2=p2,
+                                             judge_sees=d.control.sees(t, p)))  # fmt: skip
+    for method in ("npti", "vector"):
+        evidence.judge_cells([c for c in d.cells if c.method == method])

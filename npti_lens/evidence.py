@@ -9,9 +9,17 @@ their mean. Per cell:
 - the paired differences s - b and s - c: mean, 95% percentile bootstrap interval (questions
   resampled), and a two-sided paired permutation p (signs of the differences flipped at random);
 - p-values adjusted across all cells of a table (Holm by default, or Benjamini-Hochberg);
-- a verdict: `specific` when NPTI beats no intervention and the control (both adjusted p < alpha,
-  both differences > 0) and its mean beats every single control draw; `wrong way` when it is below
-  no intervention (adjusted p < alpha); else `not distinguishable`.
+- a verdict: `judge blind` when the judge missed its positive control for the cell's pole
+  (`npti_lens.control`: the P2 prompt did not move its score toward the pole on the same held-out
+  questions; such cells make no claim and stay out of the adjustment); else `specific` when NPTI
+  beats no intervention and the control (both adjusted p < alpha, both differences > 0) and its
+  mean beats every single control draw; `wrong way` when it is below no intervention (adjusted
+  p < alpha); else `not distinguishable`;
+- the instrument's reach: the minimum detectable effect of each comparison (the mean paired
+  difference a two-sided paired t-test at alpha 0.05 finds with 80% power, for the cell's n and the
+  observed spread of its differences), and, where the P2 prompt was answered on the same questions,
+  NPTI's effect as a share of P2's (mean(NPTI - none) / mean(P2 - none), bootstrap interval over
+  questions).
 """
 
 from __future__ import annotations
@@ -23,7 +31,14 @@ import numpy as np
 
 from npti_lens.errors import UserError
 
-VERDICTS = ("specific", "wrong way", "not distinguishable")
+VERDICTS = ("specific", "wrong way", "not distinguishable", "judge blind")
+POWER = 0.8  # of the minimum detectable effect
+ALPHA = 0.05
+
+
+def resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """`n_boot` bootstrap resamples of `n` question indices (rows), the draws every interval here uses."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
 def bootstrap_ci(
@@ -31,10 +46,71 @@ def bootstrap_ci(
 ) -> tuple[float, float]:
     """Percentile interval of the mean of `diffs` over `n_boot` resamples (with replacement)."""
     d = np.asarray(diffs, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+    means = d[resamples(len(d), n_boot, seed)].mean(axis=1)
     lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(lo), float(hi)
+
+
+def paired_t_power(delta: float, sd: float, n: int, alpha: float = ALPHA) -> float:
+    """Power of a two-sided paired t-test at `alpha` against a true mean difference `delta`: the
+    noncentral t's two tails (where scipy's noncentral t fails, at large noncentrality and few
+    questions, the same tails as an integral over the chi-square of the variance)."""
+    from scipy import integrate, stats
+
+    df, nc = n - 1, delta * np.sqrt(n) / sd
+    crit = stats.t.ppf(1 - alpha / 2, df)
+    fast = stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)
+    if np.isfinite(fast):
+        return float(fast)
+
+    def tails(v: float) -> float:
+        s = crit * np.sqrt(v / df)
+        return float((stats.norm.cdf(nc - s) + stats.norm.cdf(-nc - s)) * stats.chi2.pdf(v, df))
+
+    return float(integrate.quad(tails, 0, np.inf, limit=200)[0])
+
+
+def min_detectable_effect(
+    diffs: Sequence[float] | np.ndarray, *, alpha: float = ALPHA, power: float = POWER
+) -> float:
+    """The smallest mean paired difference a two-sided paired t-test at `alpha` finds with `power`,
+    for len(diffs) questions and their observed standard deviation (noncentral t); NaN under 2."""
+    from scipy import optimize
+
+    d = np.asarray(diffs, dtype=float)
+    if len(d) < 2:
+        return float("nan")
+    if np.all(d == d[0]):
+        return 0.0  # no spread: any nonzero mean difference is seen
+    sd, n = float(d.std(ddof=1)), len(d)
+    hi = 3.0 * sd / np.sqrt(n)  # about the normal approximation; doubled until the power is reached
+    while paired_t_power(hi, sd, n, alpha) < power:
+        hi *= 2.0
+    return float(optimize.brentq(lambda x: paired_t_power(x, sd, n, alpha) - power, 0.0, hi, xtol=1e-10))
+
+
+def share_of(
+    effect: Sequence[float] | np.ndarray,
+    reference: Sequence[float] | np.ndarray,
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """mean(effect) / mean(reference) over paired questions, with a percentile bootstrap interval
+    (questions resampled together). NaN where the reference's mean is not above 0; the interval is
+    NaN where more than (1 - level) / 2 of the resamples' reference means are not (it is unbounded)."""
+    e, r = np.asarray(effect, dtype=float), np.asarray(reference, dtype=float)
+    if r.mean() <= 0:
+        return float("nan"), float("nan"), float("nan")
+    idx = resamples(len(e), n_boot, seed)
+    num, den = e[idx].mean(axis=1), r[idx].mean(axis=1)
+    tail = (1 - level) / 2
+    if (den <= 0).mean() > tail:
+        return float(e.mean() / r.mean()), float("nan"), float("nan")
+    ratios = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.sign(num) * np.inf)
+    lo, hi = np.quantile(ratios, [tail, 1 - tail])
+    return float(e.mean() / r.mean()), float(lo), float(hi)
 
 
 EXACT_UP_TO = 16  # nonzero differences up to which every sign pattern is enumerated (2^16)
@@ -116,6 +192,14 @@ class Cell:
     verdict: str = ""
     method: str = "npti"  # what was induced: npti (neurons) or vector (a residual direction)
     fluency: float = float("nan")  # mean fluency under the method, where the judge gives one
+    mde_none: float = float("nan")  # minimum detectable effect of each comparison
+    mde_control: float = float("nan")
+    p2: float = float("nan")  # the P2 prompt's mean score on the same questions, where answered
+    p2_effect: float = float("nan")  # mean(P2 - none)
+    share_p2: float = float("nan")  # diff_none / p2_effect, with its bootstrap interval
+    share_p2_low: float = float("nan")
+    share_p2_high: float = float("nan")
+    judge_sees: bool | None = None  # the positive control of this pole: seen, missed, or not measured
 
 
 def cell(
@@ -131,8 +215,11 @@ def cell(
     seed: int = 0,
     method: str = "npti",
     fluency: float = float("nan"),
+    p2: Sequence[float] | np.ndarray | None = None,
+    judge_sees: bool | None = None,
 ) -> Cell:
-    """The evidence of one cell from per-question scores (controls: one list per draw)."""
+    """The evidence of one cell from per-question scores (controls: one list per draw; `p2`: the P2
+    prompt's scores on the same questions; `judge_sees`: the pole's positive control)."""
     s, b = np.asarray(npti, dtype=float), np.asarray(none, dtype=float)
     c_draws = np.asarray(controls, dtype=float).reshape(len(controls), -1)
     if not len(s) or s.shape != b.shape or c_draws.shape[1] != len(s) or not len(controls):
@@ -146,23 +233,38 @@ def cell(
         bootstrap_ci(d_control, n_boot=n_boot, seed=seed),
     )
     draw_means = c_draws.mean(axis=1)
+    reach: dict = {"mde_none": min_detectable_effect(d_none), "mde_control": min_detectable_effect(d_control)}
+    if p2 is not None:
+        q = np.asarray(p2, dtype=float)
+        if q.shape != s.shape:
+            raise UserError(f"{trait} {pole} gamma {gamma:g}: P2 scores need the same questions as NPTI's")
+        share = share_of(d_none, q - b, n_boot=n_boot, seed=seed)
+        reach.update(p2=float(q.mean()), p2_effect=float((q - b).mean()), share_p2=share[0],
+                     share_p2_low=share[1], share_p2_high=share[2])  # fmt: skip
     return Cell(
         trait, pole, float(gamma), len(s), float(b.mean()), float(s.mean()), float(c.mean()),
         float(draw_means.min()), float(draw_means.max()), len(controls),
         float(d_none.mean()), *ci_n, permutation_p(d_none, n_perm=n_perm, seed=seed),
         float(d_control.mean()), *ci_c, permutation_p(d_control, n_perm=n_perm, seed=seed), method=method, fluency=fluency,
+        judge_sees=judge_sees, **reach,
     )  # fmt: skip
 
 
-def judge_cells(cells: list[Cell], *, alpha: float = 0.05, correction: str = "holm") -> list[Cell]:
-    """Adjust the p-values across `cells` (both comparisons, one family) and give each its verdict."""
+def judge_cells(cells: list[Cell], *, alpha: float = ALPHA, correction: str = "holm") -> list[Cell]:
+    """Adjust the p-values across `cells` (both comparisons, one family) and give each its verdict;
+    a cell whose judge missed the positive control is `judge blind` and outside the family."""
     if correction not in CORRECTIONS:
         raise UserError(
             f"unknown correction {correction!r}; choose {', '.join(CORRECTIONS)}", field="correction"
         )
-    adjusted = CORRECTIONS[correction]([x.p_none for x in cells] + [x.p_control for x in cells])
-    for i, x in enumerate(cells):
-        x.q_none, x.q_control = adjusted[i], adjusted[len(cells) + i]
+    for x in cells:
+        if x.judge_sees is False:
+            x.q_none = x.q_control = float("nan")
+            x.verdict = "judge blind"
+    cells_tested = [x for x in cells if x.judge_sees is not False]
+    adjusted = CORRECTIONS[correction]([x.p_none for x in cells_tested] + [x.p_control for x in cells_tested])
+    for i, x in enumerate(cells_tested):
+        x.q_none, x.q_control = adjusted[i], adjusted[len(cells_tested) + i]
         if x.q_none < alpha and x.diff_none < 0:
             x.verdict = "wrong way"
         elif (

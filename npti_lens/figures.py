@@ -315,7 +315,7 @@ def evidence_forest(cells: list[dict[str, Any]], path: str | Path, *, ylabel: st
     path = Path(path)
     gammas = sorted({float(c["gamma"]) for c in cells})
     names = [f"{c['trait']} {c['pole']}" for c in cells if float(c["gamma"]) == gammas[0]]
-    marks = {"specific": "*", "wrong way": "x", "not distinguishable": ""}
+    marks = {"specific": "*", "wrong way": "x", "not distinguishable": "", "judge blind": "?"}
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(
             1, len(gammas), figsize=(1.9 * len(gammas) + 1.2, 0.22 * len(names) + 1.0), sharey=True
@@ -344,7 +344,8 @@ def evidence_forest(cells: list[dict[str, Any]], path: str | Path, *, ylabel: st
         axes[0].set_yticks(np.arange(len(names))[::-1], names)
         axes[0].legend(frameon=False, fontsize=6, loc="lower left", bbox_to_anchor=(0.0, 1.08), ncol=2)
         fig.supxlabel(
-            f"NPTI's change in {ylabel} (95% bootstrap intervals over questions; * specific, x wrong way)",
+            f"NPTI's change in {ylabel} (95% bootstrap intervals over questions; * specific, x wrong way, "
+            "? judge blind)",
             fontsize=7,
         )
         _save(fig, path, pdf=True)

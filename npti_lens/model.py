@@ -76,7 +76,13 @@ class Engine(Protocol):
     n_positions: int
 
     def generate(
-        self, prompts: list[list[int]], gcfg: Any, *, extra: Any = None, progress: bool = False
+        self,
+        prompts: list[list[int]],
+        gcfg: Any,
+        *,
+        extra: Any = None,
+        indices: list[int] | None = None,
+        progress: bool = False,
     ) -> list[Any]: ...
 
     def record(
@@ -238,6 +244,10 @@ def load_model(
         # Padding positions are masked out everywhere; any id will do, EOS is the convention.
         tok.pad_token = tok.eos_token
     facts(bridge)  # worked out once, carried with the model
+    if device == "cpu":
+        from npti_lens.threads import fit_threads
+
+        fit_threads(bridge.original_model)
     return bridge
 
 

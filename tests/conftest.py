@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 from jaxtyping import install_import_hook
 
 # Every jaxtyping shape annotation in the package is checked at runtime while the tests run.
@@ -24,7 +23,9 @@ with install_import_hook("npti_lens", "beartype.beartype"):
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(1)
+from npti_lens.threads import set_threads  # noqa: E402
+
+set_threads(1)  # the tests' models are tiny, and their timings need not be fast on a busy machine
 
 from tests.helpers import FAMILIES, build_tiny  # noqa: E402
 

@@ -3,16 +3,19 @@ to the same results; choices follow the fluency floor. (SmolLM2's own numbers: d
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
+
+from npti_lens.answers import read_answers
 
 import npti_lens.demo_real as dr
 from npti_lens.demo_real import RealDemoConfig, run_real_demo, strongest_fluent
 
 CFG = RealDemoConfig(traits="Extraversion", n_search=4, n_test=3, max_new_tokens=6, gammas="0.5,4",
                      control_draws=2, methods="npti,vector,simple,p2", vector_coefs="1", batch_size=8,
-                     fluency_floor=0.0, min_neurons=8, threshold=0.9)  # fmt: skip
+                     fluency_floor=0.0, min_neurons=8, threshold=0.9, judge_answers=2)  # fmt: skip
 
 
 def test_strongest_fluent_respects_the_floor():
@@ -36,26 +39,51 @@ def test_tables_cells_and_files(demo):
     conds = {(r["pole"], r["condition"], r["strength"]) for r in result.rows}
     for p in ("high", "low"):
         assert {(p, "none", None), (p, "npti", 0.5), (p, "npti", 4.0), (p, "simple", None), (p, "p2", None),
-                (p, "vector", 1.0)} <= conds  # fmt: skip
-        assert (p, "random", 4.0) in conds or (p, "random", 0.5) in conds
+                (p, "vector", 1.0), (p, "random", 0.5), (p, "random", 4.0), (p, "random-vector", 1.0)} <= conds  # fmt: skip
     assert {(c.method, c.pole) for c in result.cells} == {
         (m, p) for m in ("npti", "vector") for p in ("high", "low")
     }
     for c in result.cells:
         assert c.n == 3 and c.k == 2 and c.verdict and 0 <= c.none <= 1
+        assert c.judge_sees == result.control.sees("Extraversion", c.pole)
+        assert (c.verdict == "judge blind") == (c.judge_sees is False)
+        assert c.p2 == pytest.approx(
+            next(r["target"] for r in result.rows if (r["pole"], r["condition"]) == (c.pole, "p2"))
+        )
     randoms = [r for r in result.rows if r["condition"] == "random"]
     assert all(r["n"] == 2 * 3 for r in randoms)  # every draw's answers
     for path in result.files.values():
-        assert path.is_file() and path.stat().st_size > 0
+        assert path.exists() and (path.is_dir() or path.stat().st_size > 0)
+    assert sorted(x.name for x in (out / "dose").iterdir()) == [
+        "Extraversion_high.png",
+        "Extraversion_low.png",
+    ]
     v = result.validity["Extraversion"]
-    assert v["p2_n"] == 6 and 0 <= v["p2_accuracy"] <= 1 and "accuracy" in v
-    assert (out / "classifier" / "cfg.json").is_file() and (out / "run" / "run.json").is_file()
+    assert v["reader"] == "tfidf" and 0 <= v["p2_auroc_low"] <= v["p2_auroc"] <= v["p2_auroc_high"] <= 1
+    assert [c["n_answers"] for c in v["learning_curve"]] == [8, 16]  # 4 questions, 2 poles, 1 and 2 answers
+    assert (out / "judge" / "cfg.json").is_file() and (out / "run" / "run.json").is_file()
+    assert (out / "judge_data" / "answers" / "Extraversion_high.jsonl").is_file()
+    samples = (out / "samples.md").read_text()
+    assert samples.count("## Extraversion") == 2 and "| none | P2 | NPTI gamma" in samples
+    control = json.loads((out / "control.json").read_text())
+    assert set(control["traits"]["Extraversion"]["poles"]) == {"high", "low"}
+
+
+def test_the_demos_judge_never_saw_the_held_out_questions(demo):
+    from npti_lens.classifier import question_key
+
+    result, out = demo
+    trained = set(json.loads((out / "judge" / "cfg.json").read_text())["questions"]["Extraversion"])
+    asked = {question_key(r["question"]) for r in read_answers(out / "answers" / "Extraversion_none.jsonl")}
+    assert trained and asked and not trained & asked
 
 
 def test_a_killed_demo_resumes_to_the_same_results(demo, tiny_models, tmp_path, monkeypatch):
+    import npti_lens.answers as answers
+
     first, _ = demo
     calls = {"n": 0}
-    real = dr.answer
+    real = answers.answer
 
     def dying(*a, **k):
         calls["n"] += 1
@@ -63,14 +91,15 @@ def test_a_killed_demo_resumes_to_the_same_results(demo, tiny_models, tmp_path, 
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(dr, "answer", dying)
+    monkeypatch.setattr(answers, "answer", dying)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(KeyboardInterrupt):
             run_real_demo(tiny_models["llama"], CFG, tmp_path)
-        kept = len(list((tmp_path / "answers").glob("*.jsonl")))
-        assert kept == 4
-        monkeypatch.setattr(dr, "answer", real)
+        # the judge's two data sets, then two of the held-out sets, each written as it was made
+        assert len(list((tmp_path / "judge_data" / "answers").glob("*.jsonl"))) == 2
+        assert len(list((tmp_path / "answers").glob("*.jsonl"))) == 2
+        monkeypatch.setattr(answers, "answer", real)
         again = run_real_demo(tiny_models["llama"], CFG, tmp_path)
     assert again.rows == first.rows
     assert [c.verdict for c in again.cells] == [c.verdict for c in first.cells]
@@ -84,6 +113,8 @@ def test_another_config_in_the_same_folder_is_refused(demo, tiny_models):
     _, out = demo
     with pytest.raises(UserError, match="another model or config"):
         run_real_demo(tiny_models["llama"], replace(CFG, gammas="1"), out)
+    with pytest.raises(UserError, match="above 0"):
+        run_real_demo(tiny_models["llama"], replace(CFG, gammas="0,1"), out)
 
 
 def test_ablation_scored_by_the_classifier_from_the_cli(demo, tiny_dirs, tmp_path, capsys):
@@ -98,7 +129,7 @@ def test_ablation_scored_by_the_classifier_from_the_cli(demo, tiny_dirs, tmp_pat
     )
     args = ["analyze", "ablation", "--model", str(tiny_dirs["llama"]), "--neurons", str(out / "neurons"),
             "--trait", "Extraversion", "--pole", "high", "--questions", str(q), "--out", str(tmp_path / "abl"),
-            "--judge", "classifier", "--classifier", str(out / "classifier"), "--max-new-tokens", "4",
+            "--judge", "classifier", "--classifier", str(out / "judge"), "--max-new-tokens", "4",
             "--gammas", "1", "--top-k", "4", "--control-draws", "2", "--protocol", "npti"]  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -146,3 +177,37 @@ def test_the_cli_continues_a_real_model_demo_in_its_folder(tiny_dirs, tmp_path, 
         capsys.readouterr()
         assert main([*argv[:-2], "--threshold", "0.8"]) == 2
     assert "holds a demo of another model or config" in capsys.readouterr().err
+
+
+def test_the_sweep_stops_where_fluency_falls_below_the_floor(tmp_path):
+    """On the organism (whose answers loop at high gamma) each pole walks up the ladder until its mean
+    NPTI fluency first falls below the floor, and asks nothing stronger; the chosen strength is the
+    largest effect among the fluent ones."""
+    from npti_lens.model import load_model
+
+    cfg = RealDemoConfig(traits="Neuroticism", n_search=6, n_test=6, max_new_tokens=24, gammas="1,4,16,64,256",
+                         control_draws=1, methods="npti,p2", fluency_floor=0.8, min_neurons=20, threshold=0.2,
+                         judge_answers=2, batch_size=16)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = run_real_demo(load_model("organism"), cfg, tmp_path)
+    broke = 0
+    for p in ("high", "low"):
+        walked = [r for r in result.rows if (r["pole"], r["condition"]) == (p, "npti")]
+        fl = [r["fluency"] for r in walked]
+        assert [r["strength"] for r in walked] == [1, 4, 16, 64, 256][: len(walked)]
+        assert all(f >= 0.8 for f in fl[:-1])  # every strength but the last held the floor
+        choice = next(c for c in result.choices if (c["pole"], c["method"]) == (p, "npti"))
+        if fl[-1] < 0.8:
+            broke += 1
+            assert choice["broke_at"] == walked[-1]["strength"]
+        else:
+            assert len(walked) == 5 and choice["broke_at"] is None
+        randoms = [r["strength"] for r in result.rows if (r["pole"], r["condition"]) == (p, "random")]
+        assert randoms == [r["strength"] for r in walked]  # the controls at every strength asked
+        fluent = [r for r in walked if r["fluency"] >= 0.8]
+        if fluent:
+            none = next(r["target"] for r in result.rows if (r["pole"], r["condition"]) == (p, "none"))
+            best = max(fluent, key=lambda r: (r["target"] - none, -r["strength"]))
+            assert choice["chosen"] == best["strength"]
+    assert broke >= 1  # the organism loops somewhere on this ladder

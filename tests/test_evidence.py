@@ -82,3 +82,56 @@ def test_verdicts_and_a_verdict_that_flips_when_the_control_matches():
     assert alone.p_none == pytest.approx(2 / 2**8) and alone.q_none == pytest.approx(2 * 2 / 2**8)
     assert alone.verdict == "specific"
     assert many.q_none == pytest.approx(80 * 2 / 2**8) and many.verdict == "not distinguishable"
+
+
+def test_minimum_detectable_effect_has_the_power_it_claims():
+    """At the MDE a paired t-test at 0.05 rejects 80% of the time: checked by simulating the test on
+    normal differences with the observed spread (a plain power computation), and against the normal
+    approximation (z_0.975 + z_0.8) sd / sqrt(n), which it must exceed slightly."""
+    from scipy import stats
+
+    diffs = np.array([0.12, -0.05, 0.3, 0.0, 0.22, -0.1, 0.15, 0.05, 0.4, -0.2, 0.1, 0.08])
+    n, sd = len(diffs), diffs.std(ddof=1)
+    mde = evidence.min_detectable_effect(diffs)
+    rng = np.random.default_rng(0)
+    sims = rng.normal(mde, sd, size=(200_000, n))
+    t = sims.mean(axis=1) / (sims.std(axis=1, ddof=1) / np.sqrt(n))
+    power = np.mean(np.abs(t) > stats.t.ppf(0.975, n - 1))
+    assert power == pytest.approx(0.80, abs=0.005)
+    z = (stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) * sd / np.sqrt(n)
+    assert z < mde < 1.2 * z
+    assert evidence.min_detectable_effect([0.1, 0.1, 0.1]) == 0.0  # no spread
+    assert np.isnan(evidence.min_detectable_effect([0.3]))
+
+
+def test_share_of_p2_and_its_interval_by_hand():
+    npti = np.array([0.2, 0.1, 0.0, 0.3, 0.1, 0.2])  # NPTI - none, per question
+    p2 = np.array([0.4, 0.2, 0.1, 0.5, 0.3, 0.3])  # P2 - none
+    share, lo, hi = evidence.share_of(npti, p2, n_boot=300, seed=5)
+    assert share == pytest.approx(0.9 / 1.8)
+    rng = np.random.default_rng(5)
+    ratios = []
+    for _ in range(300):
+        idx = rng.integers(0, 6, size=6)
+        ratios.append(sum(npti[i] for i in idx) / sum(p2[i] for i in idx))
+    want = np.quantile(ratios, [0.025, 0.975])
+    assert (lo, hi) == pytest.approx(tuple(want), abs=1e-12)
+    assert all(np.isnan(x) for x in evidence.share_of(npti, -p2))  # P2 did not move the score: no share
+    noisy = evidence.share_of(npti, np.array([0.5, -0.6, 0.4, -0.5, 0.3, -0.05]))  # P2 barely above 0
+    assert noisy[0] == pytest.approx(0.9 / 0.05) and np.isnan(noisy[1]) and np.isnan(noisy[2])
+
+
+def test_a_pole_the_judge_does_not_see_is_judge_blind_and_outside_the_family():
+    n = 8
+    npti, none = [1.0] * n, [0.0] * n
+    weak = [[0.0] * n] * 5
+    blind = evidence.cell("Openness", "low", 3.0, npti, none, weak, n_boot=200, judge_sees=False)
+    seen = evidence.cell("Openness", "high", 3.0, npti, none, weak, n_boot=200, judge_sees=True)
+    alone = evidence.judge_cells([evidence.cell("Openness", "high", 3.0, npti, none, weak, n_boot=200)])[0]
+    evidence.judge_cells([blind, seen])
+    assert blind.verdict == "judge blind" and np.isnan(blind.q_none)
+    assert seen.verdict == "specific" and seen.q_none == pytest.approx(alone.q_none)  # one cell in the family
+    assert blind.judge_sees is False and alone.judge_sees is None
+    with_p2 = evidence.cell("Openness", "high", 3.0, [0.5] * 4 + [0.7] * 4, none, weak, p2=[1.0] * n)
+    assert with_p2.p2 == 1.0 and with_p2.p2_effect == 1.0 and with_p2.share_p2 == pytest.approx(0.6)
+    assert with_p2.mde_none > 0 and with_p2.mde_control > 0

@@ -12,7 +12,7 @@ PKG = Path(__file__).resolve().parents[1] / "npti_lens"
 
 # Bottom to top. A module may import its own layer and the ones below, never one above.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("base", {"constants", "errors", "io", "prompts", "inventory", "bench", "organism"}),
+    ("base", {"constants", "errors", "io", "prompts", "inventory", "bench", "organism", "threads"}),
     ("model", {"model", "sites", "gguf"}),
     ("generation", {"generation"}),
     ("statistics and interventions", {"record", "neurons", "induction"}),

@@ -37,6 +37,12 @@ GROUPS = {
 }
 
 
+THREADS_HELP = (
+    "torch CPU threads (default: one for a small model, else the cores free when the model loads; "
+    "also NPTI_THREADS)"
+)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -44,7 +50,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _target(argv: Sequence[str]) -> tuple[str, ...]:
     """The command path named on the command line (`("analyze", "ablation")`), as far as it goes."""
-    words = [w for w in argv if not w.startswith("-")]
+    words = [
+        w for i, w in enumerate(argv) if not w.startswith("-") and (i == 0 or argv[i - 1] != "--threads")
+    ]
     path: tuple[str, ...] = ()
     for w in words:
         if not any(c.path[: len(path) + 1] == (*path, w) for c in COMMANDS):
@@ -59,6 +67,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = _Parser(prog="npti", description="Neuron-based personality trait induction on TransformerLens.")
     parser.add_argument("--version", action="version", version=f"npti_lens {VERSION}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     subs: dict[tuple[str, ...], Any] = {
         (): parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     }
@@ -76,6 +85,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         p.set_defaults(func=cmd.run)
         if cmd.path == wanted:
             cmd.flags(p)
+            if "threads" not in {a.dest for a in p._actions}:
+                p.add_argument("--threads", type=int, default=argparse.SUPPRESS, help=THREADS_HELP)
     return parser
 
 
@@ -92,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     warnings.showwarning = show  # library warnings as one line each, not with source lines
     try:
+        _threads(args)
         args.func(args)
     except UserError as e:
         print(f"npti {args.command}: error: {e.for_cli()}", file=sys.stderr)
@@ -103,6 +115,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"npti {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     return 0
+
+
+def _threads(args: argparse.Namespace) -> None:
+    """CPU threads (npti_lens.threads), checked before any work; the wait policy before torch loads."""
+    import os
+
+    from npti_lens import threads
+
+    if os.environ.get(threads.ENV):
+        threads.parse_threads(os.environ[threads.ENV], threads.ENV)
+    threads.passive_wait_env()
+    if args.threads is not None:
+        threads.set_threads(threads.parse_threads(args.threads, "--threads"))
 
 
 if __name__ == "__main__":

@@ -53,8 +53,9 @@ def demo_flags(p: argparse.ArgumentParser) -> None:
             where.append(f"{real[name].default} on a real model")
         only = "" if name in organism and name in real else " only"
         help_text = f.metadata.get("help", "").replace("%", "%%")
+        kind = next((a for a in typing.get_args(hints[name]) if a is not type(None)), hints[name])
         p.add_argument(
-            "--" + name.replace("_", "-"), dest=name, type=hints[name], default=None,
+            "--" + name.replace("_", "-"), dest=name, type=kind, default=None,
             help=f"{help_text} (default: {', '.join(where)}{only})",
         )  # fmt: skip
 
@@ -92,6 +93,10 @@ def demo(args: argparse.Namespace) -> None:
     result = run_demo(_demo_config(args, DemoConfig, RealDemoConfig), out, progress=True)
     print(result.table())
     print()
+    print("the organism judge's positive control (the P2 prompt on the held-out questions):")
+    for line in result.control.lines():
+        print("  " + line)
+    print()
     print("per cell: NPTI against no intervention and against the random controls (paired over questions):")
     print(result.evidence_table())
     print()
@@ -106,36 +111,46 @@ def demo(args: argparse.Namespace) -> None:
 def _real_demo(args: argparse.Namespace, out: Any, cfg: Any) -> None:
     import time
 
-    from npti_lens.demo_real import run_real_demo
+    from npti_lens.demo_real import needs_tl, run_real_demo
     from npti_lens.model import load_model
     from npti_lens.protocol import load_protocol
 
     start = time.time()
+    needs_tl(cfg)  # a --judge folder that is not a classifier: one line before any model loads
     model = load_model_for(args, load_protocol("npti"), records=True)
     try:
         tl = None
-        if "vector" in cfg.methods and args.engine != "tl":
-            tl = load_model(args.model)  # the vector baseline runs on the TL loop, same weights
+        if needs_tl(cfg) and args.engine != "tl":
+            tl = load_model(
+                args.model
+            )  # the vector baseline and the hidden reader: the TL loop, same weights
         result = run_real_demo(model, cfg, out, tl_model=tl, progress=True)
     finally:
         close_engine(model)
     print(result.table())
     print()
     print(
-        "per cell, at the chosen strength: against no intervention and the random controls (paired over questions):"
+        "the judge's positive control (the P2 prompt on the held-out questions; a pole it does not see is judge blind):"
+    )
+    for line in result.control.lines():
+        print("  " + line)
+    print()
+    print(
+        "per cell, at the chosen strength: against no intervention and the random controls (paired over questions),"
+        " the smallest change each comparison could see (MDE, 80% power), and NPTI's effect as a share of P2's:"
     )
     print(result.evidence_table())
     print()
-    print(
-        "strength chosen per pole (largest effect with mean fluency >= the floor; none: no strength met it):"
-    )
+    print("strength chosen per pole (largest effect with mean fluency >= the floor) and where fluency broke:")
     for c in result.choices:
-        print(f"  {c['method']:<7}{c['trait']:<18}{c['pole']:<6}{c['chosen']}")
+        print(
+            f"  {c['method']:<7}{c['trait']:<18}{c['pole']:<6}chosen {c['chosen']}, fluency broke at {c['broke_at']}"
+        )
     print()
-    print("the judge's validity (offline classifier, held out by question; P2 answers to test questions):")
+    print("the judge's validity (held out by question in training; P2 on the test questions):")
     for t, v in result.validity.items():
         print(
-            f"  {t:<18}accuracy {v['accuracy']:.3f}  AUROC {v['auroc']:.3f}  P2 accuracy {v['p2_accuracy']:.3f} (n={v['p2_n']})"
+            f"  {t:<18}{v['reader']}: held-out AUROC {v['auroc']:.3f}; P2 high vs low AUROC {v['p2_auroc']:.3f}"
         )
     print()
     for what, path in result.files.items():

@@ -221,14 +221,18 @@ class VLLMEngine:
         gcfg: GenerateConfig | None = None,
         *,
         extra: dict[str, Any] | list[dict[str, Any] | None] | None = None,
+        indices: list[int] | None = None,
         progress: bool = False,
     ) -> list[Generation]:
-        """Answers to `prompts` (token ids); `extra`: the requests' npti arguments, one for all or per prompt."""
+        """Answers to `prompts` (token ids); `extra`: the requests' npti arguments, one for all or per
+        prompt; `indices`: each prompt's place in its own set (its sampling seed is `seed + index`, so
+        sets batched together sample as they would alone; default: the place in `prompts`)."""
         from vllm.inputs import TokensPrompt
 
         gcfg = gcfg or GenerateConfig()
         extras = extra if isinstance(extra, list) else [extra] * len(prompts)
-        params = [self.sampling(gcfg, i, e) for i, e in enumerate(extras)]
+        places = range(len(prompts)) if indices is None else indices
+        params = [self.sampling(gcfg, i, e) for i, e in zip(places, extras, strict=True)]
         outs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=progress
         )
