@@ -9,8 +9,6 @@ import warnings
 import pytest
 
 from npti_lens.answers import read_answers
-
-import npti_lens.demo_real as dr
 from npti_lens.demo_real import RealDemoConfig, run_real_demo, strongest_fluent
 
 CFG = RealDemoConfig(traits="Extraversion", n_search=4, n_test=3, max_new_tokens=6, gammas="0.5,4",
