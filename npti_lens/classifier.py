@@ -231,7 +231,8 @@ def train(
         labels = np.array([1 if r["pole"] == "high" else 0 for r in rows])
         groups = [str(r.get("question", i)) for i, r in enumerate(rows)]
         figures[t] = validate(texts, labels, groups, cfg, shared, [int(r["sample"]) for r in rows])
-        models[t] = fit_trait(texts, labels, t, cfg, shared)
+        models[t] = fit_trait(texts, labels, t, cfg, shared, groups)
+        figures[t]["c"] = models[t].c
         log.info("%s: held-out accuracy %.3f, AUROC %.3f", t, figures[t]["accuracy"], figures[t]["auroc"])
     vocab = {t: m.reader.vocab for t, m in models.items() if not m.reader.dense}
     out_cfg = {

@@ -111,7 +111,13 @@ class Tfidf:
     def fit(self, texts: list[str]) -> Tfidf:
         vecs = {k: _vectorizer(k, self.min_df) for k in ANALYZERS}
         for v in vecs.values():
-            v.fit(texts)
+            try:
+                v.fit(texts)
+            except ValueError as e:  # every n-gram below min_df: too little text
+                raise UserError(
+                    f"tfidf: the {len(texts)} training answers share no n-gram {self.min_df} times ({e}); "
+                    "answer at more length (--max-new-tokens) or lower --min-df"
+                ) from None
         vocab = {k: {t: int(i) for t, i in vecs[k].vocabulary_.items()} for k in ANALYZERS}
         idf = {k: np.asarray(vecs[k].idf_, dtype=np.float64) for k in ANALYZERS}
         return Tfidf(self.min_df, vocab, idf)

@@ -17,7 +17,14 @@ from npti_lens.readers import Tfidf
 @dataclass
 class ClassifierConfig:
     folds: int = field(default=5, metadata={"help": "cross-validation folds, grouped by question"})
-    c: float = field(default=4.0, metadata={"help": "inverse regularisation strength of the regression"})
+    c: float | None = field(
+        default=None,
+        metadata={
+            "help": "inverse regularisation strength of the regression (default: 4 for tfidf, whose rows "
+            "are l2-normalised; for a dense reader the best of 0.001, 0.01, 0.1, 1 by a grouped "
+            "cross-validation inside the training answers)"
+        },
+    )
     min_df: int = field(
         default=2, metadata={"help": "tfidf: keep n-grams seen in at least this many answers"}
     )
@@ -47,6 +54,7 @@ class TraitModel:
     intercept: float
     center: np.ndarray | None = None  # standardisation of dense features
     scale: np.ndarray | None = None
+    c: float | None = None  # the regression's C, as given or chosen
 
     def p_high(self, texts: list[str]) -> np.ndarray:
         x = self.reader.features(texts)
@@ -56,24 +64,66 @@ class TraitModel:
         return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64).ravel()))
 
 
+TFIDF_C = 4.0
+DENSE_C = (0.001, 0.01, 0.1, 1.0)  # a dense reader's hundreds of features need strong regularisation
+INNER_FOLDS = 3
+
+
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    center, scale = x.mean(axis=0), x.std(axis=0)
+    return center, np.where(scale > 0, scale, 1.0)
+
+
+def choose_c(x: np.ndarray, labels: np.ndarray, groups: list[str], seed: int = 0) -> float:
+    """The C of `DENSE_C` with the best out-of-fold AUROC, folds grouped by question (ties: the
+    smaller C), standardised within each fold."""
+    from sklearn.linear_model import LogisticRegression
+
+    folds = grouped_folds(groups, INNER_FOLDS)
+    best, best_auc = DENSE_C[0], -1.0
+    for c in DENSE_C:
+        p = np.zeros(len(labels))
+        for test in folds:
+            train = np.setdiff1d(np.arange(len(labels)), test)
+            if len(set(labels[train].tolist())) < 2:
+                return DENSE_C[0]
+            center, scale = _standardise(x[train])
+            reg = LogisticRegression(C=c, max_iter=5000, random_state=seed).fit(
+                (x[train] - center) / scale, labels[train]
+            )
+            p[test] = reg.predict_proba((x[test] - center) / scale)[:, 1]
+        score = auroc(p, labels)
+        if score > best_auc + 1e-12:
+            best, best_auc = c, score
+    return best
+
+
 def fit_trait(
-    texts: list[str], labels: np.ndarray, trait: str, cfg: ClassifierConfig, reader: Any = None
+    texts: list[str],
+    labels: np.ndarray,
+    trait: str,
+    cfg: ClassifierConfig,
+    reader: Any = None,
+    groups: list[str] | None = None,
 ) -> TraitModel:
-    """Fit the reader (TF-IDF's vocabulary) and the regression on all of `texts` (labels: 1 = high)."""
+    """Fit the reader (TF-IDF's vocabulary) and the regression on all of `texts` (labels: 1 = high);
+    `groups` (the questions) let a dense reader choose its C without crossing questions."""
     from sklearn.linear_model import LogisticRegression
 
     fitted = (reader or Tfidf(cfg.min_df)).fit(texts)
     x = fitted.features(texts)
     center = scale = None
+    c = cfg.c
     if fitted.dense:
         x = np.asarray(x)
-        center, scale = x.mean(axis=0), x.std(axis=0)
-        scale = np.where(scale > 0, scale, 1.0)
+        if c is None:
+            c = choose_c(x, labels, groups or [str(i) for i in range(len(texts))], cfg.seed)
+        center, scale = _standardise(x)
         x = (x - center) / scale
-    reg = LogisticRegression(C=cfg.c, max_iter=5000, random_state=cfg.seed).fit(x, labels)
-    return TraitModel(
-        trait, fitted, np.asarray(reg.coef_[0], dtype=np.float64), float(reg.intercept_[0]), center, scale
-    )
+    c = TFIDF_C if c is None else c
+    reg = LogisticRegression(C=c, max_iter=5000, random_state=cfg.seed).fit(x, labels)
+    coef = np.asarray(reg.coef_[0], dtype=np.float64)
+    return TraitModel(trait, fitted, coef, float(reg.intercept_[0]), center, scale, float(c))
 
 
 # ----- validity: cross-validation grouped by question -------------------------------------------
@@ -139,7 +189,9 @@ def validate(
             train = train[place[train] < k]
             if len(set(labels[train].tolist())) < 2:
                 raise UserError("a cross-validation fold has answers of one pole only; search more questions")
-            m = fit_trait([texts[i] for i in train], labels[train], "cv", cfg, reader)
+            m = fit_trait(
+                [texts[i] for i in train], labels[train], "cv", cfg, reader, [groups[i] for i in train]
+            )
             pk[test] = m.p_high([texts[i] for i in test])
         n_train = int((place < k).sum())
         curve.append({"per_question": k, "n_answers": n_train, "auroc": auroc(pk, labels)})

@@ -19,6 +19,7 @@ from npti_lens.classifier import (
     train,
 )
 from npti_lens.errors import UserError
+from npti_lens.validity import TFIDF_C
 
 HIGH = ["party", "friends", "crowd", "dance", "loud", "talk", "laugh", "join", "people", "meet"]
 LOW = ["alone", "quiet", "book", "home", "read", "rest", "calm", "silence", "garden", "tea"]
@@ -81,7 +82,7 @@ def test_stored_parameters_equal_sklearn_and_round_trip(tmp_path):
     cfg = ClassifierConfig()
     vecs = {k: _vectorizer(k, cfg.min_df) for k in ANALYZERS}
     x = sparse.hstack([vecs[k].fit_transform(texts) for k in ANALYZERS]).tocsr()
-    reg = LogisticRegression(C=cfg.c, max_iter=2000, random_state=cfg.seed).fit(x, labels)
+    reg = LogisticRegression(C=TFIDF_C, max_iter=2000, random_state=cfg.seed).fit(x, labels)
     probe = texts[:5] + ["people i never saw", "tea in the garden", ""]
     xp = sparse.hstack([vecs[k].transform(probe) for k in ANALYZERS]).tocsr()
     want = reg.predict_proba(xp)[:, 1]

@@ -132,8 +132,8 @@ def test_a_judge_on_shuffled_labels_is_blind_and_on_separable_text_sees(tmp_path
     control = control_from(scored, ["Extraversion"])
     t = control.traits["Extraversion"]
     if shuffled:
-        assert not t.poles["high"].sees or not t.poles["low"].sees
-        assert t.auroc < 0.8
+        assert not t.poles["high"].sees and not t.poles["low"].sees
+        assert t.auroc_low < 0.5 < t.auroc_high
     else:
         assert t.poles["high"].sees and t.poles["low"].sees and t.auroc > 0.95
     none = [0.5] * 20
@@ -142,3 +142,93 @@ def test_a_judge_on_shuffled_labels_is_blind_and_on_separable_text_sees(tmp_path
     evidence.judge_cells(cells)
     for c in cells:
         assert (c.verdict == "judge blind") == (not control.sees("Extraversion", c.pole))
+
+
+def test_judge_data_train_and_control_from_the_cli(tiny_dirs, tmp_path, capsys):
+    """`npti judge data` (distinct personas per question), `judge train` on it, `judge control` on
+    held-out questions; refusals are one line, exit 2, before any model loads."""
+    import warnings
+
+    from npti_lens.cli import main
+    from npti_lens.demo_real import QUESTIONS
+
+    model = str(tiny_dirs["llama"])
+    common = ["--model", model, "--traits", "Extraversion", "--max-new-tokens", "4"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the word-level test vocabulary cannot read the released templates
+        assert (
+            main(
+                [
+                    "judge",
+                    "data",
+                    *common,
+                    "--n-questions",
+                    "3",
+                    "--per-question",
+                    "2",
+                    "--out",
+                    str(tmp_path / "d"),
+                ]
+            )
+            == 0
+        )
+        rows = [
+            json.loads(x)
+            for x in (tmp_path / "d" / "answers" / "Extraversion_high.jsonl").read_text().splitlines()
+        ]
+        assert len(rows) == 6 and all(r["condition"] == "p2" for r in rows)
+        for q in {r["question"] for r in rows}:
+            assert len({r["persona"] for r in rows if r["question"] == q}) == 2  # distinct descriptions
+        assert main(["judge", "train", str(tmp_path / "d"), "--out", str(tmp_path / "j"), "--traits", "Extraversion",
+                     "--folds", "3", "--min-df", "1"]) == 0  # fmt: skip
+        capsys.readouterr()
+        assert (
+            main(
+                [
+                    "judge",
+                    "control",
+                    str(tmp_path / "j"),
+                    *common,
+                    "--n-questions",
+                    "4",
+                    "--out",
+                    str(tmp_path / "c"),
+                ]
+            )
+            == 0
+        )
+    out = capsys.readouterr().out
+    assert "P2 high vs low AUROC" in out and "Extraversion" in out
+    control = json.loads((tmp_path / "c" / "control.json").read_text())
+    t = control["traits"]["Extraversion"]
+    assert t["n"] == 4 and set(t["poles"]) == {"high", "low"} and isinstance(t["poles"]["high"]["sees"], bool)
+    assert {"auroc", "auroc_low", "auroc_high"} <= set(t) and (tmp_path / "c" / "scores.jsonl").is_file()
+    # the search questions the judge was trained on: refused, naming how many overlap
+    bad = ["judge", "control", str(tmp_path / "j"), *common, "--questions", str(QUESTIONS / "search"),
+           "--out", str(tmp_path / "c2")]  # fmt: skip
+    assert main(bad) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1
+        and "3 of the 48 Extraversion questions are among the judge's training questions" in err[0]
+    )
+    assert not (tmp_path / "c2").exists()
+    assert (
+        main(
+            [
+                "judge",
+                "control",
+                str(tmp_path / "j"),
+                "--model",
+                model,
+                "--traits",
+                "Openness",
+                "--out",
+                str(tmp_path / "c3"),
+            ]
+        )
+        == 2
+    )
+    assert "not trained on Openness" in capsys.readouterr().err
+    assert main(["judge", "data", *common, "--per-question", "11", "--out", str(tmp_path / "d2")]) == 2
+    assert "the persona file has 10" in capsys.readouterr().err
