@@ -42,7 +42,9 @@ def subset(data: Path, out: Path, traits: list[str], k: int) -> Path:
     for t in traits:
         rows = [r for r in run_rows(data, t) if r["sample"] < k]
         for p in POLES:
-            write_jsonl_atomic(out / ANSWERS_DIR / f"{pole_name(t, p)}.jsonl", [r for r in rows if r["pole"] == p])
+            write_jsonl_atomic(
+                out / ANSWERS_DIR / f"{pole_name(t, p)}.jsonl", [r for r in rows if r["pole"] == p]
+            )
     return out
 
 

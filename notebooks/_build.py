@@ -191,8 +191,9 @@ NOTEBOOKS = {
         (
             "md",
             "With four search questions the classifier has almost nothing to learn from (its held-out "
-            "accuracy is in `clf.cfg['validity']`); the demo trains it on 48 questions a trait and states "
-            "its validity beside every table.",
+            "accuracy is in `clf.cfg['validity']`); the demo trains it on P2 answers to 48 questions a trait, "
+            "several persona descriptions per question (`npti judge data`), and first measures whether it sees "
+            "the P2 prompt on the held-out questions (its positive control): a pole it does not see is `judge blind`.",
         ),
     ],
 }

@@ -108,7 +108,9 @@ def share_of(
     tail = (1 - level) / 2
     if (den <= 0).mean() > tail:
         return float(e.mean() / r.mean()), float("nan"), float("nan")
-    ratios = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.sign(num) * np.inf)
+    ratios = np.sign(num) * np.inf  # a resample where P2 did not move the score: an unbounded share
+    ratios[num == 0] = 0.0
+    ratios[den > 0] = num[den > 0] / den[den > 0]
     lo, hi = np.quantile(ratios, [tail, 1 - tail])
     return float(e.mean() / r.mean()), float(lo), float(hi)
 

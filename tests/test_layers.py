@@ -45,13 +45,18 @@ LAYERS: list[tuple[str, set[str]]] = [
             "figures",
             "databuild",
             "evidence",
+            "readers",
+            "validity",
+            "control",
+            "curves",
+            "report",
             "organism.corpus",
             "organism.judge",
             "organism.train",
         },
     ),  # fmt: skip
-    ("workflow", {"answers", "search", "merge", "scoring", "ablation", "tune"}),
-    ("apps", {"demo", "demo_real"}),
+    ("workflow", {"answers", "search", "merge", "scoring", "ablation", "tune", "judging"}),
+    ("apps", {"demo", "demo_real", "demo_report", "dose"}),
     (
         "front ends",
         {

@@ -112,7 +112,12 @@ def test_npti_moves_the_target_pole_above_the_random_control(organism, tmp_path)
     cfg = DemoConfig(n_search=16, n_test=10, gammas="3", control_draws=1)
     result = run_demo(cfg, tmp_path / "demo", model=organism)
     assert len(result.evidence) == 10 and {c.k for c in result.evidence} == {1}
-    assert {c.verdict for c in result.evidence} <= {"specific", "wrong way", "not distinguishable"}
+    assert {c.verdict for c in result.evidence} <= {
+        "specific",
+        "wrong way",
+        "not distinguishable",
+        "judge blind",
+    }
     by = {(r["trait"], r["pole"], r["condition"]): r for r in result.rows}
     gains, lifts = [], []
     for t in TRAITS:
@@ -168,9 +173,14 @@ def test_the_default_demo_gives_the_verdicts_the_readme_states(organism, tmp_pat
         ("Extraversion", "low", 1.0), ("Openness", "high", 2.0),
     }  # fmt: skip
     assert {k for k, v in vector.items() if v == "wrong way"} == {
-        *(("Neuroticism", "high", c) for c in (0.25, 0.5, 1.0, 2.0)), ("Conscientiousness", "low", 1.0),
-        ("Openness", "low", 2.0), ("Agreeableness", "high", 2.0),
+        ("Conscientiousness", "low", 1.0), ("Openness", "low", 2.0), ("Agreeableness", "high", 2.0),
     }  # fmt: skip
+    # Neuroticism high: no intervention is at 0.95 already, P2 at 1.00, so the judge's positive control
+    # cannot show it sees that pole: every cell of it is judge blind, the vector's and NPTI's alike
+    blind = {("Neuroticism", "high", c) for c in (0.25, 0.5, 1.0, 2.0)}
+    assert {k for k, v in vector.items() if v == "judge blind"} == blind
+    assert result.control.sees("Neuroticism", "high") is False
+    assert all(result.control.sees(t, p) for t in TRAITS for p in POLES if (t, p) != ("Neuroticism", "high"))
     verdicts = {(c.trait, c.pole, c.gamma): c.verdict for c in result.evidence if c.method == "npti"}
     assert len(verdicts) == 40 and {c.k for c in result.evidence} == {5}
     specific = {k for k, v in verdicts.items() if v == "specific"}
@@ -179,11 +189,16 @@ def test_the_default_demo_gives_the_verdicts_the_readme_states(organism, tmp_pat
         ("Neuroticism", "low", 1.0), ("Neuroticism", "low", 2.0), ("Neuroticism", "low", 3.0),
         ("Agreeableness", "high", 5.0),
     }  # fmt: skip
-    assert wrong == {("Neuroticism", "high", 5.0)}
+    assert wrong == set()  # Neuroticism high at 5 went the wrong way (0.95 -> 0.48), but is judge blind
+    assert {k for k, v in verdicts.items() if v == "judge blind"} == {
+        ("Neuroticism", "high", g) for g in (1.0, 2.0, 3.0, 5.0)
+    }
     cells = {(c.trait, c.pole, c.gamma): c for c in result.evidence if c.method == "npti"}
     openness = cells[("Openness", "low", 5.0)]
     assert openness.npti == openness.control_max == 1.0  # one random draw did as well
-    assert round(cells[("Agreeableness", "high", 3.0)].q_none, 3) == 0.056
+    assert round(cells[("Agreeableness", "high", 3.0)].q_none, 3) == 0.051  # 36 cells in the family
+    share = cells[("Neuroticism", "low", 1.0)]
+    assert share.p2 == 1.0 and share.share_p2 == pytest.approx((0.92 - 0.05) / (1.0 - 0.05), abs=0.01)
 
 
 @needs_weights
@@ -202,7 +217,14 @@ def test_demo_compares_the_vector_baseline_cell_by_cell(organism, tmp_path):
         ("vector", "high"),
         ("vector", "low"),
     }
-    assert {r["condition"] for r in result.rows} == {"none", "npti", "random", "vector", "random-vector"}
+    assert {r["condition"] for r in result.rows} == {
+        "none",
+        "npti",
+        "random",
+        "vector",
+        "random-vector",
+        "persona",
+    }
     assert (
         result.files["vector_cells"].is_file()
         and (tmp_path / "demo/neurons/Neuroticism_low/direction.safetensors").is_file()
