@@ -298,21 +298,21 @@ def answer_sets(
     engine's speed at large batches); a vector condition runs on `tl_model` (the TL loop, same
     weights). On the TL loop the sets run one by one (an intervention's hooks hold the whole model).
     """
+    if len({j.key for j in jobs}) != len(jobs):
+        raise ValueError("answer_sets: two jobs share a key")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     proto = protocol_for(model, protocol)
     got: dict[str, list[dict[str, Any]]] = {}
-    todo: list[AnswerJob] = []
+    batched: list[AnswerJob] = []
     for job in jobs:
         path = folder / f"{job.key}.jsonl"
         if path.is_file():
             got[job.key] = [{k: v for k, v in r.items() if k != "_line"} for r in read_answers(path)]
-        else:
-            todo.append(job)
-    if len({j.key for j in jobs}) != len(jobs):
-        raise ValueError("answer_sets: two jobs share a key")
-    batched = [j for j in todo if is_engine(model) and j.condition.direction is None]
-    for job in (j for j in todo if not (is_engine(model) and j.condition.direction is None)):
+        elif is_engine(model) and job.condition.direction is None:
+            batched.append(job)
+    in_batch = {j.key for j in batched}
+    for job in (j for j in jobs if j.key not in got and j.key not in in_batch):
         on = model
         if job.condition.direction is not None and is_engine(model):
             if tl_model is None:

@@ -10,7 +10,6 @@ and gives each cell NPTI's effect as a share of P2's.
 
 from __future__ import annotations
 
-import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from npti_lens.io import (
     write_jsonl_atomic,
     write_text_atomic,
 )
+from npti_lens.judging import p2_descriptions
 from npti_lens.model import load_model
 from npti_lens.organism import corpus
 from npti_lens.organism.judge import attribute
@@ -228,9 +228,8 @@ def run_demo(
         plain = ask(Condition.none())
         persona = {}  # P2: the judge's positive control, always answered
         for p in POLES:
-            rng = random.Random(f"{cfg.seed}:demo-persona:{t}:{p}")
-            descs = corpus.personas(t, p)
-            persona[p] = ask(Condition.baseline("p2", t, p, [rng.choice(descs) for _ in qs]))
+            descs = p2_descriptions({(t, p): corpus.personas(t, p)}, t, p, len(qs), cfg.seed)
+            persona[p] = ask(Condition.baseline("p2", t, p, descs))
         seen = trait_control(t, {"none": {p: toward(plain, t, p) for p in POLES},
                                  **{c: {p: toward(persona[c], t, p) for p in POLES} for c in POLES}}, seed=cfg.seed)  # fmt: skip
         controls[t] = seen

@@ -108,6 +108,43 @@ def test_a_mixed_batch_equals_each_request_alone(pairs):
     assert full[0].answer_ids != half[0].answer_ids
 
 
+def test_answer_sets_batch_every_set_on_the_engine_as_each_alone(pairs, tmp_path):
+    """`answer_sets` sends the missing sets as one batch of mixed conditions and stages (here plain,
+    two inductions, a P2 prompt) and gets, set by set, the rows `answer()` gives for each alone on the
+    TL loop; sets already on disk are read back, not answered again."""
+    from npti_lens.answers import AnswerJob, answer_sets
+
+    tl, engine, hi, lo = pairs["llama"]
+    proto = load_protocol("npti")
+    icfg = proto.induce_config(gamma=3.0, keep_prob=1.0)
+    neutral = replace(GCFG, repetition_penalty=1.15)
+    jobs = [
+        AnswerJob("none", QUESTIONS, Condition.none("Extraversion"), neutral),
+        AnswerJob("high", QUESTIONS, Condition.npti([(hi, lo)], icfg), neutral),
+        AnswerJob("low", QUESTIONS, Condition.npti([(lo, hi)], icfg), neutral),
+        AnswerJob("p2", QUESTIONS, Condition.baseline("p2", "Extraversion", "high", ["party friends"] * len(QUESTIONS)), GCFG),
+    ]  # fmt: skip
+    calls = {"n": 0}
+    real = engine.generate
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    engine.generate = counting
+    try:
+        got = answer_sets(engine, jobs, tmp_path, protocol=proto)
+        assert calls["n"] == 2  # two sampling configurations: two batches
+        for j in jobs:
+            ref = answer(tl, j.questions, j.condition, j.gcfg, protocol=proto)
+            assert strip(got[j.key]) == ref, j.key
+        assert got["high"] != got["none"]
+        again = answer_sets(engine, jobs, tmp_path, protocol=proto)
+        assert calls["n"] == 2 and again == got  # read back from the files
+    finally:
+        engine.generate = real
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_search_statistics_equal_teacher_forcing_in_transformerlens(pairs, family, tmp_path):
     from npti_lens.record import load_run_stats
