@@ -307,22 +307,41 @@ def method_comparison(rows: list[dict[str, Any]], path: str | Path, *, gamma: fl
     return path
 
 
+def forest_panels(cells: list[dict[str, Any]]) -> tuple[list[tuple[str, list[dict[str, Any]]]], list[str]]:
+    """The evidence figure's panels (title, cells top to bottom) and its row labels: one panel per
+    gamma where every cell was measured at every gamma, else one untitled panel with each cell's
+    strength in its label."""
+    gammas = sorted({float(c["gamma"]) for c in cells})
+    name = [f"{c['trait']} {c['pole']}" for c in cells]
+    order = list(dict.fromkeys(name))
+    at = {g: [n for n, c in zip(name, cells, strict=True) if float(c["gamma"]) == g] for g in gammas}
+    if all(sorted(at[g]) == sorted(order) for g in gammas):
+        key = {n: i for i, n in enumerate(order)}
+        return [(f"gamma {g:g}", sorted((c for c in cells if float(c["gamma"]) == g),
+                                        key=lambda c: key[f"{c['trait']} {c['pole']}"])) for g in gammas], order  # fmt: skip
+    labels = [f"{n}, {'vector ' if c.get('method') == 'vector' else 'γ '}{float(c['gamma']):g}"
+              for n, c in zip(name, cells, strict=True)]  # fmt: skip
+    return [("", list(cells))], labels
+
+
 def evidence_forest(cells: list[dict[str, Any]], path: str | Path, *, ylabel: str = "trait score") -> Path:
-    """Per cell (trait pole), one panel per gamma: NPTI minus no intervention and NPTI minus the
-    random controls, with 95% bootstrap intervals and the verdict: PNG and PDF."""
+    """Per cell (trait pole), NPTI minus no intervention and NPTI minus the random controls, with 95%
+    bootstrap intervals and the verdict: PNG and PDF. One panel per gamma where every cell was
+    measured at every gamma (the organism's grid); else one panel, each cell at its own strength
+    (the real demo's chosen one), named in its label."""
     import numpy as np
 
     path = Path(path)
-    gammas = sorted({float(c["gamma"]) for c in cells})
-    names = [f"{c['trait']} {c['pole']}" for c in cells if float(c["gamma"]) == gammas[0]]
+    panels, labels = forest_panels(cells)
+    grid = bool(panels[0][0])  # titled panels: the gamma grid
     marks = {"specific": "*", "wrong way": "x", "not distinguishable": "", "judge blind": "?"}
+    width = 1.9 * len(panels) + 1.2 if grid else 3.6
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(
-            1, len(gammas), figsize=(1.9 * len(gammas) + 1.2, 0.22 * len(names) + 1.0), sharey=True
+            1, len(panels), figsize=(width, 0.22 * len(labels) + 1.2), sharey=True, layout="constrained"
         )
         axes = np.atleast_1d(axes)
-        for ax, g in zip(axes, gammas, strict=True):
-            rows = [c for c in cells if float(c["gamma"]) == g]
+        for ax, (title, rows) in zip(axes, panels, strict=True):
             ys = np.arange(len(rows))[::-1]
             for key, dy, color, label in (
                 ("none", 0.15, COLORS["none"], "vs no intervention"),
@@ -336,15 +355,21 @@ def evidence_forest(cells: list[dict[str, Any]], path: str | Path, *, ylabel: st
                 )
             for y, c in zip(ys, rows, strict=True):
                 ax.annotate(
-                    marks[c["verdict"]], (1.0, y), xycoords=("axes fraction", "data"), fontsize=7, va="center"
+                    marks[c["verdict"]],
+                    (1.01, y),
+                    xycoords=("axes fraction", "data"),
+                    fontsize=7,
+                    va="center",
                 )
             ax.axvline(0, color="black", lw=0.5)
-            ax.set_title(f"gamma {g:g}")
+            if title:
+                ax.set_title(title)
             ax.grid(axis="x", alpha=0.3)
-        axes[0].set_yticks(np.arange(len(names))[::-1], names)
-        axes[0].legend(frameon=False, fontsize=6, loc="lower left", bbox_to_anchor=(0.0, 1.08), ncol=2)
+        axes[0].set_yticks(np.arange(len(labels))[::-1], labels)
+        handles, names = axes[0].get_legend_handles_labels()
+        fig.legend(handles, names, frameon=False, fontsize=6, loc="outside upper center", ncol=2)
         fig.supxlabel(
-            f"NPTI's change in {ylabel} (95% bootstrap intervals over questions; * specific, x wrong way, "
+            f"NPTI's change in {ylabel}\n(95% bootstrap intervals over questions; * specific, x wrong way, "
             "? judge blind)",
             fontsize=7,
         )

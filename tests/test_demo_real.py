@@ -9,7 +9,8 @@ import warnings
 import pytest
 
 from npti_lens.answers import read_answers
-from npti_lens.demo_real import RealDemoConfig, run_real_demo, strongest_fluent
+from npti_lens.demo_real import RealDemoConfig, run_real_demo
+from npti_lens.dose import strongest_fluent
 
 CFG = RealDemoConfig(traits="Extraversion", n_search=4, n_test=3, max_new_tokens=6, gammas="0.5,4",
                      control_draws=2, methods="npti,vector,simple,p2", vector_coefs="1", batch_size=8,
@@ -163,7 +164,8 @@ def test_the_cli_continues_a_real_model_demo_in_its_folder(tiny_dirs, tmp_path, 
     from npti_lens.cli import main
 
     argv = ["demo", "--model", str(tiny_dirs["llama"]), "--out", str(tmp_path / "d"), "--traits", "Extraversion",
-            "--n-search", "4", "--n-test", "3", "--max-new-tokens", "4", "--gammas", "4", "--control-draws", "1",
+            "--n-search", "4", "--n-test", "3", "--max-new-tokens", "6", "--gammas", "4", "--control-draws", "1",
+            "--judge-answers", "2",
             "--methods", "npti", "--batch-size", "8", "--fluency-floor", "0", "--min-neurons", "8",
             "--threshold", "0.9"]  # fmt: skip
     with warnings.catch_warnings():

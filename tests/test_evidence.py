@@ -135,3 +135,32 @@ def test_a_pole_the_judge_does_not_see_is_judge_blind_and_outside_the_family():
     with_p2 = evidence.cell("Openness", "high", 3.0, [0.5] * 4 + [0.7] * 4, none, weak, p2=[1.0] * n)
     assert with_p2.p2 == 1.0 and with_p2.p2_effect == 1.0 and with_p2.share_p2 == pytest.approx(0.6)
     assert with_p2.mde_none > 0 and with_p2.mde_control > 0
+
+
+def test_the_evidence_figure_draws_a_gamma_grid_or_each_cell_at_its_chosen_strength(tmp_path):
+    """The organism measures every cell at every gamma: one panel per gamma, rows in one order. The
+    real demo keeps each cell at its own chosen strength: one panel, the strength in each label (a
+    grid there would put cells under another cell's name)."""
+    from npti_lens.figures import evidence_forest, forest_panels
+
+    def cell(t, p, g, method="npti"):
+        return {"trait": t, "pole": p, "gamma": g, "method": method, "verdict": "judge blind",
+                "diff_none": 0.1, "ci_none_low": 0.0, "ci_none_high": 0.2,
+                "diff_control": 0.0, "ci_control_low": -0.1, "ci_control_high": 0.1}  # fmt: skip
+
+    grid = [cell("Openness", "high", 1.0), cell("Openness", "low", 1.0), cell("Openness", "low", 2.0),
+            cell("Openness", "high", 2.0)]  # fmt: skip
+    panels, labels = forest_panels(grid)
+    assert [t for t, _ in panels] == ["gamma 1", "gamma 2"]
+    assert labels == ["Openness high", "Openness low"]
+    assert [[c["pole"] for c in rows] for _, rows in panels] == [["high", "low"], ["high", "low"]]
+    chosen = [
+        cell("Openness", "high", 0.5),
+        cell("Openness", "low", 2.0),
+        cell("Neuroticism", "low", 4.0, "vector"),
+    ]
+    panels, labels = forest_panels(chosen)
+    assert [t for t, _ in panels] == [""] and panels[0][1] == chosen
+    assert labels == ["Openness high, γ 0.5", "Openness low, γ 2", "Neuroticism low, vector 4"]
+    for cells in (grid, chosen):
+        assert evidence_forest(cells, tmp_path / f"f{len(cells)}.png").stat().st_size > 0

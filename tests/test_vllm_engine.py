@@ -117,12 +117,12 @@ def test_answer_sets_batch_every_set_on_the_engine_as_each_alone(pairs, tmp_path
     tl, engine, hi, lo = pairs["llama"]
     proto = load_protocol("npti")
     icfg = proto.induce_config(gamma=3.0, keep_prob=1.0)
-    neutral = replace(GCFG, repetition_penalty=1.15)
+    neutral, plain = GCFG, replace(GCFG, repetition_penalty=1.0)
     jobs = [
         AnswerJob("none", QUESTIONS, Condition.none("Extraversion"), neutral),
         AnswerJob("high", QUESTIONS, Condition.npti([(hi, lo)], icfg), neutral),
         AnswerJob("low", QUESTIONS, Condition.npti([(lo, hi)], icfg), neutral),
-        AnswerJob("p2", QUESTIONS, Condition.baseline("p2", "Extraversion", "high", ["party friends"] * len(QUESTIONS)), GCFG),
+        AnswerJob("p2", QUESTIONS, Condition.baseline("p2", "Extraversion", "high", ["party friends"] * len(QUESTIONS)), plain),
     ]  # fmt: skip
     calls = {"n": 0}
     real = engine.generate
