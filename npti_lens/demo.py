@@ -285,7 +285,8 @@ def run_demo(
         files["json"], {"config": asdict(cfg), "rows": rows, "neurons": {k: len(v) for k, v in sets.items()}}
     )
     write_jsonl_atomic(files["generations"], generations)
-    from npti_lens.figures import evidence_forest, gamma_sweep, method_comparison
+    from npti_lens.curves import evidence_forest
+    from npti_lens.figures import gamma_sweep, method_comparison
 
     gamma_sweep(rows, files["figure"])
     for method, key in (("npti", "cells"), ("vector", "vector_cells")):

@@ -28,7 +28,7 @@ def sorted_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_real(d: Any) -> tuple[dict[str, Path], dict[str, Any]]:
     """Write every file of the demo `d` (a `demo_real._Demo` whose stages ran); (files, validity)."""
-    from npti_lens.figures import evidence_forest
+    from npti_lens.curves import evidence_forest
 
     out = d.out
     files = {

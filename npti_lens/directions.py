@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
+from npti_lens import cvector
 from npti_lens.constants import pole_name
 from npti_lens.errors import UserError
 from npti_lens.generation import any_generated, generated_positions
@@ -73,6 +74,27 @@ class Direction:
         with atomic_path(path) as tmp:
             save_file({"vectors": self.vectors.contiguous().cpu()}, str(tmp), metadata=header)
         return path
+
+    def to_gguf(self, path: str | Path, *, scale: float = 1.0, layers: Sequence[int] | None = None,
+                model_hint: str | None = None) -> Path:  # fmt: skip
+        """This direction as a llama.cpp control vector (`--control-vector FILE.gguf`): `scale` times
+        block N's vector as `direction.N`, for `layers` (default: every block but 0, which llama.cpp
+        cannot steer; naming 0 is an error). See `npti_lens.cvector`."""
+        meta = {"trait": self.trait, "pole": self.pole, "model": self.model}
+        return cvector.write(path, self.vectors, meta, scale=scale, layers=layers, model_hint=model_hint)
+
+    @classmethod
+    def from_gguf(
+        cls, path: str | Path, *, n_layers: int, d_model: int, model: str | None = None
+    ) -> Direction:
+        """A llama.cpp control vector (ours, repeng's, `cvector-generator`'s) as a direction of
+        `n_layers x d_model`, zero on the blocks it does not hold; `provenance["layers"]` lists the
+        blocks it holds: `steer(m, d, 1.0, layers=d.provenance["layers"], positions="all")` does what
+        `--control-vector` does."""
+        vectors, held, meta = cvector.read(path, n_layers=n_layers, d_model=d_model)
+        made_on = meta.get("model") or model or "unknown"
+        return cls(meta.get("trait", "?"), meta.get("pole", "?"), made_on, vectors,
+                   {"control_vector": str(path), "layers": held})  # fmt: skip
 
     @classmethod
     def load(cls, folder: str | Path) -> Direction:

@@ -183,6 +183,17 @@ def parse_numbers(spec: str, flag: str, kind: type = float) -> list:
     return values
 
 
+def parse_layer_spec(spec: str, flag: str) -> list[int]:
+    """'10,12' or '8-20' or both ('1,4-6') -> sorted block indices; anything else is one line naming the flag."""
+    out: set[int] = set()
+    for part in (x.strip() for x in spec.split(",")):
+        lo, dash, hi = part.partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()) or (dash and int(hi) < int(lo)):
+            raise UserError(f"{flag}: {spec!r} is not a list of blocks such as 10,12 or 8-20")
+        out.update(range(int(lo), int(hi if dash else lo) + 1))
+    return sorted(out)
+
+
 def to_csv(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""

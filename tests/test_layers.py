@@ -13,7 +13,7 @@ PKG = Path(__file__).resolve().parents[1] / "npti_lens"
 # Bottom to top. A module may import its own layer and the ones below, never one above.
 LAYERS: list[tuple[str, set[str]]] = [
     ("base", {"constants", "errors", "io", "prompts", "inventory", "bench", "organism", "threads"}),
-    ("model", {"model", "sites", "gguf"}),
+    ("model", {"model", "sites", "gguf", "cvector"}),
     ("generation", {"generation"}),
     ("statistics and interventions", {"record", "neurons", "induction"}),
     ("selection, directions and protocol", {"select", "directions", "protocol"}),

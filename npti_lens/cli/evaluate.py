@@ -253,8 +253,8 @@ def ablation(args: argparse.Namespace) -> None:
     from npti_lens.ablation import AblationConfig, ablation_evidence, run_ablation
     from npti_lens.answers import write_answers
     from npti_lens.bench import load_questions
+    from npti_lens.curves import evidence_forest
     from npti_lens.evidence import to_rows
-    from npti_lens.figures import evidence_forest
     from npti_lens.induction import load_pair
     from npti_lens.io import check_pole, check_trait, to_csv, write_text_atomic
     from npti_lens.score import summarize

@@ -1,4 +1,4 @@
-"""The method's commands: search, select, import-npti."""
+"""The method's commands: search, select, import-npti, and the direction baseline's export to llama.cpp."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from npti_lens.cli._common import (
     close_engine,
     config_from,
     fresh_dir,
+    fresh_file,
     generate_config,
     load_model_for,
     protocol_of,
@@ -108,6 +109,42 @@ def import_npti(args: argparse.Namespace) -> None:
     print(f"{len(sets)} neuron sets -> {out}")
 
 
+def export_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "direction",
+        metavar="DIRECTION",
+        help="a pole's folder holding direction.safetensors (select writes one)",
+    )
+    p.add_argument("--out", required=True, help="the control vector to write (FILE.gguf)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the vector by this (default: 1)")
+    p.add_argument(
+        "--layers",
+        default=None,
+        help="blocks to export, e.g. 10,12 or 8-20 (default: every block but 0, which llama.cpp cannot steer)",
+    )
+    p.add_argument(
+        "--model-hint",
+        default=None,
+        help="controlvector.model_hint, e.g. the llama.cpp architecture (default: the direction's model)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")  # fmt: skip
+
+
+def export_vector(args: argparse.Namespace) -> None:
+    from npti_lens.cvector import export_layers
+    from npti_lens.directions import Direction
+    from npti_lens.io import parse_layer_spec
+
+    out = fresh_file(args.out, args.overwrite)
+    d = Direction.load(args.direction)
+    layers = None if args.layers is None else parse_layer_spec(args.layers, "--layers")
+    chosen = export_layers(d.n_layers, layers)
+    path = d.to_gguf(out, scale=args.scale, layers=chosen, model_hint=args.model_hint)
+    note = "" if args.layers is not None else " (block 0 left out: llama.cpp cannot steer it)"
+    print(f"{d.name} x {args.scale:g}: blocks {chosen[0]}..{chosen[-1]} ({len(chosen)}){note} -> {path}")
+    print(f"use: llama-cli -m MODEL.gguf --control-vector {path}")
+
+
 COMMANDS = [
     Command(
         ("search",),
@@ -117,4 +154,10 @@ COMMANDS = [
     ),
     Command(("select",), "select the neurons of every trait pole of a search run", select_flags, select),
     Command(("import-npti",), "convert the reference's neuron_results folder", import_flags, import_npti),
+    Command(
+        ("analyze", "export-vector"),
+        "write a pole's direction as a llama.cpp control vector (--control-vector FILE.gguf)",
+        export_flags,
+        export_vector,
+    ),
 ]
