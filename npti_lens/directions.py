@@ -90,7 +90,7 @@ class Direction:
         """A llama.cpp control vector (ours, repeng's, `cvector-generator`'s) as a direction of
         `n_layers x d_model`, zero on the blocks it does not hold; `provenance["layers"]` lists the
         blocks it holds: `steer(m, d, 1.0, layers=d.provenance["layers"], positions="all")` does what
-        `--control-vector` does."""
+        `--control-vector` does. `model` names the model of a file that does not (others' files)."""
         vectors, held, meta = cvector.read(path, n_layers=n_layers, d_model=d_model)
         made_on = meta.get("model") or model or "unknown"
         return cls(meta.get("trait", "?"), meta.get("pole", "?"), made_on, vectors,

@@ -127,7 +127,7 @@ def export_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="controlvector.model_hint, e.g. the llama.cpp architecture (default: the direction's model)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
 def export_vector(args: argparse.Namespace) -> None:
