@@ -5,7 +5,8 @@ random-neuron control (`random`), or under a prompt baseline (`simple`, `p2`, `p
 under persona prompts as in search (`search`). `answer()` renders each question with the protocol's
 template of the condition's stage, checks the prompts fit the model, generates, and returns one row
 per question in the answers format (`question`, `prompt`, `answer`, `trait`, `pole`, `condition`,
-`gamma`, `n_answer_tokens`, `hit_eos`, `protocol`, `protocol_hash`, plus the condition's extras).
+`gamma`, `n_answer_tokens`, `answer_token_ids`, `hit_eos`, `protocol`, `protocol_hash`, plus the
+condition's extras).
 The CLI (generate, induce, baseline, analyze ablation), search, the demo and the notebooks all
 answer through it.
 """
@@ -197,7 +198,8 @@ def answer(
     `npti_lens.vllm.engine.VLLMEngine` (its rows carry `engine`); same token ids in, same rows out.
     Prompts and, when `gcfg` is None, sampling come from `protocol` (default: the model's). Neuron
     sets are checked against the model and prompts against its positions before anything runs.
-    With `token_ids`, rows keep the token ids (`prompt_token_ids`, `answer_token_ids`). `checks=False`
+    Rows keep the answer's token ids (`answer_token_ids`: monitoring and search read them; decoding
+    and re-encoding the text need not give them back); with `token_ids`, the prompt's too. `checks=False`
     skips the context and unknown-token checks (for a caller that made them once for many calls).
     """
     proto = protocol_for(model, protocol)
@@ -254,7 +256,8 @@ def _rows(
         if condition.kind in ("search", "p2", "p2-as-written"):
             row["persona"] = condition.personalities[i]
         if token_ids:
-            row["prompt_token_ids"], row["answer_token_ids"] = p.token_ids, g.answer_ids
+            row["prompt_token_ids"] = p.token_ids
+        row["answer_token_ids"] = g.answer_ids  # exact; the prompt's ids are tokenize(prompt)
         row.update(
             trait=condition.trait,
             pole=condition.pole,

@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("model", {"model", "sites", "gguf", "cvector"}),
     ("generation", {"generation"}),
     ("statistics and interventions", {"record", "neurons", "induction"}),
-    ("selection, directions and protocol", {"select", "directions", "protocol"}),
+    ("selection, directions and protocol", {"select", "directions", "protocol", "monitor"}),
     (
         "engines",
         {
@@ -50,12 +50,13 @@ LAYERS: list[tuple[str, set[str]]] = [
             "control",
             "curves",
             "report",
+            "monitor_report",
             "organism.corpus",
             "organism.judge",
             "organism.train",
         },
     ),  # fmt: skip
-    ("workflow", {"answers", "search", "merge", "scoring", "ablation", "tune", "judging"}),
+    ("workflow", {"answers", "search", "merge", "scoring", "ablation", "tune", "judging", "monitoring"}),
     ("apps", {"demo", "demo_real", "demo_report", "dose"}),
     (
         "front ends",
@@ -70,6 +71,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "cli.organism",
             "cli.tune",
             "cli.serve",
+            "cli.monitor",
             "cli.__main__",
             "",
         },

@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from npti_lens.cli import answer, evaluate, figures, method, organism, score, serve, tune
+from npti_lens.cli import answer, evaluate, figures, method, monitor, organism, score, serve, tune
 from npti_lens.cli._common import Command
 from npti_lens.constants import VERSION
 from npti_lens.errors import UserError
@@ -22,6 +22,7 @@ from npti_lens.errors import UserError
 COMMANDS: list[Command] = [
     *method.COMMANDS,
     *answer.COMMANDS,
+    *monitor.COMMANDS,
     *score.COMMANDS,
     *evaluate.COMMANDS,
     *figures.COMMANDS,
