@@ -1,6 +1,6 @@
 """Write the notebooks from their cells (kept here as plain text so diffs stay readable).
 
-python notebooks/_build.py --execute   # writes notebooks/*.ipynb, run, with their outputs
+python notebooks/_build.py --execute [NAME ...]  # writes notebooks/*.ipynb (or NAME.ipynb), run, with outputs
 """
 
 from __future__ import annotations
@@ -74,6 +74,29 @@ NOTEBOOKS = {
             "for pole in ('high', 'low'):\n    pts = [r for r in rows if r['pole'] == pole]\n"
             "    ax.plot([0 if r['gamma'] is None else r['gamma'] for r in pts], [r['target_fraction'] for r in pts], marker='o', label=pole)\n"
             "ax.set_xlabel('gamma (0: no intervention)'); ax.set_ylabel('target-pole fraction'); ax.legend(); plt.show()",
+        ),
+        (
+            "md",
+            "## 5. Monitor: read the pole per token while the model answers\n\n`nl.monitor` reads, at every "
+            "position of every forward inside it, the share of the high pole's neurons that are active "
+            "minus the low pole's (`npti`), and the projection of the block output on the pole's direction "
+            "(`vector`) at the block where it best separates the search answers. Read un-induced answers: "
+            "on an induced one, NPTI's own neurons show the edit, not the text.",
+        ),
+        (
+            "code",
+            "from npti_lens.directions import Direction\nfrom npti_lens.monitoring import choose_layer\n"
+            "from npti_lens.prompts import tokenize\n\n"
+            "d = Direction.load(work / 'neurons' / 'Agreeableness_high')\n"
+            "block, aurocs = choose_layer(model, nl.Readout(high, low, d, (0,)), work / 'run')\n"
+            "with nl.monitor(model, sets, 'Agreeableness_high', direction=d, layers=[block]) as trace:\n"
+            "    row = nl.answer(model, questions[:1], nl.Condition.none(), gcfg)[0]\n"
+            "start = len(tokenize(model.tokenizer, row['prompt'])) - 1  # the last prompt token: the forecast\n"
+            "fed = ['(last prompt token)'] + [model.tokenizer.decode([t]) for t in row['answer_token_ids']]\n"
+            "steps = trace.npti.shape[1] - start\n"
+            "print('block', block, 'search AUROC', aurocs[block])\n"
+            "pd.DataFrame({'input token': fed[:steps], 'npti': trace.npti[0, start:].numpy(),\n"
+            "              'vector': trace.vector[0, start:].numpy()}).round(3).head(12)",
         ),
     ],
     "02_overlap_and_layers": [
@@ -199,8 +222,10 @@ NOTEBOOKS = {
 }
 
 
-def main(execute: bool = False) -> None:
+def main(execute: bool = False, only: list[str] | None = None) -> None:
     for name, cells in NOTEBOOKS.items():
+        if only and name not in only:
+            continue
         nb = nbf.v4.new_notebook()
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nb.cells = [
@@ -217,4 +242,4 @@ def main(execute: bool = False) -> None:
 if __name__ == "__main__":
     import sys
 
-    main(execute="--execute" in sys.argv)
+    main(execute="--execute" in sys.argv, only=[a for a in sys.argv[1:] if not a.startswith("--")])

@@ -66,40 +66,44 @@ def validity(sets: dict[str, dict[str, list[dict[str, Any]]]], *, n_boot: int = 
 
 def trace_figure(results: dict[str, list[dict[str, Any]]], title: str, path: str | Path,
                  n_traces: int = 3) -> Path:  # fmt: skip
-    """Left: the per-token traces of the first answer of up to `n_traces` sets (the first one's
-    tokens on the axis); right: each set's answer means (box) and forecasts (dots). Top row npti,
-    bottom row vector (when read)."""
+    """One row per answer (the first of each of up to `n_traces` sets): its npti readout (and the
+    vector readout, right axis) per token, under its own tokens; last row: each set's answer means
+    (boxes) and forecasts (dots) for each readout."""
     path = Path(path)
     names = list(results)
-    has_vector = any(r["vector_answer"] is not None for rows in results.values() for r in rows)
-    kinds = ["npti", "vector"] if has_vector else ["npti"]
-    palette = [COLORS["npti"], COLORS["p2"], COLORS["none"], COLORS["simple"], COLORS["random"]]
+    shown = [n for n in names if results[n] and results[n][0]["trace"]["tokens"]][:n_traces]
+    kinds = ["npti"] + (
+        ["vector"] if any(r["vector_answer"] is not None for v in results.values() for r in v) else []
+    )
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(len(kinds), 2, figsize=(7.2, 2.3 * len(kinds)), squeeze=False,
-                                 gridspec_kw={"width_ratios": [2.2, 1]})  # fmt: skip
+        fig = plt.figure(figsize=(7.2, 1.5 * len(shown) + 2.4))
+        grid = fig.add_gridspec(len(shown) + 1, 2, height_ratios=[1.0] * len(shown) + [1.4], hspace=1.1)
+        for row, name in enumerate(shown):
+            trace = results[name][0]["trace"]
+            ax = fig.add_subplot(grid[row, :])
+            ax.plot(trace["npti"], color=COLORS["npti"], lw=1, marker=".", ms=2)
+            ax.axhline(0, color=COLORS["npti"], lw=0.5, ls=":")
+            ax.set_ylabel("npti", color=COLORS["npti"])
+            if trace["vector"] is not None:
+                twin = ax.twinx()
+                twin.plot(trace["vector"], color=COLORS["p2"], lw=1, alpha=0.8)
+                twin.set_ylabel("vector", color=COLORS["p2"])
+            ax.set_xticks(range(len(trace["tokens"])))
+            ax.set_xticklabels(
+                [t.replace("\n", "\\n")[:10] for t in trace["tokens"]], rotation=90, fontsize=5
+            )
+            ax.set_xlim(-0.5, len(trace["tokens"]) - 0.5)
+            ax.set_title(f"{name}: {results[name][0].get('question', '')[:90]}", fontsize=7, loc="left")
         for k, kind in enumerate(kinds):
-            ax = axes[k][0]
-            shown = [n for n in names if results[n] and results[n][0]["trace"][kind]][:n_traces]
-            for i, name in enumerate(shown):
-                ax.plot(results[name][0]["trace"][kind], color=palette[i % len(palette)], lw=1, label=name)
-            if shown:
-                tokens = results[shown[0]][0]["trace"]["tokens"]
-                ax.set_xticks(range(len(tokens)))
-                ax.set_xticklabels([t.replace("\n", "\\n")[:10] for t in tokens], rotation=90, fontsize=5)
-            ax.axhline(0, color="black", lw=0.5, ls=":")
-            ax.set_ylabel(f"{kind} readout")
-            ax.legend(frameon=False, fontsize=6)
-            ax = axes[k][1]
-            data = [
-                [r[f"{kind}_answer"] for r in results[n] if r[f"{kind}_answer"] is not None] for n in names
-            ]
-            ax.boxplot(data, showfliers=False)
+            ax = fig.add_subplot(grid[len(shown), k])
+            ax.boxplot([[r[f"{kind}_answer"] for r in results[n] if r[f"{kind}_answer"] is not None] for n in names],
+                       showfliers=False)  # fmt: skip
             for i, n in enumerate(names):
                 ys = [r[f"{kind}_prompt"] for r in results[n] if r[f"{kind}_prompt"] is not None]
-                ax.plot(np.full(len(ys), i + 1.25), ys, ".", ms=2, color="black")
+                ax.plot(np.full(len(ys), i + 1.3), ys, ".", ms=2, color="black")
             ax.set_xticks(range(1, len(names) + 1))
-            ax.set_xticklabels([n[:18] for n in names], rotation=45, ha="right", fontsize=6)
-            ax.set_title("answer mean (box), forecast (dots)")
-        axes[0][0].set_title(f"{title}: per-token readout")
+            ax.set_xticklabels([n[:22] for n in names], rotation=30, ha="right", fontsize=6)
+            ax.set_title(f"{kind}: answer mean (box), forecast (dots)")
+        fig.suptitle(f"{title}: readout per token and per answer", fontsize=8)
         _save(fig, path)
     return path

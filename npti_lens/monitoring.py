@@ -32,9 +32,9 @@ from npti_lens.errors import UserError
 from npti_lens.induction import load_pair
 from npti_lens.io import read_jsonl, to_csv, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from npti_lens.model import Model, model_device, model_id, pad_batch, same_model_key
-from npti_lens.monitor import Readout, monitor
 from npti_lens.neurons import NeuronSet
 from npti_lens.prompts import tokenize
+from npti_lens.readout import Readout, monitor
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("model", {"model", "sites", "gguf", "cvector"}),
     ("generation", {"generation"}),
     ("statistics and interventions", {"record", "neurons", "induction"}),
-    ("selection, directions and protocol", {"select", "directions", "protocol", "monitor"}),
+    ("selection, directions and protocol", {"select", "directions", "protocol", "readout"}),
     (
         "engines",
         {

@@ -89,7 +89,7 @@ def monitor(args: argparse.Namespace) -> None:
     from npti_lens.answers import Condition, answer, write_answers
     from npti_lens.bench import load_questions
     from npti_lens.induction import check_fits
-    from npti_lens.monitor import Readout
+    from npti_lens.readout import Readout
 
     questions = load_questions(args.questions) if args.questions else []
     model = load_model_for(args, proto)

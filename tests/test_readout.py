@@ -13,11 +13,11 @@ from npti_lens.cli import main
 from npti_lens.control import auroc
 from npti_lens.directions import Direction
 from npti_lens.generation import GenerateConfig, generate
-from npti_lens.monitor import Readout, monitor
 from npti_lens.monitor_report import validity
 from npti_lens.monitoring import choose_layer, monitor_rows, read_monitored
 from npti_lens.neurons import load_neuron_sets
 from npti_lens.prompts import tokenize
+from npti_lens.readout import Readout, monitor
 from tests.helpers import hf_reference, write_data
 
 GEN = ["--max-new-tokens", "6", "--batch-size", "4"]
