@@ -42,7 +42,7 @@ MONITOR_FILE = "monitor.jsonl"
 SUMMARY_FILE = "summary.csv"
 FIGURE_FILE = "monitor.png"
 NUMBERS = ("npti_prompt", "npti_answer", "vector_prompt", "vector_answer")
-INDUCED = ("npti", "random")  # condition kinds that edit neurons while answering
+INDUCED = ("npti", "random", "vector")  # conditions that edit the model while it answers
 
 
 @dataclass
@@ -94,7 +94,8 @@ def read_monitored(path: str | Path, model_key: str | None = None) -> list[dict[
 
 
 def is_induced(row: dict[str, Any]) -> bool:
-    return str(row.get("condition") or "").startswith(INDUCED)
+    """Answered under an edit (NPTI, a random-neuron control, a steering vector): a strength is set."""
+    return row.get("gamma") is not None or str(row.get("condition") or "").startswith(INDUCED)
 
 
 @torch.inference_mode()

@@ -11,7 +11,8 @@
 starts a segment, each one-token step adds a position to it), or teacher forcing (one forward, one
 segment). A trace's positions are the forward's, padding included; `monitor_rows` in
 `npti_lens.monitoring` turns them into per-answer numbers. A readout of NPTI's own neurons while NPTI
-induces them sees the edit, not the text: read un-induced answers.
+induces them sees the edit, not the text (and the vector readout, on answers steered by the same
+vector): read un-induced answers.
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
 
 from npti_lens.constants import opposite, pole_name
 from npti_lens.directions import Direction
 from npti_lens.errors import UserError
 from npti_lens.induction import check_fits
-from npti_lens.model import model_device, model_id, same_model_key
+from npti_lens.model import Model, is_engine, model_device, model_id, same_model_key
 from npti_lens.neurons import NeuronSet
 from npti_lens.sites import hooks_added, mlp_sites, resid_site
 
@@ -127,7 +127,7 @@ def _joined(seg: dict[str, Any]) -> dict[str, Tensor]:
 
 @contextlib.contextmanager
 def monitor(
-    model: TransformerBridge,
+    model: Model,
     neurons: NeuronSet | Readout | dict[str, NeuronSet],
     pole: str | None = None,
     *,
@@ -142,6 +142,9 @@ def monitor(
     sets with `pole` naming one (`"Extraversion_high"`), its opposite found among them. Hooks are removed on exit; a forward that skipped a hooked layer
     is an error.
     """
+    if is_engine(model):
+        raise UserError("monitor reads TransformerLens hooks: answer on the engine, then monitor the "
+                        "answers file (npti monitor, monitor_rows) on the TL model")  # fmt: skip
     readout = _as_readout(neurons, pole, opposite_set, direction, layers)
     for s in (readout.neurons, readout.opposite):
         check_fits(model, s, allow_other_model=allow_other_model)

@@ -230,3 +230,21 @@ def test_the_cli_answers_questions_then_monitors(llama_run, tiny_dirs, tmp_path)
     answers = read_monitored(out / "answers.jsonl")
     got = [json.loads(x) for x in (out / "monitor.jsonl").read_text().splitlines()]
     assert len(got) == len(answers) and all(len(r["trace"]["npti"]) == r["n_answer_tokens"] for r in got)
+
+
+def test_edited_answers_are_marked_and_an_engine_is_refused(readout):
+    from npti_lens.monitoring import is_induced
+
+    assert [is_induced(r) for r in ({"condition": "none"}, {"condition": "p2", "gamma": None})] == [
+        False,
+        False,
+    ]
+    assert all(is_induced(r) for r in ({"condition": "x", "gamma": 2.0}, {"condition": "random-vector"}))
+
+    from npti_lens.model import Engine as EngineSeam
+
+    class Engine(EngineSeam):
+        engine_name = "vllm"
+
+    with pytest.raises(Exception, match="answer on the engine, then monitor"):
+        monitor(Engine(), readout).__enter__()
