@@ -15,8 +15,7 @@ the search answers it was made from (AUROC of the answer-mean projection, pole v
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from npti_lens.directions import DIRECTION_FILE, Direction
 from npti_lens.errors import UserError
 from npti_lens.induction import load_pair
 from npti_lens.io import read_jsonl, to_csv, write_json_atomic, write_jsonl_atomic, write_text_atomic
-from npti_lens.model import Model, model_device, model_id, pad_batch, same_model_key
+from npti_lens.model import Model, model_id, pad_batch, same_model_key
 from npti_lens.neurons import NeuronSet
 from npti_lens.prompts import tokenize
 from npti_lens.readout import Readout, monitor
@@ -98,24 +97,30 @@ def is_induced(row: dict[str, Any]) -> bool:
     return row.get("gamma") is not None or str(row.get("condition") or "").startswith(INDUCED)
 
 
-@torch.inference_mode()
+def _read(model: Model, seqs: list[tuple[list[int], list[int]]], readout: Readout, batch_size: int,
+          progress: bool, desc: str) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """(index, npti per position, vector per position and block) of every prompt + answer sequence,
+    teacher-forced in batches of similar length (right padding: real tokens never see padding)."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1]))
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
+        idx = order[start : start + batch_size]
+        ids, attn = pad_batch(model, [seqs[i][0] + seqs[i][1] for i in idx], left=False)
+        with torch.inference_mode(), monitor(model, readout, allow_other_model=True) as trace:
+            model.original_model.base_model(input_ids=ids, attention_mask=attn, use_cache=False)
+        npti, by_layer = trace.npti, trace.vector_by_layer
+        for b, i in enumerate(idx):
+            yield i, npti[b], by_layer[b]
+
+
 def monitor_rows(model: Model, rows: Sequence[dict[str, Any]], readout: Readout, *, batch_size: int = 8,
                  progress: bool = False) -> list[dict[str, Any]]:  # fmt: skip
     """One monitor row per answers row: the four numbers and the per-token trace (rounded)."""
     tok = model.tokenizer
     seqs = [(tokenize(tok, r["prompt"]), list(r["answer_token_ids"])) for r in rows]
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1]))
-    out: list[dict[str, Any] | None] = [None] * len(rows)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="monitor", unit="batch", disable=not progress):
-        idx = order[start : start + batch_size]
-        ids, attn = pad_batch(model, [seqs[i][0] + seqs[i][1] for i in idx], left=False)
-        with monitor(model, readout, allow_other_model=True) as trace:
-            model.original_model.base_model(input_ids=ids, attention_mask=attn, use_cache=False)
-        npti, vector = trace.npti, trace.vector
-        for b, i in enumerate(idx):
-            out[i] = _result(rows[i], seqs[i], npti[b], vector[b], tok, readout.direction is not None)
-    return [r for r in out if r is not None]
+    out: list[dict[str, Any]] = [{}] * len(rows)
+    for i, npti, by_layer in _read(model, seqs, readout, batch_size, progress, "monitor"):
+        out[i] = _result(rows[i], seqs[i], npti, by_layer.mean(-1), tok, readout.direction is not None)
+    return out
 
 
 def _result(row: dict[str, Any], seq: tuple[list[int], list[int]], npti: torch.Tensor,
@@ -143,7 +148,7 @@ def _result(row: dict[str, Any], seq: tuple[list[int], list[int]], npti: torch.T
     return res
 
 
-def choose_layer(model: Model, readout: Readout, run: str | Path, n: int = 32,
+def choose_layer(model: Model, readout: Readout, run: str | Path, n: int = 32, *, batch_size: int = 8,
                  progress: bool = False) -> tuple[int, list[float]]:  # fmt: skip
     """The block where the pole's direction best separates the run's search answers (AUROC of the
     answer-mean projection, pole above opposite, on the first `n` answers per pole), and every
@@ -159,23 +164,13 @@ def choose_layer(model: Model, readout: Readout, run: str | Path, n: int = 32,
         if not path.is_file():
             raise UserError(f"--run: {run} has no search answers {path.name}; name the search run behind "
                             "the neuron set, or give --layer")  # fmt: skip
-        rows = read_monitored(path, readout.neurons.model)[:n]
-        means[p] = np.array([_answer_means(model, allblocks, r) for r in tqdm(rows, disable=not progress,
-                                                                              desc=f"choose block ({p})")])  # fmt: skip
+        rows = [r for r in read_monitored(path, readout.neurons.model) if r["answer_token_ids"]][:n]
+        seqs = [(tokenize(model.tokenizer, r["prompt"]), list(r["answer_token_ids"])) for r in rows]
+        means[p] = np.zeros((len(seqs), n_layers))
+        for i, _, by_layer in _read(model, seqs, allblocks, batch_size, progress, f"choose block ({p})"):
+            means[p][i] = by_layer[len(seqs[i][0]) : sum(map(len, seqs[i]))].double().mean(0).numpy()
     scores = [auroc(means[pole][:, k], means[opposite(pole)][:, k]) for k in range(n_layers)]
     return int(np.argmax(scores)), [round(s, 4) for s in scores]
-
-
-@torch.inference_mode()
-def _answer_means(model: Model, readout: Readout, row: dict[str, Any]) -> np.ndarray:
-    p, a = tokenize(model.tokenizer, row["prompt"]), list(row["answer_token_ids"])
-    if not a:
-        return np.full(len(readout.layers), math.nan)
-    ids = torch.tensor([p + a], device=model_device(model))
-    with monitor(model, readout, allow_other_model=True) as trace:
-        model.original_model.base_model(input_ids=ids, use_cache=False)
-    per_layer = trace.segments[0]["vector_by_layer"][0][0]  # pos x layers
-    return per_layer[len(p) :].double().mean(0).numpy()
 
 
 def summarize(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:

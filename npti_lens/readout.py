@@ -101,6 +101,11 @@ class Trace:
         return self._one()["npti"]
 
     @property
+    def vector_by_layer(self) -> Float[Tensor, "batch pos layers"]:
+        """The vector readout of the one segment at each chosen block (NaN without a direction)."""
+        return self._one()["vector_by_layer"]
+
+    @property
     def vector(self) -> Float[Tensor, "batch pos"]:
         """The vector readout of the one segment, mean over the chosen layers (NaN without a direction)."""
         return self._one()["vector_by_layer"].mean(-1)

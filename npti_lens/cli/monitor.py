@@ -103,7 +103,9 @@ def monitor(args: argparse.Namespace) -> None:
     chosen = None
     readout = Readout(neurons, opp, direction, tuple(layers) or ((0,) if direction is not None else ()))
     if direction is not None and not layers:
-        best, scores = choose_layer(model, readout, args.run, cfg.choose_from, progress=True)
+        best, scores = choose_layer(
+            model, readout, args.run, cfg.choose_from, batch_size=cfg.batch_size, progress=True
+        )
         chosen = {
             "by": "search answers",
             "run": str(args.run),
