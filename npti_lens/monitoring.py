@@ -30,7 +30,7 @@ from npti_lens.directions import DIRECTION_FILE, Direction
 from npti_lens.errors import UserError
 from npti_lens.induction import load_pair
 from npti_lens.io import read_jsonl, to_csv, write_json_atomic, write_jsonl_atomic, write_text_atomic
-from npti_lens.model import Model, model_id, pad_batch, same_model_key
+from npti_lens.model import Model, model_id, n_positions, pad_batch, same_model_key
 from npti_lens.neurons import NeuronSet
 from npti_lens.prompts import tokenize
 from npti_lens.readout import Readout, monitor
@@ -117,10 +117,28 @@ def monitor_rows(model: Model, rows: Sequence[dict[str, Any]], readout: Readout,
     """One monitor row per answers row: the four numbers and the per-token trace (rounded)."""
     tok = model.tokenizer
     seqs = [(tokenize(tok, r["prompt"]), list(r["answer_token_ids"])) for r in rows]
+    _check_fit(model, rows, seqs)
     out: list[dict[str, Any]] = [{}] * len(rows)
     for i, npti, by_layer in _read(model, seqs, readout, batch_size, progress, "monitor"):
         out[i] = _result(rows[i], seqs[i], npti, by_layer.mean(-1), tok, readout.direction is not None)
     return out
+
+
+def _check_fit(model: Model, rows: Sequence[dict[str, Any]], seqs: list[tuple[list[int], list[int]]]) -> None:
+    """Refuse, before any forward, ids outside the vocabulary and sequences longer than the model's
+    positions (answers of another model, or a damaged file)."""
+    vocab, limit = int(model.cfg.d_vocab), n_positions(model)
+    for r, (p, a) in zip(rows, seqs, strict=True):
+        where = f"line {r['_line']}" if "_line" in r else f"question {r.get('question', '?')[:40]!r}"
+        if not p:
+            raise UserError(f"{where}: an empty prompt; the forecast is read at its last token")
+        if a and (min(a) < 0 or max(a) >= vocab):
+            raise UserError(f"{where}: answer_token_ids outside the model's vocabulary 0..{vocab - 1}; "
+                            "answers of another model?")  # fmt: skip
+        if limit is not None and len(p) + len(a) > limit:
+            raise UserError(
+                f"{where}: prompt and answer hold {len(p) + len(a)} tokens, more than the model's {limit}"
+            )
 
 
 def _result(row: dict[str, Any], seq: tuple[list[int], list[int]], npti: torch.Tensor,
@@ -196,7 +214,7 @@ def run_monitor(model: Model, files: Sequence[str | Path], readout: Readout, out
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data = {Path(f).stem: read_monitored(f, readout.neurons.model) for f in files}
+    data = {Path(f).stem: read_monitored(f, model_id(model)) for f in files}
     if len(data) != len(files):
         raise UserError("two answers files share a name; monitor them into separate folders")
     results = {}

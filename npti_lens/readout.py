@@ -144,8 +144,9 @@ def monitor(
     """Read `neurons`' pole (and `direction` at `layers`) at every position of every forward inside.
 
     `neurons`: a `Readout`; the pole's `NeuronSet` with `opposite_set`; or `load_neuron_sets`'
-    sets with `pole` naming one (`"Extraversion_high"`), its opposite found among them. Hooks are removed on exit; a forward that skipped a hooked layer
-    is an error.
+    sets with `pole` naming one (`"Extraversion_high"`), its opposite found among them. Hooks are
+    removed on exit; a forward that skipped a hooked layer is an error. A forward of one position
+    continues the segment before it (a decoding step with the KV cache).
     """
     if is_engine(model):
         raise UserError("monitor reads TransformerLens hooks: answer on the engine, then monitor the "
@@ -192,7 +193,9 @@ def monitor(
             state["fired"][("pre", layer)] = state["fired"].get(("pre", layer), 0) + 1
             for which, ix in enumerate(idx.get(layer, (None, None))):
                 if ix is not None:
-                    active = (act_fn(pre.index_select(-1, ix)) > 0).sum(-1).float() / sizes[which]
+                    # .to: a no-op unless the model's layers sit on several devices
+                    a = act_fn(pre.index_select(-1, ix.to(pre.device)))
+                    active = ((a > 0).sum(-1).float() / sizes[which]).to(device)
                     state["npti"] += active if which == 0 else -active
 
         return hook
@@ -200,7 +203,7 @@ def monitor(
     def resid_hook(k: int, layer: int):  # noqa: ANN202 - closure over the layer
         def hook(x: Tensor, hook: Any) -> None:
             state["fired"][("resid", layer)] = state["fired"].get(("resid", layer), 0) + 1
-            state["vec"][..., k] = x.float() @ units[layer]
+            state["vec"][..., k] = (x.float() @ units[layer].to(x.device)).to(device)
 
         return hook
 

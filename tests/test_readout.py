@@ -248,3 +248,16 @@ def test_edited_answers_are_marked_and_an_engine_is_refused(readout):
 
     with pytest.raises(Exception, match="answer on the engine, then monitor"):
         monitor(Engine(), readout).__enter__()
+
+
+def test_damaged_token_ids_are_refused_before_any_forward(llama_run, readout, tiny_models):
+    _, run, _ = llama_run
+    model = tiny_models["llama"]
+    row = read_monitored(run / "answers" / "Extraversion_high.jsonl")[0]
+    vocab = int(model.cfg.d_vocab)
+    with pytest.raises(
+        Exception, match=f"line 1: answer_token_ids outside the model's vocabulary 0..{vocab - 1}"
+    ):
+        monitor_rows(model, [{**row, "answer_token_ids": [vocab]}], readout)
+    with pytest.raises(Exception, match="more than the model's"):
+        monitor_rows(model, [{**row, "answer_token_ids": [1] * 100_000}], readout)

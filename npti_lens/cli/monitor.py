@@ -60,8 +60,13 @@ def monitor(args: argparse.Namespace) -> None:
     out = fresh_dir(args.out, args.overwrite, holds=MONITOR_FILE)
     if not args.answers and not args.questions:
         raise UserError("npti monitor: name answers files, or --questions to answer first")
-    if cfg.batch_size < 1:
-        raise UserError(f"--batch-size: {cfg.batch_size} is not 1 or more")
+    for flag, value in (("--batch-size", cfg.batch_size), ("--choose-from", cfg.choose_from)):
+        if value < 1:
+            raise UserError(f"{flag}: {value} is not 1 or more")
+    stems = [Path(f).stem for f in args.answers] + (["answers"] if args.questions else [])
+    if len(set(stems)) != len(stems):
+        raise UserError("npti monitor: two inputs share a file name (with --questions, answers.jsonl is "
+                        "one); rename one, each names its rows' set")  # fmt: skip
     trait, pole = check_trait(args.trait), check_pole(args.pole)
     neurons, opp, direction = load_readout(args.neurons, trait, pole)
     for f in args.answers:
