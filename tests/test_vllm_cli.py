@@ -53,3 +53,27 @@ def test_induce_and_search_on_either_engine(tmp_path):
             for e in ("tl", "vllm")
         ]
         assert answers[0] == answers[1]
+
+
+def test_monitor_answers_questions_on_vllm_and_reads_them_as_on_tl(tmp_path):
+    from npti_lens.cli import main
+    from npti_lens.model import load_model, model_id
+    from npti_lens.sites import mlp_sites
+
+    folder = build_tiny_vllm("llama", tmp_path / "llama")
+    model = load_model(str(folder))
+    sites = mlp_sites(model)
+    for ns in random_pole_sets(model_id(model), sites.n_layers, sites.d_mlp):
+        ns.save(tmp_path / "neurons" / pole_name(ns.trait, ns.pole))
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps({"question": q}) + "\n" for q in QUESTIONS))
+    got = {}
+    for engine in ("tl", "vllm"):
+        out = tmp_path / f"mon_{engine}"
+        assert main([
+            "monitor", "--questions", str(tmp_path / "q.jsonl"), "--model", str(folder), "--protocol", "lens",
+            "--max-new-tokens", "12", "--neurons", str(tmp_path / "neurons"), "--trait", "Extraversion",
+            "--pole", "high", "--out", str(out), "--engine", engine,
+        ]) == 0  # fmt: skip
+        got[engine] = [json.loads(x) for x in (out / "monitor.jsonl").read_text().splitlines()]
+    assert len(got["tl"]) == len(QUESTIONS) and got["vllm"] == got["tl"]
+    assert any(r["npti_answer"] for r in got["tl"])

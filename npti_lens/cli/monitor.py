@@ -8,7 +8,9 @@ from npti_lens.cli._common import (
     FROM_PROTOCOL,
     Command,
     add_config,
+    add_engine_flags,
     add_protocol_flag,
+    close_engine,
     config_from,
     fresh_dir,
     generate_config,
@@ -25,7 +27,7 @@ def monitor_flags(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("answers", nargs="*", help="answers files (JSON lines with prompt and answer_token_ids)")
     p.add_argument("--questions", default=None,
-                   help="also answer these questions (neutral prompt, TL engine) and monitor the answers")  # fmt: skip
+                   help="also answer these questions (neutral prompt; on --engine) and monitor the answers")  # fmt: skip
     p.add_argument("--neurons", required=True, help="folder of neuron sets (npti select)")
     p.add_argument("--trait", required=True, help="trait to read")
     p.add_argument("--pole", required=True, help="high or low: whose neurons count positive")
@@ -38,6 +40,7 @@ def monitor_flags(p: argparse.ArgumentParser) -> None:
                    help="read sets selected on another model of the same shape")  # fmt: skip
     add_config(p, MonitorConfig)
     add_config(p, ModelConfig)
+    add_engine_flags(p)
     add_protocol_flag(p)
     add_config(p, GenerateConfig, from_protocol=FROM_PROTOCOL)
 
@@ -63,6 +66,9 @@ def monitor(args: argparse.Namespace) -> None:
     for flag, value in (("--batch-size", cfg.batch_size), ("--choose-from", cfg.choose_from)):
         if value < 1:
             raise UserError(f"{flag}: {value} is not 1 or more")
+    if args.engine != "tl" and not args.questions:
+        raise UserError(f"--engine {args.engine}: only --questions are answered on an engine (the reading "
+                        "runs on the TL model); drop --engine or add --questions")  # fmt: skip
     stems = [Path(f).stem for f in args.answers] + (["answers"] if args.questions else [])
     if len(set(stems)) != len(stems):
         raise UserError("npti monitor: two inputs share a file name (with --questions, answers.jsonl is "
@@ -105,6 +111,10 @@ def monitor(args: argparse.Namespace) -> None:
         gcfg = generate_config(args, proto, "neutral")
         rows = answer(model, questions, Condition.none(trait), gcfg, protocol=proto, progress=True)
         files.append(str(write_answers(out / "answers.jsonl", rows)))
+    if args.engine != "tl":  # answered at scale there; read by teacher forcing on the TL model
+        close_engine(model)
+        args.engine = "tl"
+        model = load_model_for(args, proto)
     chosen = None
     readout = Readout(neurons, opp, direction, tuple(layers) or ((0,) if direction is not None else ()))
     if direction is not None and not layers:
