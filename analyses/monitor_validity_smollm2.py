@@ -75,13 +75,11 @@ def main() -> None:
             total += len(got[j.key])
     print(f"answers equal to the demo's: {same} of {total}")
     clf = Classifier.load(demo / "judge", model=tl)
-    sets, chosen, monitored = {}, {}, {}
+    sets, chosen = {}, {}
     start = time.time()
     for t in traits:
         neurons, opp, direction = load_readout(demo / "neurons", t, "high")
-        best, scores = choose_layer(
-            tl, Readout(neurons, opp, direction, (0,)), demo / "run", args.choose_from
-        )
+        best, scores = choose_layer(tl, neurons, opp, direction, demo / "run", args.choose_from)
         chosen[t] = {"block": best, "auroc_search": scores[best]}
         readout = Readout(neurons, opp, direction, (best,))
         sets[t] = {}
@@ -90,7 +88,6 @@ def main() -> None:
             rows = monitor_rows(tl, got[key], readout, batch_size=8)
             judged = clf.p_high(t, [r["answer"] for r in got[key]])
             sets[t][cond] = [{**m, "p_high": float(p)} for m, p in zip(rows, judged, strict=True)]
-            monitored[key] = sets[t][cond]
         print(f"{t}: direction read at block {best} (search AUROC {scores[best]:.3f})", flush=True)
     times["monitor (with choosing blocks)"] = time.time() - start
     table = validity(sets)

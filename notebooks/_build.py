@@ -88,7 +88,7 @@ NOTEBOOKS = {
             "from npti_lens.directions import Direction\nfrom npti_lens.monitoring import choose_layer\n"
             "from npti_lens.prompts import tokenize\n\n"
             "d = Direction.load(work / 'neurons' / 'Agreeableness_high')\n"
-            "block, aurocs = choose_layer(model, nl.Readout(high, low, d, (0,)), work / 'run')\n"
+            "block, aurocs = choose_layer(model, high, low, d, work / 'run')\n"
             "with nl.monitor(model, sets, 'Agreeableness_high', direction=d, layers=[block]) as trace:\n"
             "    row = nl.answer(model, questions[:1], nl.Condition.none(), gcfg)[0]\n"
             "start = len(tokenize(model.tokenizer, row['prompt'])) - 1  # the last prompt token: the forecast\n"

@@ -14,7 +14,6 @@ the search answers it was made from (AUROC of the answer-mean projection, pole v
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +33,6 @@ from npti_lens.model import Model, model_id, n_positions, pad_batch, same_model_
 from npti_lens.neurons import NeuronSet
 from npti_lens.prompts import tokenize
 from npti_lens.readout import Readout, monitor
-
-log = logging.getLogger(__name__)
 
 MONITOR_FILE = "monitor.jsonl"
 SUMMARY_FILE = "summary.csv"
@@ -166,23 +163,22 @@ def _result(row: dict[str, Any], seq: tuple[list[int], list[int]], npti: torch.T
     return res
 
 
-def choose_layer(model: Model, readout: Readout, run: str | Path, n: int = 32, *, batch_size: int = 8,
+def choose_layer(model: Model, neurons: NeuronSet, opposite_set: NeuronSet, direction: Direction,
+                 run: str | Path, n: int = 32, *, batch_size: int = 8,
                  progress: bool = False) -> tuple[int, list[float]]:  # fmt: skip
-    """The block where the pole's direction best separates the run's search answers (AUROC of the
+    """The block where the pole's `direction` best separates the run's search answers (AUROC of the
     answer-mean projection, pole above opposite, on the first `n` answers per pole), and every
     block's AUROC. Ties go to the earlier block."""
-    if readout.direction is None:
-        raise UserError(f"{readout.name}: no direction to choose a block for")
-    n_layers = readout.direction.n_layers
-    allblocks = Readout(readout.neurons, readout.opposite, readout.direction, tuple(range(n_layers)))
+    n_layers = direction.n_layers
+    allblocks = Readout(neurons, opposite_set, direction, tuple(range(n_layers)))
     means: dict[str, np.ndarray] = {}
-    trait, pole = readout.neurons.trait, readout.neurons.pole
+    trait, pole = neurons.trait, neurons.pole
     for p in (pole, opposite(pole)):
         path = Path(run) / "answers" / f"{pole_name(trait, p)}.jsonl"
         if not path.is_file():
             raise UserError(f"--run: {run} has no search answers {path.name}; name the search run behind "
                             "the neuron set, or give --layer")  # fmt: skip
-        rows = [r for r in read_monitored(path, readout.neurons.model) if r["answer_token_ids"]][:n]
+        rows = [r for r in read_monitored(path, neurons.model) if r["answer_token_ids"]][:n]
         seqs = [(tokenize(model.tokenizer, r["prompt"]), list(r["answer_token_ids"])) for r in rows]
         means[p] = np.zeros((len(seqs), n_layers))
         for i, _, by_layer in _read(model, seqs, allblocks, batch_size, progress, f"choose block ({p})"):

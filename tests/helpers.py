@@ -324,3 +324,17 @@ def npti_server(args: list[str], log_path: Path, wait_s: float = 600):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def search_and_select(model_dir: Path, root: Path, *, min_neurons: int, gen: list[str]) -> tuple[Path, Path]:
+    """`npti search` (Extraversion, the shared questions and personas) and `npti select` into
+    `root/run` and `root/neurons`."""
+    from npti_lens.cli import main
+
+    qdir, personas = write_data(root)
+    run, neurons = root / "run", root / "neurons"
+    argv = ["search", "--model", str(model_dir), "--questions", str(qdir), "--personas", str(personas),
+            "--out", str(run), "--traits", "Extraversion", *gen]  # fmt: skip
+    assert main(argv) == 0
+    assert main(["select", str(run), "--out", str(neurons), "--min-neurons", str(min_neurons)]) == 0
+    return run, neurons

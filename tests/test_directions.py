@@ -15,21 +15,16 @@ from npti_lens.induction import InduceConfig, induce
 from npti_lens.neurons import load_pole
 from npti_lens.prompts import tokenize
 from npti_lens.protocol import load_protocol
-from tests.helpers import hf_reference, write_data
+from tests.helpers import hf_reference, search_and_select
 
 GEN = ["--max-new-tokens", "5", "--batch-size", "4"]
 
 
 @pytest.fixture(scope="module")
 def llama_run(tiny_dirs, tmp_path_factory):
-    root = tmp_path_factory.mktemp("directions")
-    qdir, personas = write_data(root)
-    run, neurons = root / "run", root / "neurons"
-    argv = ["search", "--model", str(tiny_dirs["llama"]), "--questions", str(qdir), "--personas",
-            str(personas), "--out", str(run), "--traits", "Extraversion", *GEN]  # fmt: skip
-    assert main(argv) == 0
-    assert main(["select", str(run), "--out", str(neurons), "--min-neurons", "10"]) == 0
-    return run, neurons
+    return search_and_select(
+        tiny_dirs["llama"], tmp_path_factory.mktemp("directions"), min_neurons=10, gen=GEN
+    )
 
 
 def _layer_outputs(hf, ids: list[int]) -> list[torch.Tensor]:
@@ -113,12 +108,7 @@ def test_vector_condition_steers_generated_positions_only(llama_run, tiny_models
 
 def test_gpt2_npti_shift_is_exactly_a_vector(tiny_dirs, tiny_models, tmp_path):
     """Non-gated MLP: shifting neuron i by s_i adds s_i * W_out[i] to the block output."""
-    qdir, personas = write_data(tmp_path)
-    run, neurons = tmp_path / "run", tmp_path / "neurons"
-    argv = ["search", "--model", str(tiny_dirs["gpt2"]), "--questions", str(qdir), "--personas",
-            str(personas), "--out", str(run), "--traits", "Extraversion", *GEN]  # fmt: skip
-    assert main(argv) == 0
-    assert main(["select", str(run), "--out", str(neurons), "--min-neurons", "12"]) == 0
+    run, neurons = search_and_select(tiny_dirs["gpt2"], tmp_path, min_neurons=12, gen=GEN)
     model = tiny_models["gpt2"]
     high = load_pole(neurons, "Extraversion", "high")
     ids = torch.tensor([[1, 5, 6, 7, 8]])

@@ -18,7 +18,7 @@ from npti_lens.monitoring import choose_layer, monitor_rows, read_monitored
 from npti_lens.neurons import load_neuron_sets
 from npti_lens.prompts import tokenize
 from npti_lens.readout import Readout, monitor
-from tests.helpers import hf_reference, write_data
+from tests.helpers import hf_reference, search_and_select
 
 GEN = ["--max-new-tokens", "6", "--batch-size", "4"]
 
@@ -26,13 +26,7 @@ GEN = ["--max-new-tokens", "6", "--batch-size", "4"]
 @pytest.fixture(scope="module")
 def llama_run(tiny_dirs, tmp_path_factory):
     root = tmp_path_factory.mktemp("monitor")
-    qdir, personas = write_data(root)
-    run, neurons = root / "run", root / "neurons"
-    argv = ["search", "--model", str(tiny_dirs["llama"]), "--questions", str(qdir), "--personas",
-            str(personas), "--out", str(run), "--traits", "Extraversion", *GEN]  # fmt: skip
-    assert main(argv) == 0
-    assert main(["select", str(run), "--out", str(neurons), "--min-neurons", "40"]) == 0
-    return root, run, neurons
+    return (root, *search_and_select(tiny_dirs["llama"], root, min_neurons=40, gen=GEN))
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +134,7 @@ def test_the_context_removes_its_hooks_and_refuses_what_does_not_fit(readout, ti
 def test_the_block_chosen_is_the_one_that_best_separates_the_search_answers(llama_run, readout, tiny_models):
     _, run, _ = llama_run
     model = tiny_models["llama"]
-    best, scores = choose_layer(model, readout, run, n=6)
+    best, scores = choose_layer(model, readout.neurons, readout.opposite, readout.direction, run, n=6)
     assert best == int(np.argmax(scores)) and len(scores) == readout.direction.n_layers
     # oracle for one block: the AUROC of answer-mean projections computed through monitor_rows
     one = Readout(readout.neurons, readout.opposite, readout.direction, (best,))

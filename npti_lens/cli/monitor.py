@@ -49,6 +49,7 @@ def monitor(args: argparse.Namespace) -> None:
     """Check every input, load the model, choose the block, monitor, write, print the summary."""
     from pathlib import Path
 
+    from npti_lens.constants import pole_name
     from npti_lens.io import check_pole, check_trait, parse_layer_spec
     from npti_lens.monitoring import (
         MONITOR_FILE,
@@ -78,7 +79,7 @@ def monitor(args: argparse.Namespace) -> None:
     for f in args.answers:
         read_monitored(f, None if args.allow_other_model else neurons.model)
     layers: list[int] = []
-    where = Path(args.neurons) / f"{trait}_{pole}"
+    where = Path(args.neurons) / pole_name(trait, pole)
     if direction is None and cfg.layer is not None:
         raise UserError(f"--layer: {where} holds no direction (select again with this version)")
     if direction is not None and cfg.layer is not None:
@@ -92,9 +93,9 @@ def monitor(args: argparse.Namespace) -> None:
             raise UserError("npti monitor: give --run (the search run behind --neurons: the direction is read at "
                             "the block that best separates its answers) or --layer")  # fmt: skip
         for p in (pole, opp.pole):
-            if not (Path(args.run) / "answers" / f"{trait}_{p}.jsonl").is_file():
+            if not (Path(args.run) / "answers" / f"{pole_name(trait, p)}.jsonl").is_file():
                 raise UserError(
-                    f"--run: {args.run} has no answers/{trait}_{p}.jsonl; name the search run or give --layer"
+                    f"--run: {args.run} has no answers/{pole_name(trait, p)}.jsonl; name the search run or give --layer"
                 )
     proto = protocol_of(args)
     from npti_lens.answers import Condition, answer, write_answers
@@ -116,10 +117,16 @@ def monitor(args: argparse.Namespace) -> None:
         args.engine = "tl"
         model = load_model_for(args, proto)
     chosen = None
-    readout = Readout(neurons, opp, direction, tuple(layers) or ((0,) if direction is not None else ()))
     if direction is not None and not layers:
         best, scores = choose_layer(
-            model, readout, args.run, cfg.choose_from, batch_size=cfg.batch_size, progress=True
+            model,
+            neurons,
+            opp,
+            direction,
+            args.run,
+            cfg.choose_from,
+            batch_size=cfg.batch_size,
+            progress=True,
         )
         chosen = {
             "by": "search answers",
@@ -127,8 +134,9 @@ def monitor(args: argparse.Namespace) -> None:
             "n_per_pole": cfg.choose_from,
             "auroc": scores,
         }
-        readout = Readout(neurons, opp, direction, (best,))
+        layers = [best]
         print(f"direction read at block {best} (AUROC {scores[best]:.2f} on the search answers)")
+    readout = Readout(neurons, opp, direction, tuple(layers))
     results = run_monitor(model, files, readout, out, cfg, chosen=chosen, progress=True)
     for name, rows in results.items():
         n = len(rows)
