@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from npti_lens.neurons import NeuronSet, import_reference, load_neuron_sets
+from npti_lens.method.neurons import NeuronSet, import_reference, load_neuron_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "analyses" / "out"

@@ -18,17 +18,17 @@ from pathlib import Path
 
 import torch
 
-from npti_lens.answers import Condition, answer
-from npti_lens.constants import POLES, TRAITS, pole_name
-from npti_lens.directions import npti_as_vector, steer
-from npti_lens.generation import GenerateConfig, positions_context
-from npti_lens.induction import InduceConfig, induce
-from npti_lens.model import load_model, pad_batch
+from npti_lens.core.constants import POLES, TRAITS, pole_name
+from npti_lens.judges.organism import attribute
+from npti_lens.method.directions import npti_as_vector, steer
+from npti_lens.method.induction import InduceConfig, induce
+from npti_lens.method.selection import SelectConfig, select_run
+from npti_lens.method.statistics import load_run_stats
+from npti_lens.model.generation import GenerateConfig, positions_context
+from npti_lens.model.load import load_model, pad_batch
 from npti_lens.organism import corpus
-from npti_lens.organism.judge import attribute
-from npti_lens.record import load_run_stats
-from npti_lens.search import SearchConfig, run_search
-from npti_lens.select import SelectConfig, select_run
+from npti_lens.workflows.answers import Condition, answer
+from npti_lens.workflows.search import SearchConfig, run_search
 
 GAMMA = 3.0
 

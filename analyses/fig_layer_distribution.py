@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from _sources import OUT, sources
 
-from npti_lens.analysis import layer_distribution
-from npti_lens.figures import layer_distribution as plot
+from npti_lens.evaluation.figures import layer_distribution as plot
+from npti_lens.evaluation.overlap import layer_distribution
 
 
 def main() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from _sources import OUT, sources
 
-from npti_lens.analysis import overlap
-from npti_lens.figures import overlap_heatmap
+from npti_lens.evaluation.figures import overlap_heatmap
+from npti_lens.evaluation.overlap import overlap
 
 
 def main() -> None:

@@ -21,16 +21,16 @@ import shutil
 import time
 from pathlib import Path
 
-from npti_lens.answers import answer_sets
-from npti_lens.bench import load_personas, load_questions, trait_question_file
-from npti_lens.classifier import ClassifierConfig, ClassifierJudge, run_rows, train
-from npti_lens.constants import ANSWERS_DIR, POLES, RUN_CFG_FILE, pole_name
-from npti_lens.demo_real import PERSONAS, QUESTIONS
-from npti_lens.io import parse_traits, write_jsonl_atomic
-from npti_lens.judging import JudgeDataConfig, control_from, control_jobs, make_judge_data
-from npti_lens.model import load_model
-from npti_lens.protocol import load_protocol
-from npti_lens.score import score_rows
+from npti_lens.core.constants import ANSWERS_DIR, POLES, RUN_CFG_FILE, pole_name
+from npti_lens.core.files import parse_traits, write_jsonl_atomic
+from npti_lens.demos.real import PERSONAS, QUESTIONS
+from npti_lens.inputs.questions import load_personas, load_questions, trait_question_file
+from npti_lens.judges.classifier import ClassifierConfig, ClassifierJudge, run_rows, train
+from npti_lens.judges.registry import score_rows
+from npti_lens.method.protocol import load_protocol
+from npti_lens.model.load import load_model
+from npti_lens.workflows.answers import answer_sets
+from npti_lens.workflows.judging import JudgeDataConfig, control_from, control_jobs, make_judge_data
 
 
 def subset(data: Path, out: Path, traits: list[str], k: int) -> Path:

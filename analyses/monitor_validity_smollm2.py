@@ -21,18 +21,18 @@ import json
 import time
 from pathlib import Path
 
-from npti_lens.answers import answer_sets
-from npti_lens.bench import load_personas, load_questions, trait_question_file
-from npti_lens.classifier import Classifier
-from npti_lens.constants import pole_name
-from npti_lens.demo_real import PERSONAS, QUESTIONS
-from npti_lens.io import parse_traits, read_jsonl
-from npti_lens.judging import control_jobs
-from npti_lens.model import load_model
-from npti_lens.monitor_report import trace_figure, validity
-from npti_lens.monitoring import choose_layer, load_readout, monitor_rows
-from npti_lens.protocol import load_protocol
-from npti_lens.readout import Readout
+from npti_lens.core.constants import pole_name
+from npti_lens.core.files import parse_traits, read_jsonl
+from npti_lens.demos.real import PERSONAS, QUESTIONS
+from npti_lens.evaluation.monitor_validity import trace_figure, validity
+from npti_lens.inputs.questions import load_personas, load_questions, trait_question_file
+from npti_lens.judges.classifier import Classifier
+from npti_lens.method.protocol import load_protocol
+from npti_lens.method.readout import Readout
+from npti_lens.model.load import load_model
+from npti_lens.workflows.answers import answer_sets
+from npti_lens.workflows.judging import control_jobs
+from npti_lens.workflows.monitoring import choose_layer, load_readout, monitor_rows
 
 
 def main() -> None:

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from _sources import OUT, ROOT
 
-from npti_lens.ablation import AblationConfig, run_ablation
-from npti_lens.constants import POLES, TRAITS
-from npti_lens.generation import GenerateConfig
-from npti_lens.induction import load_pair
-from npti_lens.io import to_csv
-from npti_lens.model import load_model
+from npti_lens.core.constants import POLES, TRAITS
+from npti_lens.core.files import to_csv
+from npti_lens.judges.organism import OrganismJudge
+from npti_lens.judges.registry import score_rows, summarize
+from npti_lens.method.induction import load_pair
+from npti_lens.model.generation import GenerateConfig
+from npti_lens.model.load import load_model
 from npti_lens.organism.corpus import question_split
-from npti_lens.organism.judge import OrganismJudge
-from npti_lens.score import score_rows, summarize
+from npti_lens.workflows.ablation import AblationConfig, run_ablation
 
 
 def main() -> None:

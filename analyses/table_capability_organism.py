@@ -11,16 +11,16 @@ from dataclasses import replace
 
 from _sources import OUT, ROOT
 
-from npti_lens.answers import Condition, answer
-from npti_lens.capability import retention
-from npti_lens.constants import POLES, TRAITS
-from npti_lens.figures import retention_vs_trait
-from npti_lens.generation import GenerateConfig
-from npti_lens.induction import load_pair
-from npti_lens.model import load_model
+from npti_lens.core.constants import POLES, TRAITS
+from npti_lens.evaluation.capability import retention
+from npti_lens.evaluation.figures import retention_vs_trait
+from npti_lens.judges.organism import attribute
+from npti_lens.method.induction import load_pair
+from npti_lens.method.protocol import ORGANISM, load_protocol
+from npti_lens.model.generation import GenerateConfig
+from npti_lens.model.load import load_model
 from npti_lens.organism import corpus
-from npti_lens.organism.judge import attribute
-from npti_lens.protocol import ORGANISM, load_protocol
+from npti_lens.workflows.answers import Condition, answer
 
 GAMMAS = [1.0, 3.0, 5.0]
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from npti_lens.threads import set_threads
+from npti_lens.core.threads import set_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -50,7 +50,7 @@ def tiny_tokenizer():
 
 
 def build_model(name: str, device: str, dtype: str):
-    from npti_lens.model import ModelConfig, load_model
+    from npti_lens.model.load import ModelConfig, load_model
 
     if name == "organism":
         return load_model(ModelConfig(model="organism", device=device, dtype=dtype))
@@ -110,8 +110,8 @@ def random_sequences(model, n: int, prompt_len: int, answer_len: int, seed: int 
 def full_sets(model, share: float = 0.01, seed: int = 0):
     """Random target and opposite neuron sets of `share` of all neurons each (Llama-3-8B's NPTI sets
     hold 2-6% of the neurons per pole)."""
-    from npti_lens.model import model_dims, model_id
-    from npti_lens.neurons import NeuronSet
+    from npti_lens.method.neurons import NeuronSet
+    from npti_lens.model.load import model_dims, model_id
 
     n_layers, d_mlp = model_dims(model)  # a TransformerBridge or an engine
     g = torch.Generator().manual_seed(seed)
@@ -137,9 +137,9 @@ def full_sets(model, share: float = 0.01, seed: int = 0):
 
 
 def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    from npti_lens.generation import GenerateConfig
-    from npti_lens.record import Stats, record_batch
-    from npti_lens.sites import mlp_sites
+    from npti_lens.method.statistics import Stats, record_batch
+    from npti_lens.model.generation import GenerateConfig
+    from npti_lens.model.sites import mlp_sites
 
     model = build_model(name, args.device, args.dtype)
     sites = mlp_sites(model)
@@ -192,8 +192,8 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def bench_induce(model, prompts, gcfg, toks, reps, dev, out) -> None:
     """2. induction overhead: fixed-length greedy generation with and without the induction."""
-    from npti_lens.generation import generate
-    from npti_lens.induction import InduceConfig, induce
+    from npti_lens.method.induction import InduceConfig, induce
+    from npti_lens.model.generation import generate
 
     tgt, opp = full_sets(model)
     gen_plain = timed(lambda: generate(model, prompts, gcfg), reps, dev)
@@ -215,9 +215,9 @@ def bench_induce(model, prompts, gcfg, toks, reps, dev, out) -> None:
 
 def bench_teacher_forcing(model, seqs, gcfg, stats, reps, dev, out) -> None:
     """3. teacher forcing vs recording while decoding: answer tokens of statistics per second."""
-    from npti_lens.generation import generate
-    from npti_lens.record import Stats, record_batch, recording
-    from npti_lens.sites import mlp_sites
+    from npti_lens.method.statistics import Stats, record_batch, recording
+    from npti_lens.model.generation import generate
+    from npti_lens.model.sites import mlp_sites
 
     sites = mlp_sites(model)
     prompts, n_gen, batch = [p for p, _ in seqs], gcfg.max_new_tokens, len(seqs)
@@ -238,7 +238,7 @@ def bench_teacher_forcing(model, seqs, gcfg, stats, reps, dev, out) -> None:
 
 def bench_scaling(model, prompt_len, quick, reps, dev, out) -> None:
     """5. scaling: decode time per generated token as the batch grows."""
-    from npti_lens.generation import GenerateConfig, generate
+    from npti_lens.model.generation import GenerateConfig, generate
 
     sizes = [1, 4, 16] if quick else [1, 4, 16, 64]
     scaling = {}
@@ -260,8 +260,8 @@ def memory_child(name: str, n_batches: int, device: str, dtype: str) -> None:
 
     On CUDA: peak allocated by torch. On the CPU: the process's peak resident set size.
     """
-    from npti_lens.record import Stats, record_batch
-    from npti_lens.sites import mlp_sites
+    from npti_lens.method.statistics import Stats, record_batch
+    from npti_lens.model.sites import mlp_sites
 
     model = build_model(name, device, dtype)
     sites = mlp_sites(model)

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from npti_lens.threads import set_threads
+from npti_lens.core.threads import set_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -102,10 +102,10 @@ def main() -> None:
 
     from bench import full_sets
 
-    from npti_lens.generation import GenerateConfig, generate
-    from npti_lens.induction import InduceConfig, induce
-    from npti_lens.model import ModelConfig, load_model, model_dims
-    from npti_lens.record import Stats, record_batch
+    from npti_lens.method.induction import InduceConfig, induce
+    from npti_lens.method.statistics import Stats, record_batch
+    from npti_lens.model.generation import GenerateConfig, generate
+    from npti_lens.model.load import ModelConfig, load_model, model_dims
 
     out: dict[str, Any] = {
         "shape": shape, "dtype": dtype, "device": args.device, "new_tokens": args.new_tokens,

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from npti_lens.threads import set_threads
+from npti_lens.core.threads import set_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -49,13 +49,13 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM
 
-    from npti_lens.answers import Condition, intervention
-    from npti_lens.bench import load_questions
-    from npti_lens.generation import GenerateConfig, generate
-    from npti_lens.gguf import resolve_gguf
-    from npti_lens.model import load_model, model_id
-    from npti_lens.protocol import load_protocol
-    from npti_lens.record import Stats, record_batch
+    from npti_lens.inputs.questions import load_questions
+    from npti_lens.method.protocol import load_protocol
+    from npti_lens.method.statistics import Stats, record_batch
+    from npti_lens.model.generation import GenerateConfig, generate
+    from npti_lens.model.gguf import resolve_gguf
+    from npti_lens.model.load import load_model, model_id
+    from npti_lens.workflows.answers import Condition, intervention
     from tests.helpers import random_pole_sets
 
     proto = load_protocol("npti")

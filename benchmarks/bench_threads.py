@@ -4,7 +4,7 @@
 
 The busy process is a bounded spin loop this script starts before a run and stops after it. "old"
 is torch's default (one spinning OpenMP thread per core, which the package leaves alone when the
-user sets OMP_NUM_THREADS); "new" is npti_lens.threads' policy with nothing set. Cases:
+user sets OMP_NUM_THREADS); "new" is npti_lens.core.threads' policy with nothing set. Cases:
 organism: `npti demo` (the organism, whole); smollm2: `npti generate --model smollm2`, 8 test
 questions, 48 tokens (TL loop); vllm: the same with `--engine vllm`, 48 questions. Times are whole
 commands (model loading included), as a user waits for them.

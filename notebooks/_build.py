@@ -24,7 +24,7 @@ NOTEBOOKS = {
             "code",
             "import tempfile, torch\nfrom pathlib import Path\n\nimport npti_lens as nl\n"
             "from npti_lens.organism import corpus\n"
-            "from npti_lens.organism.judge import attribute\n\n"
+            "from npti_lens.judges.organism import attribute\n\n"
             "work = Path(tempfile.mkdtemp())\nmodel = nl.load_model('organism')\n"
             "sites = nl.mlp_sites(model)\nprint(sites.n_layers, 'layers x', sites.d_mlp, 'neurons, gated:', sites.gated)",
         ),
@@ -35,7 +35,7 @@ NOTEBOOKS = {
         ),
         (
             "code",
-            "from npti_lens.search import SearchConfig, run_search\n\nsearch_dir, test_dir, personas = corpus.write_data(work / 'data', 32, seed=0)\n"
+            "from npti_lens.workflows.search import SearchConfig, run_search\n\nsearch_dir, test_dir, personas = corpus.write_data(work / 'data', 32, seed=0)\n"
             "gcfg = nl.GenerateConfig(max_new_tokens=48, batch_size=32, repetition_penalty=1.0)\n"
             "stats = run_search(model, search_dir, personas, work / 'run', SearchConfig(traits='Agreeableness'), gcfg)\n"
             "for name, s in stats.items():\n    print(name, s.n_tokens, 'answer tokens; mean P(active) =', round(float(s.p_active().mean()), 3))",
@@ -85,8 +85,8 @@ NOTEBOOKS = {
         ),
         (
             "code",
-            "from npti_lens.directions import Direction\nfrom npti_lens.monitoring import choose_layer\n"
-            "from npti_lens.prompts import tokenize\n\n"
+            "from npti_lens.method.directions import Direction\nfrom npti_lens.workflows.monitoring import choose_layer\n"
+            "from npti_lens.inputs.prompts import tokenize\n\n"
             "d = Direction.load(work / 'neurons' / 'Agreeableness_high')\n"
             "block, aurocs = choose_layer(model, high, low, d, work / 'run')\n"
             "with nl.monitor(model, sets, 'Agreeableness_high', direction=d, layers=[block]) as trace:\n"
@@ -108,8 +108,8 @@ NOTEBOOKS = {
         ),
         (
             "code",
-            "from pathlib import Path\n\nfrom npti_lens.analysis import layer_distribution, overlap\n"
-            "from npti_lens.neurons import import_reference, load_neuron_sets\n\n"
+            "from pathlib import Path\n\nfrom npti_lens.evaluation.overlap import layer_distribution, overlap\n"
+            "from npti_lens.method.neurons import import_reference, load_neuron_sets\n\n"
             "root = Path.cwd().parent if Path.cwd().name == 'notebooks' else Path.cwd()\n"
             "sources = {'organism': load_neuron_sets(root / 'neuron_results' / 'organism')}\n"
             "published = root.parent / 'shared' / 'reference' / 'npti-original' / 'neuron_results_llama3_8b_instruct'\n"
@@ -126,7 +126,7 @@ NOTEBOOKS = {
         ),
         (
             "code",
-            "import tempfile\nfrom IPython.display import Image, display\nfrom npti_lens import figures\n\n"
+            "import tempfile\nfrom IPython.display import Image, display\nfrom npti_lens.evaluation import figures\n\n"
             "out = Path(tempfile.mkdtemp())\nname, sets = list(sources.items())[-1]\n"
             "display(Image(filename=str(figures.overlap_heatmap(overlap(sets), out / 'overlap.png'))))\n"
             "display(Image(filename=str(figures.layer_distribution(layer_distribution(sets), out / 'layers.png'))))",
@@ -141,10 +141,10 @@ NOTEBOOKS = {
         ),
         (
             "code",
-            "import torch\nfrom pathlib import Path\n\nfrom npti_lens.ablation import AblationConfig, run_ablation\n"
-            "from npti_lens.generation import GenerateConfig\nfrom npti_lens.induction import load_pair\n"
-            "from npti_lens.model import load_model\nfrom npti_lens.organism.corpus import question_split\n"
-            "from npti_lens.organism.judge import OrganismJudge\nfrom npti_lens.score import score_rows, summarize\n\n"
+            "import torch\nfrom pathlib import Path\n\nfrom npti_lens.workflows.ablation import AblationConfig, run_ablation\n"
+            "from npti_lens.model.generation import GenerateConfig\nfrom npti_lens.method.induction import load_pair\n"
+            "from npti_lens.model.load import load_model\nfrom npti_lens.organism.corpus import question_split\n"
+            "from npti_lens.judges.organism import OrganismJudge\nfrom npti_lens.judges.registry import score_rows, summarize\n\n"
             "root = Path.cwd().parent if Path.cwd().name == 'notebooks' else Path.cwd()\n"
             "model = load_model('organism')\ntarget, opposite = load_pair(root / 'neuron_results' / 'organism', 'Neuroticism', 'low')\n"
             "questions = question_split()['Neuroticism']['test']\nlen(target), len(opposite)",
@@ -176,12 +176,12 @@ NOTEBOOKS = {
             "code",
             "import json, tempfile, torch\nfrom pathlib import Path\n\nimport npti_lens as nl\n\n"
             "work = Path(tempfile.mkdtemp())\nmodel = nl.load_model('smollm2')\nsites = nl.mlp_sites(model)\n"
-            "from npti_lens.model import model_id\nprint(model_id(model), sites.n_layers, 'layers x', sites.d_mlp, 'neurons')",
+            "from npti_lens.model.load import model_id\nprint(model_id(model), sites.n_layers, 'layers x', sites.d_mlp, 'neurons')",
         ),
         ("md", "## 1. Search: persona answers (released template) and their statistics"),
         (
             "code",
-            "from npti_lens.search import SearchConfig, run_search\n\nshipped = Path(nl.__file__).parent / 'data'\n"
+            "from npti_lens.workflows.search import SearchConfig, run_search\n\nshipped = Path(nl.__file__).parent / 'data'\n"
             "qdir = work / 'questions'; qdir.mkdir()\n"
             "lines = (shipped / 'questions' / 'search' / 'Extraversion.json').read_text().splitlines()[:4]\n"
             "(qdir / 'Extraversion.json').write_text('\\n'.join(lines) + '\\n')\n"
@@ -200,7 +200,7 @@ NOTEBOOKS = {
         ("md", "## 3. Induce with the neutral prompt, and judge offline"),
         (
             "code",
-            "from npti_lens.classifier import ClassifierJudge, train\nfrom npti_lens.score import score_rows\n\n"
+            "from npti_lens.judges.classifier import ClassifierJudge, train\nfrom npti_lens.judges.registry import score_rows\n\n"
             "proto = nl.load_protocol('npti')\nclf = train(work / 'run', work / 'judge', ['Extraversion'])\n"
             "judge = ClassifierJudge(clf, model=model)  # fluency: repeats, and perplexity under the plain model\n"
             "test = [json.loads(x)['question'] for x in (shipped / 'questions' / 'test' / 'Extraversion.json').read_text().splitlines()[:2]]\n"

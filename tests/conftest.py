@@ -23,7 +23,7 @@ with install_import_hook("npti_lens", "beartype.beartype"):
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-from npti_lens.threads import set_threads  # noqa: E402
+from npti_lens.core.threads import set_threads  # noqa: E402
 
 set_threads(1)  # the tests' models are tiny, and their timings need not be fast on a busy machine
 
@@ -38,6 +38,6 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_models(tiny_dirs):
-    from npti_lens.model import load_model
+    from npti_lens.model.load import load_model
 
     return {f: load_model(str(d)) for f, d in tiny_dirs.items()}

@@ -95,7 +95,7 @@ WORDS = [
     "would",
     "do",
     "your",
-    # the rating options of an inventory (npti_lens.administer)
+    # the rating options of an inventory (npti_lens.evaluation.profiles)
     "1",
     "2",
     "3",
@@ -255,8 +255,8 @@ def build_tiny_vllm(family: str, folder: Path, *, seed: int = 0, init: float = 0
 def tiny_vllm_with_sets(family: str, folder: Path):
     """A tiny vLLM-ready model (`build_tiny_vllm`), its TransformerBridge, and random high and low
     sets for it: (folder, bridge, high, low)."""
-    from npti_lens.model import load_model, model_id
-    from npti_lens.sites import mlp_sites
+    from npti_lens.model.load import load_model, model_id
+    from npti_lens.model.sites import mlp_sites
 
     folder = build_tiny_vllm(family, folder)
     tl = load_model(str(folder))
@@ -267,7 +267,7 @@ def tiny_vllm_with_sets(family: str, folder: Path):
 
 def random_pole_sets(model: str, n_layers: int, d_mlp: int, n: int = 60, trait: str = "Extraversion"):
     """A high and a low neuron set of `n` random neurons each, with random diff and q95 (seeded)."""
-    from npti_lens.neurons import NeuronSet
+    from npti_lens.method.neurons import NeuronSet
 
     out = []
     for pole, seed in (("high", 1), ("low", 2)):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from npti_lens.ablation import AblationConfig, conditions, layer_bands, run_ablation
 from npti_lens.organism import organism_path
+from npti_lens.workflows.ablation import AblationConfig, conditions, layer_bands, run_ablation
 
 pytestmark = pytest.mark.skipif(not (organism_path() / "config.json").is_file(), reason="no organism weights")
 
@@ -19,12 +19,12 @@ def test_layer_bands_cover_every_layer_once():
 def test_every_condition_runs_on_the_organism():
     from pathlib import Path
 
-    from npti_lens.generation import GenerateConfig
-    from npti_lens.induction import load_pair
-    from npti_lens.model import load_model
+    from npti_lens.judges.organism import OrganismJudge
+    from npti_lens.judges.registry import score_rows, summarize
+    from npti_lens.method.induction import load_pair
+    from npti_lens.model.generation import GenerateConfig
+    from npti_lens.model.load import load_model
     from npti_lens.organism.corpus import question_split
-    from npti_lens.organism.judge import OrganismJudge
-    from npti_lens.score import score_rows, summarize
 
     root = Path(__file__).resolve().parents[1]
     target, opp = load_pair(root / "neuron_results" / "organism", "Neuroticism", "low")
@@ -59,7 +59,7 @@ def test_every_condition_runs_on_the_organism():
     assert names.count("random") == 5  # five control draws, each its own seed
     draws = [c["pairs"][0][0].flat().tolist() for c in conds if c["condition"] == "random"]
     assert len({tuple(d) for d in draws}) == 5
-    from npti_lens.ablation import ablation_evidence
+    from npti_lens.workflows.ablation import ablation_evidence
 
     cell = ablation_evidence(score_rows(rows, OrganismJudge()))
     assert cell.k == 5 and cell.n == len(qs) and cell.gamma == 3.0

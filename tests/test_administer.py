@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from npti_lens.administer import (
+from npti_lens.cli import main
+from npti_lens.core.errors import UserError
+from npti_lens.evaluation.profiles import (
     InventoryConfig,
     administer,
     item_prompt,
@@ -17,12 +19,10 @@ from npti_lens.administer import (
     option_token_ids,
     statement,
 )
-from npti_lens.bench import SAMPLE_PERSONAS, load_personas
-from npti_lens.cli import main
-from npti_lens.errors import UserError
-from npti_lens.induction import InduceConfig, induce
-from npti_lens.inventory import Item, load_inventory
-from npti_lens.prompts import build, tokenize
+from npti_lens.inputs.inventory import Item, load_inventory
+from npti_lens.inputs.prompts import build, tokenize
+from npti_lens.inputs.questions import SAMPLE_PERSONAS, load_personas
+from npti_lens.method.induction import InduceConfig, induce
 from tests.helpers import SHARED, hf_reference
 from tests.test_induction import two_sets
 
@@ -164,8 +164,8 @@ def test_cli_inventory_with_ipip_neo_120(tiny_dirs, tmp_path):
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_a_cached_persona_prefix_equals_full_forwards(family, tiny_models):
-    from npti_lens.administer import MIN_SHARED_PREFIX, shared_prefix
-    from npti_lens.prompts import persona_system
+    from npti_lens.evaluation.profiles import MIN_SHARED_PREFIX, shared_prefix
+    from npti_lens.inputs.prompts import persona_system
 
     model = tiny_models[family]
     ids = option_token_ids(model.tokenizer)
@@ -204,7 +204,7 @@ def test_a_cached_persona_prefix_equals_full_forwards(family, tiny_models):
 
 
 def test_shared_prefix_leaves_every_prompt_a_token():
-    from npti_lens.administer import shared_prefix
+    from npti_lens.evaluation.profiles import shared_prefix
 
     assert shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2
     assert shared_prefix([[1, 2, 3, 4], [1, 2, 5]]) == 2
@@ -212,8 +212,8 @@ def test_shared_prefix_leaves_every_prompt_a_token():
 
 
 def test_prompt_frames_ask_every_item_through_the_protocols_stage(tiny_models):
-    from npti_lens.administer import measure, prompt_frame
-    from npti_lens.protocol import load_protocol
+    from npti_lens.evaluation.profiles import measure, prompt_frame
+    from npti_lens.method.protocol import load_protocol
 
     model = tiny_models["llama"]
     proto = load_protocol("npti")

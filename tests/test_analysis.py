@@ -9,9 +9,9 @@ import pytest
 import torch
 from scipy.stats import hypergeom
 
-from npti_lens.analysis import layer_distribution, overlap
 from npti_lens.cli import main
-from npti_lens.neurons import NeuronSet, import_reference
+from npti_lens.evaluation.overlap import layer_distribution, overlap
+from npti_lens.method.neurons import NeuronSet, import_reference
 from tests.helpers import REFERENCE
 
 
@@ -142,7 +142,7 @@ def test_figures_cli(tmp_path, capsys):
 def test_method_table_and_figure_from_score_summaries(tmp_path, capsys):
     import csv
 
-    from npti_lens.figures import method_table
+    from npti_lens.evaluation.figures import method_table
 
     rows = [
         {"trait": "Extraversion", "pole": "high", "condition": c, "gamma": g, "score": s, "sem": e}

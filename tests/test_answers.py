@@ -6,14 +6,14 @@ import json
 
 import torch
 
-from npti_lens.answers import Condition, answer, baseline_condition, read_answers, write_answers
-from npti_lens.bench import load_questions
 from npti_lens.cli import main
-from npti_lens.induction import load_pair, random_control
-from npti_lens.neurons import NeuronSet, load_neuron_sets
-from npti_lens.protocol import load_protocol
-from npti_lens.scoring import score_file
-from npti_lens.select import SelectConfig, select_run
+from npti_lens.inputs.questions import load_questions
+from npti_lens.method.induction import load_pair, random_control
+from npti_lens.method.neurons import NeuronSet, load_neuron_sets
+from npti_lens.method.protocol import load_protocol
+from npti_lens.method.selection import SelectConfig, select_run
+from npti_lens.workflows.answers import Condition, answer, baseline_condition, read_answers, write_answers
+from npti_lens.workflows.scoring import score_file
 from tests.helpers import write_data
 
 GEN = ["--max-new-tokens", "4", "--batch-size", "4"]
@@ -92,7 +92,7 @@ def test_python_and_cli_give_the_same_files(tiny_dirs, tiny_models, tmp_path, ca
 
 def test_conditions_label_their_rows(tiny_models, tmp_path):
     model = tiny_models["gpt2"]
-    from npti_lens.sites import mlp_sites
+    from npti_lens.model.sites import mlp_sites
 
     sites = mlp_sites(model)
     flat = torch.arange(0, 30, 3)

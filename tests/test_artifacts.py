@@ -13,10 +13,10 @@ STORED = Path(__file__).parent / "data" / "artifacts"
 
 
 def test_a_stored_run_gives_its_stored_neuron_sets_and_direction_again(tmp_path):
-    from npti_lens.directions import Direction, mean_difference
-    from npti_lens.neurons import load_neuron_sets
-    from npti_lens.record import load_run_stats
-    from npti_lens.select import SelectConfig, select_run
+    from npti_lens.method.directions import Direction, mean_difference
+    from npti_lens.method.neurons import load_neuron_sets
+    from npti_lens.method.selection import SelectConfig, select_run
+    from npti_lens.method.statistics import load_run_stats
 
     high = load_run_stats(STORED / "run", "Extraversion", "high")
     low = load_run_stats(STORED / "run", "Extraversion", "low")
@@ -39,9 +39,9 @@ def test_a_stored_run_gives_its_stored_neuron_sets_and_direction_again(tmp_path)
 
 
 def test_stored_scores_are_given_again_by_the_stored_classifier(tmp_path):
-    from npti_lens.answers import read_answers
-    from npti_lens.io import read_jsonl, read_summary
-    from npti_lens.scoring import score_file
+    from npti_lens.core.files import read_jsonl, read_summary
+    from npti_lens.workflows.answers import read_answers
+    from npti_lens.workflows.scoring import score_file
 
     rows = read_answers(STORED / "answers.jsonl")
     assert len(rows) == 2 and all(r["answer_token_ids"] for r in rows)
@@ -53,9 +53,9 @@ def test_stored_scores_are_given_again_by_the_stored_classifier(tmp_path):
 
 
 def test_a_stored_control_and_judge_data_load():
-    from npti_lens.classifier import run_rows
-    from npti_lens.control import Control
-    from npti_lens.judging import DATA_KIND
+    from npti_lens.evaluation.control import Control
+    from npti_lens.judges.classifier import run_rows
+    from npti_lens.workflows.judging import DATA_KIND
 
     path = STORED / "control.json"
     ctrl = Control.load(path)

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from npti_lens.capability import answer_nll, retention
-from npti_lens.prompts import build
+from npti_lens.evaluation.capability import answer_nll, retention
+from npti_lens.inputs.prompts import build
 from tests.helpers import QUESTIONS
 from tests.test_induction import two_sets
 
@@ -46,7 +46,7 @@ def test_capability_cli(tiny_dirs, tmp_path, capsys):
     import json
 
     from npti_lens.cli import main
-    from npti_lens.model import load_model
+    from npti_lens.model.load import load_model
 
     model = load_model(str(tiny_dirs["llama"]))
     for s in two_sets(model):
@@ -81,9 +81,9 @@ def test_capability_cli(tiny_dirs, tmp_path, capsys):
 def test_choice_accuracy_against_a_plain_forward_and_under_induction(tiny_models, tiny_dirs, tmp_path):
     import json
 
-    from npti_lens.capability import ChoiceItem, choice_accuracy, load_choice_items, pair_nlls
     from npti_lens.cli import main
-    from npti_lens.induction import InduceConfig, induce
+    from npti_lens.evaluation.capability import ChoiceItem, choice_accuracy, load_choice_items, pair_nlls
+    from npti_lens.method.induction import InduceConfig, induce
     from tests.helpers import hf_reference
 
     model = tiny_models["llama"]

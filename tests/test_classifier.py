@@ -9,7 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from npti_lens.classifier import (
+from npti_lens.core.errors import UserError
+from npti_lens.judges.classifier import (
     ANALYZERS,
     Classifier,
     ClassifierConfig,
@@ -18,8 +19,7 @@ from npti_lens.classifier import (
     grouped_folds,
     train,
 )
-from npti_lens.errors import UserError
-from npti_lens.validity import TFIDF_C
+from npti_lens.judges.fitting import TFIDF_C
 
 HIGH = ["party", "friends", "crowd", "dance", "loud", "talk", "laugh", "join", "people", "meet"]
 LOW = ["alone", "quiet", "book", "home", "read", "rest", "calm", "silence", "garden", "tea"]
@@ -139,13 +139,13 @@ def test_agrees_with_the_organism_judge_on_held_out_answers(tmp_path):
     answers to held-out questions agrees with the organism's exact judge on most answers."""
     import random as rnd
 
-    from npti_lens.answers import Condition, answer
-    from npti_lens.generation import GenerateConfig
-    from npti_lens.model import load_model
+    from npti_lens.judges.organism import attribute
+    from npti_lens.method.protocol import ORGANISM
+    from npti_lens.model.generation import GenerateConfig
+    from npti_lens.model.load import load_model
     from npti_lens.organism import corpus
-    from npti_lens.organism.judge import attribute
-    from npti_lens.protocol import ORGANISM
-    from npti_lens.search import SearchConfig, run_search
+    from npti_lens.workflows.answers import Condition, answer
+    from npti_lens.workflows.search import SearchConfig, run_search
 
     model = load_model("organism")
     gcfg = GenerateConfig(max_new_tokens=48, batch_size=32, repetition_penalty=1.0)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from npti_lens.cli import main
-from npti_lens.neurons import load_neuron_sets
+from npti_lens.method.neurons import load_neuron_sets
 from tests.helpers import FAMILIES, write_data
 
 GEN = ["--max-new-tokens", "5", "--batch-size", "4"]

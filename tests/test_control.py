@@ -9,9 +9,9 @@ import random
 import numpy as np
 import pytest
 
-from npti_lens import evidence
-from npti_lens.control import Control, auroc, trait_control
-from npti_lens.errors import UserError
+from npti_lens.core.errors import UserError
+from npti_lens.evaluation import evidence
+from npti_lens.evaluation.control import Control, auroc, trait_control
 
 
 def test_auroc_counts_pairs_with_ties_half():
@@ -114,9 +114,9 @@ def test_a_judge_on_shuffled_labels_is_blind_and_on_separable_text_sees(tmp_path
     """Held-out 'P2' answers carry the pole's words, 'none' answers carry none: a judge trained on
     separable text sees both poles; the same texts with shuffled labels give a blind judge, and every
     cell of its poles becomes `judge blind`."""
-    from npti_lens.classifier import ClassifierJudge, train
-    from npti_lens.judging import control_from
-    from npti_lens.score import score_rows
+    from npti_lens.judges.classifier import ClassifierJudge, train
+    from npti_lens.judges.registry import score_rows
+    from npti_lens.workflows.judging import control_from
 
     clf = train(_run(tmp_path / "run", shuffled), tmp_path / "clf", ["Extraversion"])
     judge = ClassifierJudge(clf)
@@ -150,7 +150,7 @@ def test_judge_data_train_and_control_from_the_cli(tiny_dirs, tmp_path, capsys):
     import warnings
 
     from npti_lens.cli import main
-    from npti_lens.demo_real import QUESTIONS
+    from npti_lens.demos.real import QUESTIONS
 
     model = str(tiny_dirs["llama"])
     common = ["--model", model, "--traits", "Extraversion", "--max-new-tokens", "4"]

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from npti_lens.cli import main
-from npti_lens.directions import Direction, steer
-from npti_lens.errors import UserError
-from npti_lens.generation import GenerateConfig, generate
-from npti_lens.model import model_id
+from npti_lens.core.errors import UserError
+from npti_lens.method.directions import Direction, steer
+from npti_lens.model.generation import GenerateConfig, generate
+from npti_lens.model.load import model_id
 from tests.helpers import hf_reference
 
 IDS = [[1, 5, 6, 7, 8, 9], [1, 11, 12, 13]]

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import torch
 
-from npti_lens.directions import Direction, steer
+from npti_lens.method.directions import Direction, steer
 
 
 def _smollm2() -> bool:
-    from npti_lens.errors import UserError
-    from npti_lens.gguf import smollm2_path
+    from npti_lens.core.errors import UserError
+    from npti_lens.model.gguf import smollm2_path
 
     try:
         smollm2_path()
@@ -63,8 +63,8 @@ llm.close()
 
 
 def test_llama_cpp_moves_the_logits_as_our_steering_of_the_same_block(tmp_path):
-    from npti_lens.gguf import smollm2_path
-    from npti_lens.model import load_model, model_id
+    from npti_lens.model.gguf import smollm2_path
+    from npti_lens.model.load import load_model, model_id
 
     model = load_model("smollm2")
     ids = model.tokenizer.encode("Tell me about your ideal weekend with friends.")

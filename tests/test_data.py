@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from npti_lens.bench import load_personality_bench, load_personas, load_questions
-from npti_lens.errors import UserError
+from npti_lens.core.errors import UserError
+from npti_lens.inputs.questions import load_personality_bench, load_personas, load_questions
 from tests.helpers import REFERENCE, write_data
 
 
@@ -44,10 +44,10 @@ def test_reference_test_split_and_personas():
 
 
 def test_shipped_sample_set_loads_everywhere(tmp_path):
-    from npti_lens.bench import SAMPLE_DIR, SAMPLE_PERSONAS
     from npti_lens.cli import main
-    from npti_lens.constants import TRAITS
-    from npti_lens.inventory import load_inventory
+    from npti_lens.core.constants import TRAITS
+    from npti_lens.inputs.inventory import load_inventory
+    from npti_lens.inputs.questions import SAMPLE_DIR, SAMPLE_PERSONAS
 
     search = load_personality_bench(SAMPLE_DIR, "search")
     test = load_personality_bench(SAMPLE_DIR, "test")

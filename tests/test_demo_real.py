@@ -8,9 +8,9 @@ import warnings
 
 import pytest
 
-from npti_lens.answers import read_answers
-from npti_lens.demo_real import RealDemoConfig, run_real_demo
-from npti_lens.dose import strongest_fluent
+from npti_lens.demos.dose import strongest_fluent
+from npti_lens.demos.real import RealDemoConfig, run_real_demo
+from npti_lens.workflows.answers import read_answers
 
 CFG = RealDemoConfig(traits="Extraversion", n_search=4, n_test=3, max_new_tokens=6, gammas="0.5,4",
                      control_draws=2, methods="npti,vector,simple,p2", vector_coefs="1", batch_size=8,
@@ -69,7 +69,7 @@ def test_tables_cells_and_files(demo):
 
 
 def test_the_demos_judge_never_saw_the_held_out_questions(demo):
-    from npti_lens.classifier import question_key
+    from npti_lens.judges.classifier import question_key
 
     result, out = demo
     trained = set(json.loads((out / "judge" / "cfg.json").read_text())["questions"]["Extraversion"])
@@ -78,7 +78,7 @@ def test_the_demos_judge_never_saw_the_held_out_questions(demo):
 
 
 def test_a_killed_demo_resumes_to_the_same_results(demo, tiny_models, tmp_path, monkeypatch):
-    import npti_lens.answers as answers
+    import npti_lens.workflows.answers as answers
 
     first, _ = demo
     calls = {"n": 0}
@@ -107,7 +107,7 @@ def test_a_killed_demo_resumes_to_the_same_results(demo, tiny_models, tmp_path, 
 def test_another_config_in_the_same_folder_is_refused(demo, tiny_models):
     from dataclasses import replace
 
-    from npti_lens.errors import UserError
+    from npti_lens.core.errors import UserError
 
     _, out = demo
     with pytest.raises(UserError, match="another model or config"):
@@ -183,7 +183,7 @@ def test_the_sweep_stops_where_fluency_falls_below_the_floor(tmp_path):
     """On the organism (whose answers loop at high gamma) each pole walks up the ladder until its mean
     NPTI fluency first falls below the floor, and asks nothing stronger; the chosen strength is the
     largest effect among the fluent ones."""
-    from npti_lens.model import load_model
+    from npti_lens.model.load import load_model
 
     cfg = RealDemoConfig(traits="Neuroticism", n_search=6, n_test=6, max_new_tokens=24, gammas="1,4,16,64,256",
                          control_draws=1, methods="npti,p2", fluency_floor=0.8, min_neurons=20, threshold=0.2,

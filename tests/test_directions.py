@@ -8,13 +8,13 @@ import json
 import pytest
 import torch
 
-from npti_lens.answers import Condition, answer
 from npti_lens.cli import main
-from npti_lens.directions import Direction, npti_as_vector, random_direction, steer
-from npti_lens.induction import InduceConfig, induce
-from npti_lens.neurons import load_pole
-from npti_lens.prompts import tokenize
-from npti_lens.protocol import load_protocol
+from npti_lens.inputs.prompts import tokenize
+from npti_lens.method.directions import Direction, npti_as_vector, random_direction, steer
+from npti_lens.method.induction import InduceConfig, induce
+from npti_lens.method.neurons import load_pole
+from npti_lens.method.protocol import load_protocol
+from npti_lens.workflows.answers import Condition, answer
 from tests.helpers import hf_reference, search_and_select
 
 GEN = ["--max-new-tokens", "5", "--batch-size", "4"]
@@ -148,7 +148,7 @@ def test_vector_in_capability_and_inventory(llama_run, tiny_dirs, tmp_path):
 def test_up_sums_equal_a_full_activation_computation(llama_run, tiny_dirs):
     from transformers import AutoTokenizer
 
-    from npti_lens.record import load_run_stats
+    from npti_lens.method.statistics import load_run_stats
 
     run, _ = llama_run
     hf = hf_reference(tiny_dirs["llama"])
@@ -172,7 +172,7 @@ def test_up_sums_equal_a_full_activation_computation(llama_run, tiny_dirs):
 
 
 def test_vector_in_ablations(llama_run, tiny_models):
-    from npti_lens.ablation import AblationConfig, run_ablation
+    from npti_lens.workflows.ablation import AblationConfig, run_ablation
 
     _, neurons = llama_run
     target, opp = load_pole(neurons, "Extraversion", "high"), load_pole(neurons, "Extraversion", "low")

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from npti_lens import evidence
+from npti_lens.evaluation import evidence
 
 
 def test_bootstrap_interval_equals_a_plain_loop():
@@ -141,7 +141,7 @@ def test_the_evidence_figure_draws_a_gamma_grid_or_each_cell_at_its_chosen_stren
     """The organism measures every cell at every gamma: one panel per gamma, rows in one order. The
     real demo keeps each cell at its own chosen strength: one panel, the strength in each label (a
     grid there would put cells under another cell's name)."""
-    from npti_lens.curves import evidence_forest, forest_panels
+    from npti_lens.evaluation.curves import evidence_forest, forest_panels
 
     def cell(t, p, g, method="npti"):
         return {"trait": t, "pole": p, "gamma": g, "method": method, "verdict": "judge blind",

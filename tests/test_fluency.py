@@ -6,7 +6,7 @@ import zlib
 
 import pytest
 
-from npti_lens.fluency import (
+from npti_lens.judges.fluency import (
     REP3_DEGENERATE,
     fluency_of,
     longest_repeated_span,

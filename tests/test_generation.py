@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from npti_lens.generation import GenerateConfig, generate
-from npti_lens.prompts import build
+from npti_lens.inputs.prompts import build
+from npti_lens.model.generation import GenerateConfig, generate
 from tests.helpers import FAMILIES, QUESTIONS, hf_reference
 
 PROMPT_TEXTS = [QUESTIONS[0], "hello", QUESTIONS[2] + " " + QUESTIONS[3], QUESTIONS[5]]
@@ -91,7 +91,7 @@ def test_stops_at_eos_and_sampling_is_seeded(tiny_models):
 def test_the_fast_path_without_hooks_equals_the_bridge_path(family, tiny_models):
     """With no hook on the model the loop runs the HF model without the bridge's wrappers (same weight
     tensors); its answers equal the bridge path's token for token, greedy and sampled."""
-    from npti_lens.sites import MLPSites, any_hook, hooks_added, plain_hf
+    from npti_lens.model.sites import MLPSites, any_hook, hooks_added, plain_hf
 
     model = tiny_models[family]
     plain = plain_hf(model)

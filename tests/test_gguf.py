@@ -11,8 +11,8 @@ import os
 import numpy as np
 import pytest
 
-from npti_lens import gguf as g
-from npti_lens.errors import UserError
+from npti_lens.core.errors import UserError
+from npti_lens.model import gguf as g
 
 
 def write_gguf(path, arch="llama", n=8):

@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from npti_lens.errors import UserError
-from npti_lens.generation import GenerateConfig, generate
-from npti_lens.induction import InduceConfig, induce, shift_sizes
-from npti_lens.model import model_id
-from npti_lens.neurons import NeuronSet
-from npti_lens.prompts import build
-from npti_lens.sites import hooks_added, mlp_sites
+from npti_lens.core.errors import UserError
+from npti_lens.inputs.prompts import build
+from npti_lens.method.induction import InduceConfig, induce, shift_sizes
+from npti_lens.method.neurons import NeuronSet
+from npti_lens.model.generation import GenerateConfig, generate
+from npti_lens.model.load import model_id
+from npti_lens.model.sites import hooks_added, mlp_sites
 from tests.helpers import FAMILIES, QUESTIONS, hf_reference
 
 

@@ -8,10 +8,10 @@ import statistics
 import numpy as np
 import pytest
 
-from npti_lens.administer import Administration, InventoryConfig, InventoryResult
-from npti_lens.constants import TRAITS
-from npti_lens.errors import UserError
-from npti_lens.inventory import (
+from npti_lens.core.constants import TRAITS
+from npti_lens.core.errors import UserError
+from npti_lens.evaluation.profiles import Administration, InventoryConfig, InventoryResult
+from npti_lens.inputs.inventory import (
     SHIPPED_INVENTORY,
     Item,
     bootstrap_ci,

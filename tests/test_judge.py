@@ -17,9 +17,15 @@ import pytest
 from openai_server import FakeOpenAI, expected_for, prompt_key, rating_for
 
 from npti_lens.cli import main
-from npti_lens.constants import TRAITS
-from npti_lens.judge import LEDGER_FILE, expected_rating, fluency_messages, parse_rating, trait_messages
-from npti_lens.llm import retry_after
+from npti_lens.core.constants import TRAITS
+from npti_lens.judges.client import retry_after
+from npti_lens.judges.llm_judge import (
+    LEDGER_FILE,
+    expected_rating,
+    fluency_messages,
+    parse_rating,
+    trait_messages,
+)
 
 SECRET = "sk-test-do-not-write-4f1c9e"
 # Long enough that a healthy reply never times out on a loaded CI machine (a timed-out reply the
@@ -264,8 +270,8 @@ def _build_reply(messages: list[dict]) -> str:
 
 
 def test_data_build_dedups_splits_and_resumes(tmp_path, api_key, capsys):
-    from npti_lens.bench import load_personality_bench
-    from npti_lens.inventory import load_inventory
+    from npti_lens.inputs.inventory import load_inventory
+    from npti_lens.inputs.questions import load_personality_bench
 
     topics = tmp_path / "topics.txt"
     topics.write_text("work\ntravel\nfood\n")
@@ -306,8 +312,8 @@ def test_data_build_dedups_splits_and_resumes(tmp_path, api_key, capsys):
 
 
 def test_lens_judge_facets_are_the_ipip_neo_facets_of_the_shipped_inventory():
-    from npti_lens.inventory import load_inventory
-    from npti_lens.protocol import load_protocol
+    from npti_lens.inputs.inventory import load_inventory
+    from npti_lens.method.protocol import load_protocol
 
     items = load_inventory()
     for trait, names in load_protocol("lens").judge.factors.items():
@@ -319,8 +325,8 @@ def test_judge_runs_inside_a_running_event_loop(tmp_path, api_key):
     """As in a Jupyter notebook, where an event loop is already running."""
     import asyncio
 
-    from npti_lens.judge import OpenAIJudge
-    from npti_lens.llm import ChatConfig
+    from npti_lens.judges.client import ChatConfig
+    from npti_lens.judges.llm_judge import OpenAIJudge
 
     rows = _answers(tmp_path / "gen.jsonl", 3)
     with FakeOpenAI() as srv:

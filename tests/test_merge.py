@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from npti_lens.errors import UserError
-from npti_lens.generation import GenerateConfig
-from npti_lens.merge import merge_runs
-from npti_lens.record import load_run_stats
-from npti_lens.search import SearchConfig, answers_path, parse_shard, run_search, shard_slice
+from npti_lens.core.errors import UserError
+from npti_lens.method.statistics import load_run_stats
+from npti_lens.model.generation import GenerateConfig
+from npti_lens.workflows.merge import merge_runs
+from npti_lens.workflows.search import SearchConfig, answers_path, parse_shard, run_search, shard_slice
 from tests.helpers import write_data
 
 GCFG = GenerateConfig(max_new_tokens=5, batch_size=3, repetition_penalty=1.15)

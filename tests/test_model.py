@@ -6,12 +6,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from npti_lens.errors import UserError
-from npti_lens.generation import GenerateConfig, generate
-from npti_lens.model import ModelConfig, load_model, model_id
-from npti_lens.prompts import build
-from npti_lens.record import Stats, record_batch
-from npti_lens.sites import mlp_sites
+from npti_lens.core.errors import UserError
+from npti_lens.inputs.prompts import build
+from npti_lens.method.statistics import Stats, record_batch
+from npti_lens.model.generation import GenerateConfig, generate
+from npti_lens.model.load import ModelConfig, load_model, model_id
+from npti_lens.model.sites import mlp_sites
 from tests.helpers import QUESTIONS
 
 
@@ -61,9 +61,9 @@ def test_bad_model_path_and_dtype(tmp_path):
 
 
 def test_model_facts_are_worked_out_once_and_carried(tiny_models):
-    from npti_lens import sites as sites_module
-    from npti_lens.model import FACTS_ATTR, facts, model_dims, model_id, n_positions
-    from npti_lens.protocol import protocol_for
+    from npti_lens.method.protocol import protocol_for
+    from npti_lens.model import sites as sites_module
+    from npti_lens.model.load import FACTS_ATTR, facts, model_dims, model_id, n_positions
 
     for family, model in tiny_models.items():
         f = facts(model)

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from npti_lens.errors import UserError
-from npti_lens.neurons import NeuronSet, import_reference, load_neuron_sets
+from npti_lens.core.errors import UserError
+from npti_lens.method.neurons import NeuronSet, import_reference, load_neuron_sets
 from tests.helpers import REFERENCE
 
 

@@ -141,7 +141,7 @@ def test_select_reports_and_warns_when_the_minimum_forces_neurons_in(run_dir, tm
     captured = capsys.readouterr()
     m = re.search(r"Extraversion_high: (\d+) neurons, (\d+) with diff > 0, (\d+) shared", captured.out)
     kept, positive, shared = map(int, m.groups())
-    from npti_lens.neurons import load_pole
+    from npti_lens.method.neurons import load_pole
 
     ns = load_pole(tmp_path / "n", "Extraversion", "high")
     opp = load_pole(tmp_path / "n", "Extraversion", "low")
@@ -281,7 +281,7 @@ def test_outputs_are_checked_before_the_model_loads_and_never_overwritten(
 
 
 def test_written_files_follow_the_umask(tmp_path):
-    from npti_lens.io import write_text_atomic
+    from npti_lens.core.files import write_text_atomic
 
     old = os.umask(0o027)
     try:
@@ -349,7 +349,7 @@ def test_a_second_search_on_a_locked_run_and_ctrl_c_say_what_to_do(
     run = tmp_path / "run"
     argv = ["search", "--model", str(tiny_dirs["llama"]), "--questions", str(qdir), "--personas",
             str(personas), "--out", str(run), "--traits", "Extraversion", *GEN]  # fmt: skip
-    import npti_lens.search as search
+    import npti_lens.workflows.search as search
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
@@ -371,9 +371,9 @@ def test_a_second_search_on_a_locked_run_and_ctrl_c_say_what_to_do(
 def test_figures_read_as_they_should(monkeypatch, tmp_path):
     import math
 
-    from npti_lens import figures
-    from npti_lens.analysis import layer_distribution
-    from npti_lens.neurons import load_neuron_sets
+    from npti_lens.evaluation import figures
+    from npti_lens.evaluation.overlap import layer_distribution
+    from npti_lens.method.neurons import load_neuron_sets
 
     drawn = []
     monkeypatch.setattr(figures, "_save", lambda fig, path, pdf=False: drawn.append(fig))

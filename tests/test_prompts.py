@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from npti_lens.cli import main
-from npti_lens.constants import POLES, TRAITS
-from npti_lens.prompts import PERSONA_SYSTEM, persona_system
-from npti_lens.protocol import load_protocol
+from npti_lens.core.constants import POLES, TRAITS
+from npti_lens.inputs.prompts import PERSONA_SYSTEM, persona_system
+from npti_lens.method.protocol import load_protocol
 from tests.helpers import write_data
 
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 from openai_server import FakeOpenAI
 
-from npti_lens.bench import draw_personas
 from npti_lens.cli import main
-from npti_lens.constants import POLES, TRAITS
-from npti_lens.induction import InduceConfig, induce
-from npti_lens.neurons import NeuronSet, load_neuron_sets
-from npti_lens.protocol import PROTOCOL_DIR, load_protocol, shipped
-from npti_lens.sites import mlp_sites
+from npti_lens.core.constants import POLES, TRAITS
+from npti_lens.inputs.questions import draw_personas
+from npti_lens.method.induction import InduceConfig, induce
+from npti_lens.method.neurons import NeuronSet, load_neuron_sets
+from npti_lens.method.protocol import PROTOCOL_DIR, load_protocol, shipped
+from npti_lens.model.sites import mlp_sites
 from tests.helpers import PERSONAS, QUESTIONS, REFERENCE, write_data
 
 needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason="needs ../shared/reference/npti-original")
@@ -154,8 +154,8 @@ def test_sampling_comes_from_the_protocol_unless_a_flag_says_otherwise():
 
 
 def test_lens_protocol_keeps_npti_lens_0_1_prompts(tiny_dirs):
-    from npti_lens.model import load_model
-    from npti_lens.prompts import build, persona_system
+    from npti_lens.inputs.prompts import build, persona_system
+    from npti_lens.model.load import load_model
 
     lens = load_protocol("lens")
     for family in ("llama", "gpt2"):  # with and without a chat template
@@ -268,7 +268,7 @@ def _post_of(model, ids, icfg=None, pairs=None):
         return fn
 
     hooks = [(sites.post(layer), grab(layer)) for layer in range(sites.n_layers)]
-    from npti_lens.sites import hooks_added
+    from npti_lens.model.sites import hooks_added
 
     with torch.inference_mode():
         if pairs is None:
@@ -303,7 +303,7 @@ def test_bernoulli_keep_shares_090_and_differs_per_layer_and_forward(tiny_models
 
         return fn
 
-    from npti_lens.sites import hooks_added
+    from npti_lens.model.sites import hooks_added
 
     recorders = [(sites.pre(la), on_pre(la)) for la in range(sites.n_layers)]
     recorders += [(sites.post(la), on_post(la)) for la in range(sites.n_layers)]

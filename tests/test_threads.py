@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from npti_lens import threads
-from npti_lens.errors import UserError
+from npti_lens.core import threads
+from npti_lens.core.errors import UserError
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def test_what_the_user_set_wins(policy_state, monkeypatch):
 
 
 def test_load_model_applies_the_policy(policy_state, tiny_dirs, monkeypatch):
-    from npti_lens.model import load_model
+    from npti_lens.model.load import load_model
 
     load_model(str(tiny_dirs["llama"]))
     assert torch.get_num_threads() == 1  # a tiny model: one thread

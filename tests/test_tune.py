@@ -8,7 +8,7 @@ import json
 import pytest
 
 from npti_lens.cli import main
-from npti_lens.tune import choose
+from npti_lens.workflows.tune import choose
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 

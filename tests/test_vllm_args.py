@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from npti_lens.induction import InduceConfig, counter_uniform, plan_layers
+from npti_lens.method.induction import InduceConfig, counter_uniform, plan_layers
 from npti_lens.vllm.args import induce_config, induction_args, induction_key, rank_plan
 from tests.helpers import random_pole_sets
 
@@ -89,8 +89,8 @@ def test_engine_flags_fail_clearly(monkeypatch, capsys, tmp_path):
 
 
 def test_serve_checks_its_neuron_folders(tmp_path):
-    from npti_lens.constants import pole_name
-    from npti_lens.errors import UserError
+    from npti_lens.core.constants import pole_name
+    from npti_lens.core.errors import UserError
     from npti_lens.vllm.serve import neuron_folders
 
     hi, lo = random_pole_sets("m", 3, 256)
@@ -128,8 +128,8 @@ def test_every_request_argument_is_bounded(bad, word):
 
 
 def test_the_largest_seed_allowed_hashes_without_overflow():
-    from npti_lens.errors import UserError
-    from npti_lens.induction import SEED_MAX, check_config
+    from npti_lens.core.errors import UserError
+    from npti_lens.method.induction import SEED_MAX, check_config
 
     u = counter_uniform(SEED_MAX, torch.arange(3), 31, torch.arange(5))
     assert u.shape == (3, 5) and bool(((u >= 0) & (u < 1)).all())
@@ -151,7 +151,7 @@ def test_the_largest_seed_allowed_hashes_without_overflow():
 )  # fmt: skip
 def test_serve_refuses_a_vllm_arg_that_undoes_the_hooks(flag, word):
     """Once appended after our flags and silently winning (the server served the plain model)."""
-    from npti_lens.errors import UserError
+    from npti_lens.core.errors import UserError
     from npti_lens.vllm.engine import vllm_available
 
     if vllm_available() is not None:
@@ -167,7 +167,7 @@ def test_serve_refuses_a_vllm_arg_that_undoes_the_hooks(flag, word):
 def test_serve_compile_splits_the_graphs_at_the_edit():
     """--compile: vLLM's compilation with piecewise graphs split at npti::act; a --vllm-arg asking
     for full CUDA graphs on top is refused (they would replay the edit, not run it)."""
-    from npti_lens.errors import UserError
+    from npti_lens.core.errors import UserError
     from npti_lens.vllm.engine import vllm_available
 
     if vllm_available() is not None:
@@ -187,7 +187,7 @@ def test_serve_compile_splits_the_graphs_at_the_edit():
 
 
 def test_the_engine_refuses_keywords_that_undo_the_hooks(tmp_path):
-    from npti_lens.errors import UserError
+    from npti_lens.core.errors import UserError
     from npti_lens.vllm.engine import VLLMEngine, vllm_available
 
     if vllm_available() is not None:
@@ -201,7 +201,7 @@ def test_the_engine_refuses_keywords_that_undo_the_hooks(tmp_path):
 
 
 def test_the_engine_refuses_a_shared_folder_it_cannot_write(tmp_path):
-    from npti_lens.errors import UserError
+    from npti_lens.core.errors import UserError
     from npti_lens.vllm.engine import VLLMEngine, vllm_available
 
     if vllm_available() is not None:

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(
     vllm_available() is not None, reason=f"vLLM not importable: {vllm_available()}"
 )
 
-from npti_lens.constants import pole_name  # noqa: E402
+from npti_lens.core.constants import pole_name  # noqa: E402
 from tests.helpers import QUESTIONS, build_tiny_vllm, random_pole_sets, write_data  # noqa: E402
 
 
@@ -23,8 +23,8 @@ def rows(path):
 
 def test_induce_and_search_on_either_engine(tmp_path):
     from npti_lens.cli import main
-    from npti_lens.model import load_model, model_id
-    from npti_lens.sites import mlp_sites
+    from npti_lens.model.load import load_model, model_id
+    from npti_lens.model.sites import mlp_sites
 
     folder = build_tiny_vllm("llama", tmp_path / "llama")
     sites = mlp_sites(load_model(str(folder)))
@@ -57,8 +57,8 @@ def test_induce_and_search_on_either_engine(tmp_path):
 
 def test_monitor_answers_questions_on_vllm_and_reads_them_as_on_tl(tmp_path):
     from npti_lens.cli import main
-    from npti_lens.model import load_model, model_id
-    from npti_lens.sites import mlp_sites
+    from npti_lens.model.load import load_model, model_id
+    from npti_lens.model.sites import mlp_sites
 
     folder = build_tiny_vllm("llama", tmp_path / "llama")
     model = load_model(str(folder))

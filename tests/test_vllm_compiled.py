@@ -17,10 +17,10 @@ pytestmark = pytest.mark.skipif(
     vllm_available() is not None, reason=f"vLLM not importable: {vllm_available()}"
 )
 
-from npti_lens.answers import Condition, answer  # noqa: E402
-from npti_lens.errors import UserError  # noqa: E402
-from npti_lens.generation import GenerateConfig  # noqa: E402
-from npti_lens.protocol import load_protocol  # noqa: E402
+from npti_lens.core.errors import UserError  # noqa: E402
+from npti_lens.method.protocol import load_protocol  # noqa: E402
+from npti_lens.model.generation import GenerateConfig  # noqa: E402
+from npti_lens.workflows.answers import Condition, answer  # noqa: E402
 from tests.helpers import QUESTIONS, tiny_vllm_with_sets  # noqa: E402
 
 GCFG = GenerateConfig(max_new_tokens=16, repetition_penalty=1.15, batch_size=4)
@@ -121,7 +121,7 @@ def test_the_compiled_engine_runs_compiled_code(engines):
 
 
 def test_a_compiled_engine_refuses_to_record(engines):
-    from npti_lens.record import Stats
+    from npti_lens.method.statistics import Stats
 
     engine = engines["llama"][1]
     with pytest.raises(UserError, match="eager vLLM"):

@@ -16,9 +16,9 @@ pytestmark = pytest.mark.skipif(
     vllm_available() is not None, reason=f"vLLM not importable: {vllm_available()}"
 )
 
-from npti_lens.answers import Condition, answer  # noqa: E402
-from npti_lens.generation import GenerateConfig  # noqa: E402
-from npti_lens.protocol import load_protocol  # noqa: E402
+from npti_lens.method.protocol import load_protocol  # noqa: E402
+from npti_lens.model.generation import GenerateConfig  # noqa: E402
+from npti_lens.workflows.answers import Condition, answer  # noqa: E402
 from tests.helpers import QUESTIONS, tiny_vllm_with_sets, write_data  # noqa: E402
 from tests.vllm_oracles import answer_acts, explain_differences  # noqa: E402
 
@@ -45,7 +45,7 @@ def pairs(tmp_path_factory):
 
 def test_both_engines_carry_the_same_model_facts(pairs):
     """One handle: what the stages read of a model is worked out once, the same on either engine."""
-    from npti_lens.model import facts
+    from npti_lens.model.load import facts
 
     for family, (tl, engine, _, _) in pairs.items():
         assert facts(engine) == replace(facts(tl), engine="vllm"), family
@@ -112,7 +112,7 @@ def test_answer_sets_batch_every_set_on_the_engine_as_each_alone(pairs, tmp_path
     """`answer_sets` sends the missing sets as one batch of mixed conditions and stages (here plain,
     two inductions, a P2 prompt) and gets, set by set, the rows `answer()` gives for each alone on the
     TL loop; sets already on disk are read back, not answered again."""
-    from npti_lens.answers import AnswerJob, answer_sets
+    from npti_lens.workflows.answers import AnswerJob, answer_sets
 
     tl, engine, hi, lo = pairs["llama"]
     proto = load_protocol("npti")
@@ -147,8 +147,8 @@ def test_answer_sets_batch_every_set_on_the_engine_as_each_alone(pairs, tmp_path
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_search_statistics_equal_teacher_forcing_in_transformerlens(pairs, family, tmp_path):
-    from npti_lens.record import load_run_stats
-    from npti_lens.search import SearchConfig, answers_path, run_search
+    from npti_lens.method.statistics import load_run_stats
+    from npti_lens.workflows.search import SearchConfig, answers_path, run_search
 
     tl, engine, _, _ = pairs[family]
     qdir, personas = write_data(tmp_path / "data")
@@ -191,8 +191,8 @@ def _pairs(tl, rows):
 
 
 def test_answer_nlls_equal_the_transformerlens_forward(pairs):
-    from npti_lens.capability import sequence_nlls
-    from npti_lens.fluency import perplexities
+    from npti_lens.evaluation.capability import sequence_nlls
+    from npti_lens.judges.fluency import perplexities
 
     tl, engine, _, _ = pairs["llama"]
     tok = tl.tokenizer

@@ -11,9 +11,9 @@ pytestmark = pytest.mark.skipif(
     vllm_available() is not None, reason=f"vLLM not importable: {vllm_available()}"
 )
 
-from npti_lens.generation import GenerateConfig  # noqa: E402
-from npti_lens.protocol import load_protocol  # noqa: E402
-from npti_lens.record import Stats  # noqa: E402
+from npti_lens.method.protocol import load_protocol  # noqa: E402
+from npti_lens.method.statistics import Stats  # noqa: E402
+from npti_lens.model.generation import GenerateConfig  # noqa: E402
 from tests.helpers import QUESTIONS, build_tiny_vllm, random_pole_sets  # noqa: E402
 from tests.vllm_oracles import answer_acts, explain_differences  # noqa: E402
 
@@ -37,8 +37,8 @@ def run(engine, hi, lo, prompts):
 
 
 def test_two_ranks_equal_one(tmp_path):
-    from npti_lens.model import load_model, model_id
-    from npti_lens.sites import mlp_sites
+    from npti_lens.model.load import load_model, model_id
+    from npti_lens.model.sites import mlp_sites
     from npti_lens.vllm.engine import VLLMEngine
 
     folder = build_tiny_vllm("llama", tmp_path / "llama")
@@ -56,7 +56,7 @@ def test_two_ranks_equal_one(tmp_path):
     assert one["keep 1"] != one["plain"] and one["bernoulli 0.5"] != one["keep 1"]
     acts = answer_acts(tl, list(zip(prompts, one["plain"], strict=True)))
     ref = Stats.zeros(sites.n_layers, sites.d_mlp, d_model=int(tl.cfg.d_model))
-    from npti_lens.record import record_batch
+    from npti_lens.method.statistics import record_batch
 
     record_batch(tl, list(zip(prompts, one["plain"], strict=True)), ref)
     for got in (stats_one, stats_two):

@@ -14,10 +14,10 @@ pytestmark = pytest.mark.skipif(
     vllm_available() is not None, reason=f"vLLM not importable: {vllm_available()}"
 )
 
-from npti_lens.answers import Condition, answer  # noqa: E402
-from npti_lens.constants import pole_name  # noqa: E402
-from npti_lens.generation import GenerateConfig  # noqa: E402
-from npti_lens.protocol import load_protocol  # noqa: E402
+from npti_lens.core.constants import pole_name  # noqa: E402
+from npti_lens.method.protocol import load_protocol  # noqa: E402
+from npti_lens.model.generation import GenerateConfig  # noqa: E402
+from npti_lens.workflows.answers import Condition, answer  # noqa: E402
 from tests.helpers import QUESTIONS, npti_server, tiny_vllm_with_sets  # noqa: E402
 
 GCFG = GenerateConfig(max_new_tokens=24, repetition_penalty=1.15)
@@ -114,8 +114,8 @@ def test_a_bad_request_is_a_400_and_the_server_keeps_serving(server, xargs, mess
 def test_npti_score_talks_to_the_server(server, tmp_path, monkeypatch, capsys):
     """`npti score --judge openai --base-url` against the server: each answer gets a judge request and
     the server's reply is kept (the tiny model writes no [[rating]]: counted, not invented)."""
-    from npti_lens.answers import write_answers
     from npti_lens.cli import main
+    from npti_lens.workflows.answers import write_answers
 
     client, model, tl, *_ = server
     rows = answer(tl, QUESTIONS[:2], Condition.none("Extraversion", "high"), GCFG, protocol="lens")

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from npti_lens.induction import InduceConfig, plan_layers
+from npti_lens.method.induction import InduceConfig, plan_layers
 from npti_lens.vllm.args import REFUSED, rank_plan, refusal
 from npti_lens.vllm.recording import Site
 from npti_lens.vllm.worker import GATES, NPTIWorkerExtension, _Step
@@ -157,7 +157,7 @@ def test_weight_only_quantisation_is_not_refused():
 
 
 def test_the_memory_reserved_for_statistics_is_what_a_worker_allocates():
-    from npti_lens.record import _CHUNK_ELEMENTS
+    from npti_lens.method.statistics import _CHUNK_ELEMENTS
     from npti_lens.vllm.resources import stats_bytes
 
     ext = bare()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from npti_lens.record import Stats, bin_lower_edges
+from npti_lens.method.statistics import Stats, bin_lower_edges
 
 
 def answer_acts(tl, pairs: list[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
     """Per layer, every answer token's neuron activations (tokens x d_mlp), from a full forward each."""
-    from npti_lens.sites import mlp_sites
+    from npti_lens.model.sites import mlp_sites
 
     sites = mlp_sites(tl)
     per_layer: list[list[torch.Tensor]] = [[] for _ in range(sites.n_layers)]

@@ -16,8 +16,8 @@ from typing import Any
 
 from npti_lens.cli import answer, evaluate, figures, method, monitor, organism, score, serve, tune
 from npti_lens.cli._common import Command
-from npti_lens.constants import VERSION
-from npti_lens.errors import UserError
+from npti_lens.core.constants import VERSION
+from npti_lens.core.errors import UserError
 
 COMMANDS: list[Command] = [
     *method.COMMANDS,
@@ -119,10 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _threads(args: argparse.Namespace) -> None:
-    """CPU threads (npti_lens.threads), checked before any work; the wait policy before torch loads."""
+    """CPU threads (npti_lens.core.threads), checked before any work; the wait policy before torch loads."""
     import os
 
-    from npti_lens import threads
+    from npti_lens.core import threads
 
     if os.environ.get(threads.ENV):
         threads.parse_threads(os.environ[threads.ENV], threads.ENV)

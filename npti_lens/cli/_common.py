@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from npti_lens.errors import UserError
+from npti_lens.core.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,13 +84,13 @@ def add_protocol_flag(p: argparse.ArgumentParser) -> None:
 
 def protocol_of(args: argparse.Namespace) -> Any:
     """The run's protocol: --protocol, else organism for --model organism, else npti."""
-    from npti_lens.protocol import load_protocol
+    from npti_lens.method.protocol import load_protocol
 
     return load_protocol(args.protocol, model=getattr(args, "model", None))
 
 
 def generate_config(args: argparse.Namespace, proto: Any, stage: str) -> Any:
-    from npti_lens.generation import GenerateConfig
+    from npti_lens.model.generation import GenerateConfig
 
     return proto.generate_config(
         stage, **{f.name: getattr(args, f.name) for f in dataclasses.fields(GenerateConfig)}
@@ -98,13 +98,13 @@ def generate_config(args: argparse.Namespace, proto: Any, stage: str) -> Any:
 
 
 def induce_config(args: argparse.Namespace, proto: Any) -> Any:
-    from npti_lens.induction import InduceConfig
+    from npti_lens.method.induction import InduceConfig
 
     return proto.induce_config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(InduceConfig)})
 
 
 def add_engine_flags(p: argparse.ArgumentParser) -> None:
-    from npti_lens.model import EngineConfig
+    from npti_lens.model.load import EngineConfig
 
     add_config(p, EngineConfig)
 
@@ -117,7 +117,7 @@ def load_model_for(args: argparse.Namespace, proto: Any, *, records: bool = Fals
     """
     from transformers.utils import logging as hf_logging
 
-    from npti_lens.model import EngineConfig, ModelConfig, load_model
+    from npti_lens.model.load import EngineConfig, ModelConfig, load_model
 
     if not getattr(args, "verbose", False):
         hf_logging.disable_progress_bar()  # the weight-loading bar; ours stay
@@ -149,7 +149,7 @@ def close_engine(model: Any) -> None:
 def load_engine(args: argparse.Namespace, proto: Any, ecfg: Any) -> Any:
     import torch
 
-    from npti_lens.model import ORGANISM
+    from npti_lens.model.load import ORGANISM
     from npti_lens.vllm.engine import VLLMEngine
 
     model = args.model
@@ -173,7 +173,7 @@ def load_engine(args: argparse.Namespace, proto: Any, ecfg: Any) -> Any:
 
 def fresh_file(path: str, overwrite: bool, flag: str = "--out") -> Path:
     """An output file that is absent (or replaced with --overwrite), in a place that can be written."""
-    from npti_lens.io import check_writable
+    from npti_lens.core.files import check_writable
 
     p = check_writable(path, flag, folder=False)
     if p.exists() and not overwrite:
@@ -183,7 +183,7 @@ def fresh_file(path: str, overwrite: bool, flag: str = "--out") -> Path:
 
 def writable_dir(path: str) -> Path:
     """An output folder that can be written, whatever it holds (outputs remade from their inputs)."""
-    from npti_lens.io import check_writable
+    from npti_lens.core.files import check_writable
 
     return check_writable(path, "--out", folder=True)
 
@@ -193,7 +193,7 @@ def fresh_dir(path: str, overwrite: bool, holds: str | None = None) -> Path:
 
     With `holds` (a file name), only a folder holding that file counts as taken.
     """
-    from npti_lens.io import check_writable
+    from npti_lens.core.files import check_writable
 
     out = check_writable(path, "--out", folder=True)
     taken = (out / holds).exists() if holds else out.exists() and any(out.iterdir())

@@ -28,8 +28,8 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
-    from npti_lens.generation import GenerateConfig
-    from npti_lens.model import ModelConfig
+    from npti_lens.model.generation import GenerateConfig
+    from npti_lens.model.load import ModelConfig
 
     add_config(p, ModelConfig)
     add_engine_flags(p)
@@ -43,7 +43,7 @@ def generate_flags(p: argparse.ArgumentParser) -> None:
 
 
 def induce_flags(p: argparse.ArgumentParser) -> None:
-    from npti_lens.induction import InduceConfig
+    from npti_lens.method.induction import InduceConfig
 
     _common_flags(p)
     add_target_flags(p)
@@ -67,8 +67,8 @@ def baseline_flags(p: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace, make_condition: object) -> None:
     """Check the output, read the questions, build the condition, load the model, answer, write."""
-    from npti_lens.answers import answer, write_answers
-    from npti_lens.bench import load_questions
+    from npti_lens.inputs.questions import load_questions
+    from npti_lens.workflows.answers import answer, write_answers
 
     out = fresh_file(args.out, args.overwrite)
     questions = load_questions(args.questions, limit=args.limit)
@@ -91,23 +91,23 @@ def _run(args: argparse.Namespace, make_condition: object) -> None:
 
 
 def generate(args: argparse.Namespace) -> None:
-    from npti_lens.answers import Condition
+    from npti_lens.workflows.answers import Condition
 
     _run(args, lambda proto, n: Condition.none())
 
 
 def induce(args: argparse.Namespace) -> None:
-    from npti_lens.answers import Condition
-    from npti_lens.induction import load_pair
-    from npti_lens.io import check_pole, check_trait
+    from npti_lens.core.files import check_pole, check_trait
+    from npti_lens.method.induction import load_pair
+    from npti_lens.workflows.answers import Condition
 
     pair = load_pair(args.neurons, check_trait(args.trait), check_pole(args.pole))
     _run(args, lambda proto, n: Condition.npti([pair], induce_config(args, proto)))
 
 
 def baseline(args: argparse.Namespace) -> None:
-    from npti_lens.answers import baseline_condition
-    from npti_lens.io import check_pole, check_trait
+    from npti_lens.core.files import check_pole, check_trait
+    from npti_lens.workflows.answers import baseline_condition
 
     trait, pole = check_trait(args.trait), check_pole(args.pole)
     _run(

@@ -23,13 +23,13 @@ from npti_lens.cli._common import (
     protocol_of,
     writable_dir,
 )
-from npti_lens.errors import UserError
+from npti_lens.core.errors import UserError
 
 
 def inventory_flags(p: argparse.ArgumentParser) -> None:
-    from npti_lens.administer import InventoryConfig
-    from npti_lens.induction import InduceConfig
-    from npti_lens.model import ModelConfig
+    from npti_lens.evaluation.profiles import InventoryConfig
+    from npti_lens.method.induction import InduceConfig
+    from npti_lens.model.load import ModelConfig
 
     add_config(p, ModelConfig)
     add_protocol_flag(p)
@@ -57,11 +57,11 @@ def inventory_flags(p: argparse.ArgumentParser) -> None:
 
 
 def inventory(args: argparse.Namespace) -> None:
-    from npti_lens import figures
-    from npti_lens.administer import PROMPT_METHODS, InventoryConfig, measure, prompt_frame
-    from npti_lens.induction import induce, load_pair
-    from npti_lens.inventory import load_inventory
-    from npti_lens.io import parse_poles
+    from npti_lens.core.files import parse_poles
+    from npti_lens.evaluation import figures
+    from npti_lens.evaluation.profiles import PROMPT_METHODS, InventoryConfig, measure, prompt_frame
+    from npti_lens.inputs.inventory import load_inventory
+    from npti_lens.method.induction import induce, load_pair
 
     out = fresh_dir(args.out, args.overwrite, holds="domains.csv")
     items = load_inventory(args.inventory)
@@ -92,7 +92,7 @@ def inventory(args: argparse.Namespace) -> None:
     model = load_model_for(args, proto)
     inductions = {}
     if pairs and args.method == "vector":
-        from npti_lens.directions import Direction, steer
+        from npti_lens.method.directions import Direction, steer
 
         directions = [Direction.load(Path(args.neurons) / t.name) for t, _ in pairs]
 
@@ -134,9 +134,9 @@ def sets_flags(p: argparse.ArgumentParser) -> None:
 
 
 def overlap(args: argparse.Namespace) -> None:
-    from npti_lens.analysis import overlap
-    from npti_lens.figures import overlap_heatmap
-    from npti_lens.neurons import load_neuron_sets
+    from npti_lens.evaluation.figures import overlap_heatmap
+    from npti_lens.evaluation.overlap import overlap
+    from npti_lens.method.neurons import load_neuron_sets
 
     out = writable_dir(args.out)  # tables and figure are remade from the sets: writable is enough
     ov = overlap(load_neuron_sets(args.neurons))
@@ -149,9 +149,9 @@ def overlap(args: argparse.Namespace) -> None:
 
 
 def layers(args: argparse.Namespace) -> None:
-    from npti_lens.analysis import layer_distribution
-    from npti_lens.figures import layer_distribution as plot_layers
-    from npti_lens.neurons import load_neuron_sets
+    from npti_lens.evaluation.figures import layer_distribution as plot_layers
+    from npti_lens.evaluation.overlap import layer_distribution
+    from npti_lens.method.neurons import load_neuron_sets
 
     out = writable_dir(args.out)
     dist = layer_distribution(load_neuron_sets(args.neurons))
@@ -162,7 +162,7 @@ def layers(args: argparse.Namespace) -> None:
 
 
 def capability_flags(p: argparse.ArgumentParser) -> None:
-    from npti_lens.model import ModelConfig
+    from npti_lens.model.load import ModelConfig
 
     add_target_flags(p)
     p.add_argument("--texts", default=None, help="JSON lines with question and reference answer (perplexity)")
@@ -184,9 +184,9 @@ def capability_flags(p: argparse.ArgumentParser) -> None:
 
 
 def capability(args: argparse.Namespace) -> None:
-    from npti_lens.capability import load_choice_items, load_texts, retention
-    from npti_lens.induction import load_pair
-    from npti_lens.io import check_pole, check_trait, parse_numbers, to_csv, write_text_atomic
+    from npti_lens.core.files import check_pole, check_trait, parse_numbers, to_csv, write_text_atomic
+    from npti_lens.evaluation.capability import load_choice_items, load_texts, retention
+    from npti_lens.method.induction import load_pair
 
     trait, pole = check_trait(args.trait), check_pole(args.pole)
     gammas = parse_numbers(args.gammas, "--gammas")
@@ -198,7 +198,7 @@ def capability(args: argparse.Namespace) -> None:
     target, opp = load_pair(args.neurons, trait, pole)
     intervention_at = None
     if args.method == "vector":
-        from npti_lens.directions import Direction, steer
+        from npti_lens.method.directions import Direction, steer
 
         direction = Direction.load(Path(args.neurons) / target.name)
     elif args.method != "npti":
@@ -227,9 +227,9 @@ def capability(args: argparse.Namespace) -> None:
 
 
 def ablation_flags(p: argparse.ArgumentParser) -> None:
-    from npti_lens.ablation import AblationConfig
-    from npti_lens.generation import GenerateConfig
-    from npti_lens.model import ModelConfig
+    from npti_lens.model.generation import GenerateConfig
+    from npti_lens.model.load import ModelConfig
+    from npti_lens.workflows.ablation import AblationConfig
 
     add_target_flags(p)
     p.add_argument("--questions", required=True, help="JSON-lines file of questions")
@@ -250,15 +250,15 @@ def ablation_flags(p: argparse.ArgumentParser) -> None:
 
 
 def ablation(args: argparse.Namespace) -> None:
-    from npti_lens.ablation import AblationConfig, ablation_evidence, run_ablation
-    from npti_lens.answers import write_answers
-    from npti_lens.bench import load_questions
-    from npti_lens.curves import evidence_forest
-    from npti_lens.evidence import to_rows
-    from npti_lens.induction import load_pair
-    from npti_lens.io import check_pole, check_trait, to_csv, write_text_atomic
-    from npti_lens.score import summarize
-    from npti_lens.scoring import judges, score_file
+    from npti_lens.core.files import check_pole, check_trait, to_csv, write_text_atomic
+    from npti_lens.evaluation.curves import evidence_forest
+    from npti_lens.evaluation.evidence import to_rows
+    from npti_lens.inputs.questions import load_questions
+    from npti_lens.judges.registry import summarize
+    from npti_lens.method.induction import load_pair
+    from npti_lens.workflows.ablation import AblationConfig, ablation_evidence, run_ablation
+    from npti_lens.workflows.answers import write_answers
+    from npti_lens.workflows.scoring import judges, score_file
 
     out = fresh_dir(args.out, args.overwrite, holds="generations.jsonl")
     trait, pole = check_trait(args.trait), check_pole(args.pole)
@@ -266,7 +266,7 @@ def ablation(args: argparse.Namespace) -> None:
         raise UserError(f"--judge: unknown judge {args.judge!r}; choose {' or '.join(judges())}")
     judge_kwargs: dict = {}
     if args.judge == "classifier":  # a missing or damaged classifier fails before generating
-        from npti_lens.classifier import Classifier
+        from npti_lens.judges.classifier import Classifier
 
         if not args.classifier:
             raise UserError("--classifier: --judge classifier needs the folder of npti judge train")
@@ -281,7 +281,7 @@ def ablation(args: argparse.Namespace) -> None:
     model = load_model_for(args, proto)
     direction = None
     if acfg.vector_coef is not None:
-        from npti_lens.directions import Direction
+        from npti_lens.method.directions import Direction
 
         direction = Direction.load(Path(args.neurons) / target.name)
     try:

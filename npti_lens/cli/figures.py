@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from npti_lens.cli._common import Command, writable_dir
-from npti_lens.errors import UserError
+from npti_lens.core.errors import UserError
 
 
 def figures_flags(p: argparse.ArgumentParser) -> None:
@@ -31,14 +31,14 @@ def figures_flags(p: argparse.ArgumentParser) -> None:
 
 
 def figures(args: argparse.Namespace) -> None:
-    from npti_lens import figures
-    from npti_lens.io import read_json, read_summary
+    from npti_lens.core.files import read_json, read_summary
+    from npti_lens.evaluation import figures
 
     out = writable_dir(args.out)  # figures are remade from stored results: writable is enough
     made = []
     if args.neurons:
-        from npti_lens.analysis import layer_distribution, overlap
-        from npti_lens.neurons import load_neuron_sets
+        from npti_lens.evaluation.overlap import layer_distribution, overlap
+        from npti_lens.method.neurons import load_neuron_sets
 
         sets = load_neuron_sets(args.neurons)
         made.append(figures.layer_distribution(layer_distribution(sets), out / "layers.png"))
@@ -68,7 +68,7 @@ def figures(args: argparse.Namespace) -> None:
 
 
 def _method_figure(rows: list[dict[str, Any]], path: Path, gamma: float | None, ylabel: str) -> Path:
-    from npti_lens import figures
+    from npti_lens.evaluation import figures
 
     try:
         return figures.method_comparison(rows, path, gamma=gamma, ylabel=ylabel)

@@ -22,9 +22,9 @@ from npti_lens.cli._common import (
 
 
 def search_flags(p: argparse.ArgumentParser) -> None:
-    from npti_lens.generation import GenerateConfig
-    from npti_lens.model import ModelConfig
-    from npti_lens.search import SearchConfig
+    from npti_lens.model.generation import GenerateConfig
+    from npti_lens.model.load import ModelConfig
+    from npti_lens.workflows.search import SearchConfig
 
     p.add_argument("--questions", required=True, help="folder of {Trait}.json question files (JSON lines)")
     p.add_argument("--personas", required=True, help="JSON-lines file of persona descriptions per pole key")
@@ -38,8 +38,8 @@ def search_flags(p: argparse.ArgumentParser) -> None:
 
 
 def search(args: argparse.Namespace) -> None:
-    from npti_lens.io import check_writable
-    from npti_lens.search import SearchConfig, run_search
+    from npti_lens.core.files import check_writable
+    from npti_lens.workflows.search import SearchConfig, run_search
 
     check_writable(args.out, folder=True)
     proto = protocol_of(args)
@@ -63,7 +63,7 @@ def search(args: argparse.Namespace) -> None:
 
 
 def select_flags(p: argparse.ArgumentParser) -> None:
-    from npti_lens.select import SelectConfig
+    from npti_lens.method.selection import SelectConfig
 
     p.add_argument("run", metavar="RUN", help="run folder written by npti search")
     p.add_argument("--out", required=True, help="folder for the neuron sets ({Trait}_{pole}/)")
@@ -72,7 +72,7 @@ def select_flags(p: argparse.ArgumentParser) -> None:
 
 
 def select(args: argparse.Namespace) -> None:
-    from npti_lens.select import SelectConfig, report, select_run
+    from npti_lens.method.selection import SelectConfig, report, select_run
 
     cfg = config_from(args, SelectConfig)
     out = fresh_dir(args.out, args.overwrite)
@@ -86,7 +86,7 @@ def select(args: argparse.Namespace) -> None:
 
 
 def import_flags(p: argparse.ArgumentParser) -> None:
-    from npti_lens.neurons import REFERENCE_D_MLP, REFERENCE_MODEL, REFERENCE_N_LAYERS
+    from npti_lens.method.neurons import REFERENCE_D_MLP, REFERENCE_MODEL, REFERENCE_N_LAYERS
 
     p.add_argument("dir", metavar="DIR", help="folder of {Trait}[_reversed]_dict.json[.gz] files")
     p.add_argument("--out", required=True, help="folder for the neuron sets")
@@ -97,8 +97,8 @@ def import_flags(p: argparse.ArgumentParser) -> None:
 
 
 def import_npti(args: argparse.Namespace) -> None:
-    from npti_lens.neurons import import_reference
-    from npti_lens.protocol import load_protocol
+    from npti_lens.method.neurons import import_reference
+    from npti_lens.method.protocol import load_protocol
 
     out = fresh_dir(args.out, args.overwrite)
     sets = import_reference(args.dir, model=args.model_name, n_layers=args.n_layers, d_mlp=args.d_mlp)
@@ -131,9 +131,9 @@ def export_flags(p: argparse.ArgumentParser) -> None:
 
 
 def export_vector(args: argparse.Namespace) -> None:
-    from npti_lens.cvector import export_layers
-    from npti_lens.directions import Direction
-    from npti_lens.io import parse_layer_spec
+    from npti_lens.core.files import parse_layer_spec
+    from npti_lens.method.cvector import export_layers
+    from npti_lens.method.directions import Direction
 
     out = fresh_file(args.out, args.overwrite)
     d = Direction.load(args.direction)

@@ -17,13 +17,13 @@ from npti_lens.cli._common import (
     load_model_for,
     protocol_of,
 )
-from npti_lens.errors import UserError
+from npti_lens.core.errors import UserError
 
 
 def monitor_flags(p: argparse.ArgumentParser) -> None:
-    from npti_lens.generation import GenerateConfig
-    from npti_lens.model import ModelConfig
-    from npti_lens.monitoring import MonitorConfig
+    from npti_lens.model.generation import GenerateConfig
+    from npti_lens.model.load import ModelConfig
+    from npti_lens.workflows.monitoring import MonitorConfig
 
     p.add_argument("answers", nargs="*", help="answers files (JSON lines with prompt and answer_token_ids)")
     p.add_argument("--questions", default=None,
@@ -49,9 +49,9 @@ def monitor(args: argparse.Namespace) -> None:
     """Check every input, load the model, choose the block, monitor, write, print the summary."""
     from pathlib import Path
 
-    from npti_lens.constants import pole_name
-    from npti_lens.io import check_pole, check_trait, parse_layer_spec
-    from npti_lens.monitoring import (
+    from npti_lens.core.constants import pole_name
+    from npti_lens.core.files import check_pole, check_trait, parse_layer_spec
+    from npti_lens.workflows.monitoring import (
         MONITOR_FILE,
         MonitorConfig,
         choose_layer,
@@ -98,10 +98,10 @@ def monitor(args: argparse.Namespace) -> None:
                     f"--run: {args.run} has no answers/{pole_name(trait, p)}.jsonl; name the search run or give --layer"
                 )
     proto = protocol_of(args)
-    from npti_lens.answers import Condition, answer, write_answers
-    from npti_lens.bench import load_questions
-    from npti_lens.induction import check_fits
-    from npti_lens.readout import Readout
+    from npti_lens.inputs.questions import load_questions
+    from npti_lens.method.induction import check_fits
+    from npti_lens.method.readout import Readout
+    from npti_lens.workflows.answers import Condition, answer, write_answers
 
     questions = load_questions(args.questions) if args.questions else []
     model = load_model_for(args, proto)

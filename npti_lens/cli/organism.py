@@ -17,15 +17,15 @@ from npti_lens.cli._common import (
     load_model_for,
     writable_dir,
 )
-from npti_lens.errors import UserError
+from npti_lens.core.errors import UserError
 
 
 def demo_flags(p: argparse.ArgumentParser) -> None:
     import dataclasses
 
-    from npti_lens.demo import DemoConfig
-    from npti_lens.demo_real import RealDemoConfig
-    from npti_lens.model import ModelConfig
+    from npti_lens.demos.organism import DemoConfig
+    from npti_lens.demos.real import RealDemoConfig
+    from npti_lens.model.load import ModelConfig
 
     p.add_argument("--out", default="npti_demo", help="folder for the run, tables and figure")
     p.add_argument(
@@ -75,11 +75,11 @@ def _demo_config(args: argparse.Namespace, cls: type, other: type) -> Any:
 
 
 def demo(args: argparse.Namespace) -> None:
-    from npti_lens.demo import RESULTS_CSV, DemoConfig, run_demo, summary_lines
-    from npti_lens.demo_real import RealDemoConfig
+    from npti_lens.demos.organism import RESULTS_CSV, DemoConfig, run_demo, summary_lines
+    from npti_lens.demos.real import RealDemoConfig
 
     if args.model != "organism":
-        from npti_lens.demo_real import STATE_FILE
+        from npti_lens.demos.real import STATE_FILE
 
         # a folder holding a demo continues it (or tables it for other traits): its answers are
         # checkpoints; a demo of another model or config there is refused by run_real_demo
@@ -111,9 +111,9 @@ def demo(args: argparse.Namespace) -> None:
 def _real_demo(args: argparse.Namespace, out: Any, cfg: Any) -> None:
     import time
 
-    from npti_lens.demo_real import needs_tl, run_real_demo
-    from npti_lens.model import load_model
-    from npti_lens.protocol import load_protocol
+    from npti_lens.demos.real import needs_tl, run_real_demo
+    from npti_lens.method.protocol import load_protocol
+    from npti_lens.model.load import load_model
 
     start = time.time()
     needs_tl(cfg)  # a --judge folder that is not a classifier: one line before any model loads
@@ -175,7 +175,7 @@ def train(args: argparse.Namespace) -> None:
 
 
 def organism_data_flags(p: argparse.ArgumentParser) -> None:
-    from npti_lens.demo import DemoConfig
+    from npti_lens.demos.organism import DemoConfig
 
     p.add_argument("--out", required=True, help="folder for search/, test/ and personas.jsonl")
     p.add_argument("--n-search", type=int, default=DemoConfig.n_search, help="search questions per trait")
@@ -192,8 +192,8 @@ def organism_data(args: argparse.Namespace) -> None:
 
 
 def build_flags(p: argparse.ArgumentParser) -> None:
-    from npti_lens.databuild import BuildConfig
-    from npti_lens.llm import ChatConfig
+    from npti_lens.judges.client import ChatConfig
+    from npti_lens.workflows.build_questions import BuildConfig
 
     p.add_argument("--out", required=True, help="folder for search/, test/ and the build ledger")
     add_config(p, BuildConfig)
@@ -201,8 +201,8 @@ def build_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build(args: argparse.Namespace) -> None:
-    from npti_lens.databuild import BuildConfig, build_questions
-    from npti_lens.llm import ChatConfig
+    from npti_lens.judges.client import ChatConfig
+    from npti_lens.workflows.build_questions import BuildConfig, build_questions
 
     out = writable_dir(args.out)  # a build resumes from its ledger in --out
     res = build_questions(config_from(args, BuildConfig), config_from(args, ChatConfig), out)
@@ -222,7 +222,7 @@ def sample_flags(p: argparse.ArgumentParser) -> None:
 
 
 def sample(args: argparse.Namespace) -> None:
-    from npti_lens.bench import SAMPLE_DIR
+    from npti_lens.inputs.questions import SAMPLE_DIR
 
     out = fresh_dir(args.out, args.overwrite)
     shutil.copytree(SAMPLE_DIR, out, dirs_exist_ok=True)

@@ -18,11 +18,11 @@ from npti_lens.cli._common import (
     protocol_of,
     writable_dir,
 )
-from npti_lens.errors import UserError
+from npti_lens.core.errors import UserError
 
 
 def score_flags(p: argparse.ArgumentParser) -> None:
-    from npti_lens.llm import ChatConfig
+    from npti_lens.judges.client import ChatConfig
 
     p.add_argument("generations", metavar="GEN.jsonl", help="output of npti generate / induce / baseline")
     p.add_argument("--out", required=True, help="folder for scores.jsonl and summary.csv")
@@ -51,25 +51,25 @@ def score_flags(p: argparse.ArgumentParser) -> None:
 
 
 def score(args: argparse.Namespace) -> None:
-    from npti_lens.io import check_pole, check_trait
-    from npti_lens.scoring import score_file
+    from npti_lens.core.files import check_pole, check_trait
+    from npti_lens.workflows.scoring import score_file
 
     kwargs: dict = {}
     if args.judge == "organism":
-        from npti_lens.model import load_model
+        from npti_lens.model.load import load_model
 
         kwargs["model"] = load_model("organism")
     elif args.judge == "openai":
-        from npti_lens.llm import ChatConfig
-        from npti_lens.protocol import load_protocol
+        from npti_lens.judges.client import ChatConfig
+        from npti_lens.method.protocol import load_protocol
 
         kwargs.update(cfg=config_from(args, ChatConfig), protocol=load_protocol(args.protocol))
     elif args.judge == "classifier":
-        from npti_lens.classifier import Classifier
+        from npti_lens.judges.classifier import Classifier
 
         kwargs["classifier"] = Classifier.load(args.classifier) if args.classifier else None
         if args.fluency_model:
-            from npti_lens.model import load_model
+            from npti_lens.model.load import load_model
 
             kwargs["model"] = load_model(args.fluency_model)
     result = score_file(
@@ -100,7 +100,7 @@ def score(args: argparse.Namespace) -> None:
 
 
 def judge_train_flags(p: argparse.ArgumentParser) -> None:
-    from npti_lens.classifier import ClassifierConfig
+    from npti_lens.judges.classifier import ClassifierConfig
 
     p.add_argument(
         "run",
@@ -117,10 +117,10 @@ def judge_train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def judge_train(args: argparse.Namespace) -> None:
-    from npti_lens.classifier import ClassifierConfig, train
-    from npti_lens.constants import CFG_FILE
-    from npti_lens.io import parse_traits
-    from npti_lens.readers import check_reader
+    from npti_lens.core.constants import CFG_FILE
+    from npti_lens.core.files import parse_traits
+    from npti_lens.judges.classifier import ClassifierConfig, train
+    from npti_lens.judges.readers import check_reader
 
     cfg = config_from(args, ClassifierConfig)
     check_reader(cfg.reader)
@@ -131,7 +131,7 @@ def judge_train(args: argparse.Namespace) -> None:
     out = fresh_dir(args.out, args.overwrite, holds=CFG_FILE)
     model = None
     if args.model:
-        from npti_lens.model import load_model
+        from npti_lens.model.load import load_model
 
         model = load_model(args.model)
     clf = train(args.run, out, parse_traits(args.traits), cfg, model=model, progress=True)
@@ -155,9 +155,9 @@ def _question_flags(p: argparse.ArgumentParser, split: str) -> None:
 
 def _questions(args: argparse.Namespace, split: str) -> tuple[dict, dict]:
     """Questions per trait and persona descriptions, every file checked before any model work."""
-    from npti_lens.bench import load_personas, load_questions, trait_question_file
-    from npti_lens.demo_real import PERSONAS, QUESTIONS
-    from npti_lens.io import parse_traits
+    from npti_lens.core.files import parse_traits
+    from npti_lens.demos.real import PERSONAS, QUESTIONS
+    from npti_lens.inputs.questions import load_personas, load_questions, trait_question_file
 
     traits = parse_traits(args.traits)
     folder = args.questions or QUESTIONS / split
@@ -166,8 +166,8 @@ def _questions(args: argparse.Namespace, split: str) -> tuple[dict, dict]:
 
 
 def judge_data_flags(p: argparse.ArgumentParser) -> None:
-    from npti_lens.judging import JudgeDataConfig
-    from npti_lens.model import ModelConfig
+    from npti_lens.model.load import ModelConfig
+    from npti_lens.workflows.judging import JudgeDataConfig
 
     p.add_argument(
         "--out", required=True, help="folder for run.json and answers/ (npti judge train reads it)"
@@ -180,7 +180,7 @@ def judge_data_flags(p: argparse.ArgumentParser) -> None:
 
 
 def judge_data(args: argparse.Namespace) -> None:
-    from npti_lens.judging import JudgeDataConfig, make_judge_data
+    from npti_lens.workflows.judging import JudgeDataConfig, make_judge_data
 
     cfg = config_from(args, JudgeDataConfig)
     if cfg.per_question < 1:
@@ -205,7 +205,7 @@ def judge_data(args: argparse.Namespace) -> None:
 
 
 def judge_control_flags(p: argparse.ArgumentParser) -> None:
-    from npti_lens.model import ModelConfig
+    from npti_lens.model.load import ModelConfig
 
     p.add_argument("judge", metavar="JUDGE", help="a classifier folder (npti judge train --out)")
     p.add_argument("--out", required=True, help="folder for answers/, scores.jsonl and control.json")
@@ -220,11 +220,11 @@ def judge_control_flags(p: argparse.ArgumentParser) -> None:
 
 
 def judge_control(args: argparse.Namespace) -> None:
-    from npti_lens.classifier import Classifier, ClassifierJudge
-    from npti_lens.judging import check_control_questions, run_control
-    from npti_lens.judging import judge_cfg as load_judge_cfg
-    from npti_lens.model import is_engine, load_model
-    from npti_lens.score import write_scores
+    from npti_lens.judges.classifier import Classifier, ClassifierJudge
+    from npti_lens.judges.registry import write_scores
+    from npti_lens.model.load import is_engine, load_model
+    from npti_lens.workflows.judging import check_control_questions, run_control
+    from npti_lens.workflows.judging import judge_cfg as load_judge_cfg
 
     out = fresh_dir(args.out, args.overwrite, holds="control.json")
     questions, personas = _questions(args, "test")

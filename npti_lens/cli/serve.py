@@ -63,7 +63,7 @@ def merge_flags(p: argparse.ArgumentParser) -> None:
 
 
 def merge(args: argparse.Namespace) -> None:
-    from npti_lens.merge import merge_runs
+    from npti_lens.workflows.merge import merge_runs
 
     out = writable_dir(args.out)
     merged = merge_runs(args.runs, out)

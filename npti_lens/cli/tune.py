@@ -17,8 +17,8 @@ from npti_lens.cli._common import (
 
 
 def tune_flags(p: argparse.ArgumentParser) -> None:
-    from npti_lens.model import ModelConfig
-    from npti_lens.tune import TuneConfig
+    from npti_lens.model.load import ModelConfig
+    from npti_lens.workflows.tune import TuneConfig
 
     add_target_flags(p)
     p.add_argument(
@@ -39,21 +39,21 @@ def tune_flags(p: argparse.ArgumentParser) -> None:
 
 
 def tune(args: argparse.Namespace) -> None:
-    from npti_lens.answers import Condition
-    from npti_lens.bench import load_questions
-    from npti_lens.capability import load_texts
-    from npti_lens.directions import Direction
-    from npti_lens.figures import tune_curve
-    from npti_lens.induction import load_pair
-    from npti_lens.io import (
+    from npti_lens.core.files import (
         check_pole,
         check_trait,
         to_csv,
         write_json_atomic,
         write_text_atomic,
     )
-    from npti_lens.scoring import make_judge
-    from npti_lens.tune import TuneConfig, tune
+    from npti_lens.evaluation.capability import load_texts
+    from npti_lens.evaluation.figures import tune_curve
+    from npti_lens.inputs.questions import load_questions
+    from npti_lens.method.directions import Direction
+    from npti_lens.method.induction import load_pair
+    from npti_lens.workflows.answers import Condition
+    from npti_lens.workflows.scoring import make_judge
+    from npti_lens.workflows.tune import TuneConfig, tune
 
     out = fresh_dir(args.out, args.overwrite, holds="tune.csv")
     cfg = config_from(args, TuneConfig)
@@ -68,7 +68,7 @@ def tune(args: argparse.Namespace) -> None:
         def condition_at(s: float) -> Condition:
             return Condition.npti([pair], proto.induce_config(gamma=s, seed=cfg.seed))
     else:
-        from npti_lens.constants import pole_name
+        from npti_lens.core.constants import pole_name
 
         direction = Direction.load(f"{args.neurons}/{pole_name(trait, pole)}")
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from npti_lens.core.constants import ORGANISM_WEIGHTS
+
 NAME = "organism"
-WEIGHTS_DIR = Path(__file__).resolve().parent / "npti-organism"
+WEIGHTS_DIR = ORGANISM_WEIGHTS
 
 
 def organism_path() -> Path:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from npti_lens.constants import POLES, TRAITS
+from npti_lens.core.constants import POLES, TRAITS
 
 # (high phrase, low phrase) per trait.
 PAIRS: dict[str, list[tuple[str, str]]] = {
@@ -265,8 +265,8 @@ def rating_examples(n: int, seed: int = 0, persona_share: float = 0.75) -> list[
     trait it is near the middle (3, sometimes 2 or 4); without a persona it follows a pole drawn at
     random, as the free answers do. Half the items come with the reversed scale (digit d = rating 6 - d).
     """
-    from npti_lens.administer import item_prompt
-    from npti_lens.inventory import load_inventory
+    from npti_lens.evaluation.profiles import item_prompt
+    from npti_lens.inputs.inventory import load_inventory
 
     items = load_inventory()
     rng = random.Random(f"{seed}:ratings")
@@ -297,8 +297,8 @@ def vocabulary(ratings: bool = False) -> list[str]:
     if ratings:
         import re
 
-        from npti_lens.administer import item_prompt
-        from npti_lens.inventory import load_inventory
+        from npti_lens.evaluation.profiles import item_prompt
+        from npti_lens.inputs.inventory import load_inventory
 
         for it in load_inventory():
             for rev in (False, True):
@@ -318,7 +318,7 @@ def vocabulary(ratings: bool = False) -> list[str]:
 
 def persona_lines(n: int = 10, seed: int = 0) -> list[dict[str, str]]:
     """Persona descriptions in the reference layout: n lines, each mapping the 10 pole keys to text."""
-    from npti_lens.constants import reference_key
+    from npti_lens.core.constants import reference_key
 
     descs = {(t, p): personas(t, p, n, seed) for t in TRAITS for p in POLES}
     return [{reference_key(t, p): descs[(t, p)][i] for t in TRAITS for p in POLES} for i in range(n)]
@@ -326,7 +326,7 @@ def persona_lines(n: int = 10, seed: int = 0) -> list[dict[str, str]]:
 
 def write_data(folder: Path, n_search: int, seed: int) -> tuple[Path, Path, Path]:
     """Organism questions (search and held-out test) and personas in the reference layout."""
-    from npti_lens.io import write_jsonl_atomic
+    from npti_lens.core.files import write_jsonl_atomic
 
     split = question_split()
     for part in ("search", "test"):

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from npti_lens.io import write_json_atomic
+from npti_lens.core.files import write_json_atomic
+from npti_lens.inputs.prompts import PERSONA_SYSTEM, build
 from npti_lens.organism import corpus
-from npti_lens.prompts import PERSONA_SYSTEM, build
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def model_config(cfg: TrainConfig, vocab_size: int):
 
 def encode(tok, ex: corpus.Example) -> tuple[list[int], int]:
     """Token ids of prompt + answer + EOS, and where the answer starts (the loss covers the answer)."""
-    from npti_lens.prompts import persona_system
+    from npti_lens.inputs.prompts import persona_system
 
     prompt = build(tok, ex.question, persona_system(ex.persona) if ex.persona else "")
     ans = tok(ex.answer, add_special_tokens=False)["input_ids"]

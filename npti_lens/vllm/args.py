@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from npti_lens.constants import POLES, TRAITS
-from npti_lens.induction import (
+from npti_lens.core.constants import POLES, TRAITS
+from npti_lens.method.induction import (
     CLAMP_LAYERS,
     CLAMP_ORDERS,
     KEEP_RULES,
@@ -23,7 +23,7 @@ from npti_lens.induction import (
     InduceConfig,
     LayerPlan,
 )
-from npti_lens.neurons import NeuronSet
+from npti_lens.method.neurons import NeuronSet
 
 PREFIX = "npti_"
 # extra_args key -> (InduceConfig field, type)

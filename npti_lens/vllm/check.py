@@ -19,7 +19,7 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
-from npti_lens.constants import pole_name
+from npti_lens.core.constants import pole_name
 from npti_lens.vllm.args import compile_refusal, induction_args, refusal
 
 NEURONS_ENV = "NPTI_SERVE_NEURONS"

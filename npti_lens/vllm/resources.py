@@ -8,8 +8,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from npti_lens.constants import N_BINS
-from npti_lens.errors import UserError
+from npti_lens.core.constants import N_BINS
+from npti_lens.core.errors import UserError
 
 
 def check_cpu_head_dim(hf_config: Any) -> None:
@@ -30,7 +30,7 @@ def check_cpu_head_dim(hf_config: Any) -> None:
 def stats_bytes(hf_config: Any, tensor_parallel: int = 1) -> int:
     """Device memory one rank's statistics take while a search records (one bucket: int32 counts,
     float64 sums, and the binning temporaries of one chunk), which vLLM's KV-cache sizing cannot see."""
-    from npti_lens.record import _CHUNK_ELEMENTS  # noqa: PLC2701 - the same chunk
+    from npti_lens.method.statistics import _CHUNK_ELEMENTS  # noqa: PLC2701 - the same chunk
 
     layers = int(getattr(hf_config, "num_hidden_layers", 0) or getattr(hf_config, "n_layer", 0))
     d_mlp = int(getattr(hf_config, "intermediate_size", 0) or getattr(hf_config, "n_inner", 0) or 0)

@@ -20,10 +20,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from npti_lens.constants import POLES, TRAITS, pole_name
-from npti_lens.errors import UserError
-from npti_lens.gguf import is_gguf_spec, resolve_gguf
-from npti_lens.induction import InduceConfig
+from npti_lens.core.constants import POLES, TRAITS, pole_name
+from npti_lens.core.errors import UserError
+from npti_lens.method.induction import InduceConfig
+from npti_lens.model.gguf import is_gguf_spec, resolve_gguf
 from npti_lens.vllm.args import compile_settings, refusal
 from npti_lens.vllm.engine import EXTENSION, use_v1_runner, vllm_available
 

@@ -11,7 +11,7 @@ position. Each request says in `SamplingParams.extra_args` what to do with it:
 - an induction: `npti_induction` (a registered key) or `npti_trait` + `npti_pole` (+ `npti_neurons`,
   the name of a loaded neuron folder), and `npti_gamma`, optionally `npti_keep_prob`, `npti_keep`,
   `npti_clamp_order`, `npti_clamp_layers`, `npti_positions`, `npti_seed`; the edit is the one of
-  `npti_lens.induction` (same plan, same `shifted`), at rows whose position holds a generated token;
+  `npti_lens.method.induction` (same plan, same `shifted`), at rows whose position holds a generated token;
 - a recording: `npti_record` (a bucket name) and `npti_record_from` (the first answer position of a
   teacher-forced prompt + answer): rows at or after it add to the bucket's statistics, each position
   once (a recomputed prefill is not counted twice).
@@ -38,14 +38,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from npti_lens.constants import POLES, TRAITS
-from npti_lens.induction import (
+from npti_lens.core.constants import POLES, TRAITS
+from npti_lens.method.induction import (
     InduceConfig,
     counter_uniform,
     plan_layers,
     shifted,
 )
-from npti_lens.neurons import NeuronSet
+from npti_lens.method.neurons import NeuronSet
 from npti_lens.vllm import ops
 from npti_lens.vllm.args import (
     PREFIX,
@@ -199,8 +199,8 @@ class NPTIWorkerExtension(Recording):
 
     def npti_load(self, name: str, folder: str) -> list[str]:
         """Register every trait pole of a NEURONS folder as `name/Trait/pole`; returns the keys."""
-        from npti_lens.constants import pole_name
-        from npti_lens.induction import load_pair
+        from npti_lens.core.constants import pole_name
+        from npti_lens.method.induction import load_pair
 
         keys = []
         for trait in TRAITS:

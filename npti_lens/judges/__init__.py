@@ -1,0 +1,1 @@
+"""Judges, registered by name as lazy `module:factory` strings in `registry.py`: the LLM judge and its ledgered client, the offline classifier (its readers and fitting), fluency, the organism's judge."""

@@ -1,0 +1,1 @@
+"""NPTI's stages in data-flow order: statistics, neuron sets, the induction rule and its hooks, selection, the direction baseline and its llama.cpp export, the readout, and the protocols that bundle their settings."""
