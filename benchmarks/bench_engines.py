@@ -103,7 +103,8 @@ def main() -> None:
     from bench import full_sets
 
     from npti_lens.method.induction import InduceConfig, induce
-    from npti_lens.method.statistics import Stats, record_batch
+    from npti_lens.method.recording import record_batch
+    from npti_lens.method.statistics import Stats
     from npti_lens.model.generation import GenerateConfig, generate
     from npti_lens.model.load import ModelConfig, load_model, model_dims
 

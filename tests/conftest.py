@@ -27,7 +27,16 @@ from npti_lens.core.threads import set_threads  # noqa: E402
 
 set_threads(1)  # the tests' models are tiny, and their timings need not be fast on a busy machine
 
-from tests.helpers import FAMILIES, build_tiny  # noqa: E402
+from tests.helpers import FAMILIES, build_tiny, require  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs(what, missing): needs what CI installs (tests/helpers.needs)")
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("needs"):
+        require(mark.kwargs["what"], mark.kwargs["missing"])
 
 
 @pytest.fixture(scope="session")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from npti_lens.organism import organism_path
 from npti_lens.workflows.ablation import AblationConfig, conditions, layer_bands, run_ablation
+from tests.helpers import missing_organism, needs
 
-pytestmark = pytest.mark.skipif(not (organism_path() / "config.json").is_file(), reason="no organism weights")
+pytestmark = needs("the organism's weights", missing_organism())
 
 
 def test_layer_bands_cover_every_layer_once():
@@ -33,7 +33,16 @@ def test_every_condition_runs_on_the_organism():
     names = [c["condition"] for c in conds]
     assert names[:5] == ["none", "both", "activate_only", "deactivate_only", "random"]
     assert names.count("gamma_sweep") == 2 and names.count("top_k") == 2
-    assert {c["condition"] for c in conds} >= {"layers_early", "layers_middle", "layers_late"} & set(names)
+    # the organism's 4 layers in thirds of 1 (the middle takes the rest); a band appears where it holds neurons
+    want = {"layers_early": [0], "layers_middle": [1, 2], "layers_late": [3]}
+    assert target.n_layers == 4
+    in_band = {b: int(target.per_layer()[ls].sum() + opp.per_layer()[ls].sum()) for b, ls in want.items()}
+    bands = [c for c in conds if c["condition"].startswith("layers_")]
+    assert [c["condition"] for c in bands] == [b for b, n in in_band.items() if n] == list(want)
+    for c in bands:
+        t, o = c["pairs"][0]
+        assert set(t.layer.tolist() + o.layer.tolist()) <= set(want[c["condition"]])
+        assert len(t) + len(o) == in_band[c["condition"]]
     rand = next(c for c in conds if c["condition"] == "random")["pairs"][0]
     assert rand[0].per_layer().tolist() == target.per_layer().tolist()
     assert not set(rand[0].flat().tolist()) & set(target.flat().tolist() + opp.flat().tolist())

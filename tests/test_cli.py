@@ -10,7 +10,7 @@ import pytest
 
 from npti_lens.cli import main
 from npti_lens.method.neurons import load_neuron_sets
-from tests.helpers import FAMILIES, write_data
+from tests.helpers import FAMILIES, missing_organism, require, write_data
 
 GEN = ["--max-new-tokens", "5", "--batch-size", "4"]
 
@@ -253,10 +253,7 @@ def test_entry_point_exit_code_and_help():
 
 
 def test_score_with_the_organism_judge(tmp_path, capsys):
-    from npti_lens.organism import organism_path
-
-    if not (organism_path() / "config.json").is_file():
-        pytest.skip("organism weights not built")
+    require("the organism's weights", missing_organism())
     gen = tmp_path / "gen.jsonl"
     rows = [
         {

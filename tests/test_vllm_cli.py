@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from npti_lens.vllm.engine import vllm_available
+from tests.helpers import needs
 
-pytestmark = pytest.mark.skipif(
-    vllm_available() is not None, reason=f"vLLM not importable: {vllm_available()}"
-)
+pytestmark = needs("vLLM", vllm_available())
 
 from npti_lens.core.constants import pole_name  # noqa: E402
 from tests.helpers import QUESTIONS, build_tiny_vllm, random_pole_sets, write_data  # noqa: E402

@@ -12,10 +12,9 @@ import os
 import pytest
 
 from npti_lens.vllm.engine import vllm_available
+from tests.helpers import needs
 
-pytestmark = pytest.mark.skipif(
-    vllm_available() is not None, reason=f"vLLM not importable: {vllm_available()}"
-)
+pytestmark = needs("vLLM", vllm_available())
 
 from npti_lens.core.errors import UserError  # noqa: E402
 from npti_lens.method.protocol import load_protocol  # noqa: E402

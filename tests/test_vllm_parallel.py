@@ -3,13 +3,10 @@ answers, plain and induced under every keep rule, and the TransformerLens statis
 
 from __future__ import annotations
 
-import pytest
-
 from npti_lens.vllm.engine import vllm_available
+from tests.helpers import needs
 
-pytestmark = pytest.mark.skipif(
-    vllm_available() is not None, reason=f"vLLM not importable: {vllm_available()}"
-)
+pytestmark = needs("vLLM", vllm_available())
 
 from npti_lens.method.protocol import load_protocol  # noqa: E402
 from npti_lens.method.statistics import Stats  # noqa: E402
@@ -56,7 +53,7 @@ def test_two_ranks_equal_one(tmp_path):
     assert one["keep 1"] != one["plain"] and one["bernoulli 0.5"] != one["keep 1"]
     acts = answer_acts(tl, list(zip(prompts, one["plain"], strict=True)))
     ref = Stats.zeros(sites.n_layers, sites.d_mlp, d_model=int(tl.cfg.d_model))
-    from npti_lens.method.statistics import record_batch
+    from npti_lens.method.recording import record_batch
 
     record_batch(tl, list(zip(prompts, one["plain"], strict=True)), ref)
     for got in (stats_one, stats_two):

@@ -9,10 +9,9 @@ import json
 import pytest
 
 from npti_lens.vllm.engine import vllm_available
+from tests.helpers import needs
 
-pytestmark = pytest.mark.skipif(
-    vllm_available() is not None, reason=f"vLLM not importable: {vllm_available()}"
-)
+pytestmark = needs("vLLM", vllm_available())
 
 from npti_lens.core.constants import pole_name  # noqa: E402
 from npti_lens.method.protocol import load_protocol  # noqa: E402

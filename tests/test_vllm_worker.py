@@ -13,7 +13,7 @@ from npti_lens.method.induction import InduceConfig, plan_layers
 from npti_lens.vllm.args import REFUSED, rank_plan, refusal
 from npti_lens.vllm.recording import Site
 from npti_lens.vllm.worker import GATES, NPTIWorkerExtension, _Step
-from tests.helpers import random_pole_sets
+from tests.helpers import random_pole_sets, require
 
 META = torch.device("meta")
 L, D = 3, 256
@@ -144,12 +144,12 @@ def test_compiled_with_the_edit_as_a_split_point_is_taken():
     assert splits == [*SPLIT_DEFAULTS, OP]
     from npti_lens.vllm.engine import vllm_available
 
-    if vllm_available() is None:  # oracle: the split points vLLM itself sets when none are given
-        from vllm.config import CompilationConfig
+    require("vLLM", vllm_available())  # the oracle: the split points vLLM itself sets when none are given
+    from vllm.config import CompilationConfig
 
-        cc = CompilationConfig(mode=3)
-        cc.set_splitting_ops_for_v1("allgather_reducescatter")
-        assert list(SPLIT_DEFAULTS) == cc.splitting_ops
+    cc = CompilationConfig(mode=3)
+    cc.set_splitting_ops_for_v1("allgather_reducescatter")
+    assert list(SPLIT_DEFAULTS) == cc.splitting_ops
 
 
 def test_weight_only_quantisation_is_not_refused():
@@ -157,7 +157,7 @@ def test_weight_only_quantisation_is_not_refused():
 
 
 def test_the_memory_reserved_for_statistics_is_what_a_worker_allocates():
-    from npti_lens.method.statistics import _CHUNK_ELEMENTS
+    from npti_lens.method.statistics import CHUNK_ELEMENTS
     from npti_lens.vllm.resources import stats_bytes
 
     ext = bare()
@@ -168,5 +168,5 @@ def test_the_memory_reserved_for_statistics_is_what_a_worker_allocates():
     resid = L * 64 * 8  # the residual sums a block hook adds (d_model 64)
     allocated = sum(t.nbytes for t in held.values() if isinstance(t, torch.Tensor)) + resid
     hf = SimpleNamespace(num_hidden_layers=L, intermediate_size=2 * D, hidden_size=64)
-    assert stats_bytes(hf, tensor_parallel=2) - _CHUNK_ELEMENTS * 20 == allocated
+    assert stats_bytes(hf, tensor_parallel=2) - CHUNK_ELEMENTS * 20 == allocated
     assert held["n_tokens"] == 4 and ext.npti_counted("b") == 4

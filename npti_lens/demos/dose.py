@@ -13,13 +13,10 @@ import torch
 
 from npti_lens.core.constants import POLES, opposite, pole_name
 from npti_lens.core.files import parse_numbers
+from npti_lens.core.numbers import mean
 from npti_lens.evaluation import evidence
 from npti_lens.method.induction import random_control
 from npti_lens.workflows.answers import AnswerJob, Condition
-
-
-def mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else float("nan")
 
 
 def strongest_fluent(points: list[dict[str, Any]], floor: float) -> dict[str, Any] | None:

@@ -34,7 +34,8 @@ from typing import Any
 from npti_lens.core.constants import POLES, pole_name
 from npti_lens.core.errors import UserError
 from npti_lens.core.files import parse_numbers, parse_traits, read_json, write_json_atomic
-from npti_lens.demos.dose import cells_at_chosen, mean, sweep
+from npti_lens.core.numbers import mean
+from npti_lens.demos.dose import cells_at_chosen, sweep
 from npti_lens.evaluation.evidence import Cell
 from npti_lens.inputs import DATA_DIR
 from npti_lens.inputs.questions import load_personas, load_questions, trait_question_file

@@ -72,7 +72,7 @@ def write_real(d: Any) -> tuple[dict[str, Path], dict[str, Any]]:
 
 def _band(scores: list[float], seed: int) -> tuple[float, float, float]:
     """Mean with its 95% bootstrap interval."""
-    lo, hi = evidence.bootstrap_ci(scores, seed=seed)
+    lo, hi = evidence.mean_ci(scores, seed=seed)
     return float(np.mean(scores)), lo, hi
 
 

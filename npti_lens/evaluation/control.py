@@ -25,7 +25,7 @@ import numpy as np
 from npti_lens.core.constants import POLES
 from npti_lens.core.errors import UserError
 from npti_lens.core.files import read_json, write_json_atomic
-from npti_lens.evaluation.evidence import ALPHA, bootstrap_ci, permutation_p, resamples
+from npti_lens.evaluation.evidence import ALPHA, mean_ci, permutation_p, resamples
 
 CONTROL_FILE = "control.json"
 KIND = "npti_lens.control"
@@ -107,7 +107,7 @@ def trait_control(
     for p in POLES:
         d = arr[p][p] - arr["none"][p]
         pv = permutation_p(d, seed=seed)
-        ci = bootstrap_ci(d, n_boot=n_boot, seed=seed)
+        ci = mean_ci(d, n_boot=n_boot, seed=seed)
         out.poles[p] = PoleControl(trait, p, n, float(arr[p][p].mean()), float(arr["none"][p].mean()),
                                    float(d.mean()), *ci, pv, bool(pv < alpha and d.mean() > 0))  # fmt: skip
     return out

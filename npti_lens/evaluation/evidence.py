@@ -41,7 +41,7 @@ def resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
-def bootstrap_ci(
+def mean_ci(
     diffs: Sequence[float] | np.ndarray, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float]:
     """Percentile interval of the mean of `diffs` over `n_boot` resamples (with replacement)."""
@@ -231,8 +231,8 @@ def cell(
     c = c_draws.mean(axis=0)
     d_none, d_control = s - b, s - c
     ci_n, ci_c = (
-        bootstrap_ci(d_none, n_boot=n_boot, seed=seed),
-        bootstrap_ci(d_control, n_boot=n_boot, seed=seed),
+        mean_ci(d_none, n_boot=n_boot, seed=seed),
+        mean_ci(d_control, n_boot=n_boot, seed=seed),
     )
     draw_means = c_draws.mean(axis=1)
     reach: dict = {"mde_none": min_detectable_effect(d_none), "mde_control": min_detectable_effect(d_control)}

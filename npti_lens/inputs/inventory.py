@@ -20,6 +20,7 @@ import numpy as np
 
 from npti_lens.core.constants import CFG_FILE, RATING_DIGITS, TRAITS
 from npti_lens.core.errors import UserError
+from npti_lens.core.numbers import mean
 
 SHIPPED_INVENTORY = Path(__file__).parent / "data" / "inventory.csv"
 COLUMNS = ("id", "text", "domain", "facet", "facet_name", "keyed")
@@ -81,7 +82,7 @@ def load_inventory(path: str | Path | None = None) -> list[Item]:
 RATINGS = np.arange(1, 6, dtype=np.float64)
 
 
-def expected_rating(probs: np.ndarray, *, reversed_scale: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def rating_and_mass(probs: np.ndarray, *, reversed_scale: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Expected rating and option mass per row of probs[item, digit 1..5].
 
     On the reversed scale digit d means rating 6 - d. The probabilities are renormalised over the
@@ -112,7 +113,7 @@ def cronbach_alpha(x: np.ndarray) -> float:
     return float(k / (k - 1) * (1 - item_var / total_var)) if total_var > 0 else float("nan")
 
 
-def bootstrap_ci(
+def rated_mean_ci(
     values: np.ndarray, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of `values`, resampling them with replacement."""
@@ -137,8 +138,8 @@ class Administration:
     respondents: np.ndarray | None = None  # keyed item scores [respondent, item]
 
     def scores(self) -> dict[str, np.ndarray]:
-        fwd, mass_f = expected_rating(self.p_forward)
-        rev, mass_r = expected_rating(self.p_reversed, reversed_scale=True)
+        fwd, mass_f = rating_and_mass(self.p_forward)
+        rev, mass_r = rating_and_mass(self.p_reversed, reversed_scale=True)
         return {
             "forward": fwd,
             "reversed": rev,
@@ -201,7 +202,7 @@ class InventoryResult:
                 lambda it: (it.domain, it.facet, it.facet_name)
             ).items():
                 rows.append({"condition": adm.condition, "domain": domain, "facet": facet, "facet_name": name,
-                             "score": float(_mean(k[ix])), "n_items": len(ix)})  # fmt: skip
+                             "score": mean(k[ix], skip_nan=True), "n_items": len(ix)})  # fmt: skip
         return rows
 
     def domain_rows(self) -> list[dict[str, Any]]:
@@ -214,28 +215,28 @@ class InventoryResult:
             kf, kr = keyed(s["forward"], self.items), keyed(s["reversed"], self.items)
             for n, (domain, ix) in enumerate(self._groups(lambda it: it.domain).items()):
                 seed = self.cfg.boot_seed + n
-                lo, hi = bootstrap_ci(k[ix], n_boot=self.cfg.n_boot, seed=seed)
+                lo, hi = rated_mean_ci(k[ix], n_boot=self.cfg.n_boot, seed=seed)
                 alpha = (
                     cronbach_alpha(adm.respondents[:, ix]) if adm.respondents is not None else float("nan")
                 )
                 row = {
                     "condition": adm.condition,
                     "domain": domain,
-                    "score": float(_mean(k[ix])),
+                    "score": mean(k[ix], skip_nan=True),
                     "alpha": alpha,
                     "ci_low": lo,
                     "ci_high": hi,
                     "option_mass": float(
                         np.mean([s["mass_forward"][ix].mean(), s["mass_reversed"][ix].mean()])
                     ),
-                    "score_forward": float(_mean(kf[ix])),
-                    "score_reversed": float(_mean(kr[ix])),
+                    "score_forward": mean(kf[ix], skip_nan=True),
+                    "score_reversed": mean(kr[ix], skip_nan=True),
                     "n_items": len(ix),
                 }
                 if adm is not base:
                     diff = k[ix] - base_k[ix]
-                    row["shift"] = float(_mean(diff))
-                    row["shift_ci_low"], row["shift_ci_high"] = bootstrap_ci(
+                    row["shift"] = mean(diff, skip_nan=True)
+                    row["shift_ci_low"], row["shift_ci_high"] = rated_mean_ci(
                         diff, n_boot=self.cfg.n_boot, seed=seed
                     )
                 rows.append(row)
@@ -267,12 +268,6 @@ class InventoryResult:
                                              "conditions": [a.condition for a in self.administrations],
                                              "prompt_conditions": self.prompts})  # fmt: skip
         return files
-
-
-def _mean(x: np.ndarray) -> float:
-    """Mean over the items that have a rating; NaN (without a warning) when none has."""
-    x = x[~np.isnan(x)]
-    return float(x.mean()) if len(x) else float("nan")
 
 
 def _union_columns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -8,8 +8,12 @@ starts with two BOS tokens. Which templates a stage uses is the protocol's busin
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
+
+logger = logging.getLogger(__name__)
+_MERGED: set[str] = set()  # tokenizers already logged as refusing a system message
 
 # npti_lens 0.1's persona prompt (the `lens` and `organism` protocols' search stage, the organism's
 # training prompt, and the inventory's respondents).
@@ -49,9 +53,14 @@ def render_messages(
         messages.insert(0, {"role": "system", "content": system})
     try:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    except Exception:  # noqa: BLE001 - templates (Gemma) that refuse a system role raise many types
+    except Exception as exc:  # noqa: BLE001 - templates (Gemma) that refuse a system role raise many types
         if not system:
             raise
+        name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+        if name not in _MERGED:  # once per tokenizer: it happens for every prompt
+            _MERGED.add(name)
+            logger.info("%s: its chat template refuses a system message (%s: %s); the system text "
+                        "goes in front of the user's", name, type(exc).__name__, exc)  # fmt: skip
         merged = [{"role": "user", "content": f"{system}\n\n{user}"}]
         text = tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
     return str(text)

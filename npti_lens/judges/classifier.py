@@ -37,7 +37,6 @@ from npti_lens.judges.fitting import (  # noqa: F401 - the classifier's names, a
     validate,
 )
 from npti_lens.judges.readers import ANALYZERS, Tfidf, _vectorizer, make_reader  # noqa: F401 - ANALYZERS, _vectorizer: the old names
-from npti_lens.judges.registry import register_judge
 
 log = logging.getLogger(__name__)
 
@@ -322,8 +321,3 @@ class ClassifierJudge:
         for o, f in zip(out, fluency_rows(rows, self.model), strict=True):
             o.update(f)
         return out
-
-
-@register_judge("classifier")
-def _make(**kwargs: Any) -> ClassifierJudge:
-    return ClassifierJudge(**kwargs)

@@ -21,7 +21,6 @@ from typing import Any
 from npti_lens.core.constants import RATING_DIGITS, TRAITS
 from npti_lens.core.errors import UserError
 from npti_lens.judges.client import ChatConfig, ChatRequest, ChatRun, Ledger, api_key, complete_all
-from npti_lens.judges.registry import register_judge
 from npti_lens.method.protocol import JudgePrompts, Protocol, load_protocol
 
 LEDGER_FILE = "judge_ledger.jsonl"
@@ -46,7 +45,9 @@ def digit_mass(top_logprobs: dict[str, float] | None) -> float:
     )
 
 
-def expected_rating(top_logprobs: dict[str, float] | None, min_mass: float = MIN_DIGIT_MASS) -> float | None:
+def rating_from_logprobs(
+    top_logprobs: dict[str, float] | None, min_mass: float = MIN_DIGIT_MASS
+) -> float | None:
     """Sum of n * p(n) over the tokens 1-5 at the rating position, p renormalised over them;
     None where those tokens hold less than `min_mass` of the probability (counted by the judge)."""
     if not top_logprobs or digit_mass(top_logprobs) < min_mass:
@@ -143,7 +144,7 @@ class OpenAIJudge:
                 entry = run.replies.get(key)
                 rating = self.prompts.rating(entry["reply"]) if entry else None
                 lps = entry.get("rating_logprobs") if entry else None
-                expected = expected_rating(lps)
+                expected = rating_from_logprobs(lps)
                 if lps and expected is None:
                     self.low_mass += 1
                 if entry is None:
@@ -172,8 +173,3 @@ class OpenAIJudge:
             f"{self.unparsed} replies without a rating, {self.low_mass} expected ratings dropped "
             f"(digits held < {MIN_DIGIT_MASS:g} of the probability)"
         )
-
-
-@register_judge("openai")
-def _make(**kwargs: Any) -> OpenAIJudge:
-    return OpenAIJudge(**kwargs)

@@ -15,7 +15,6 @@ from npti_lens.core.constants import opposite
 from npti_lens.core.errors import UserError
 from npti_lens.evaluation.capability import sequence_nlls
 from npti_lens.inputs.prompts import tokenize
-from npti_lens.judges.registry import register_judge
 from npti_lens.organism.corpus import sentence_table
 
 _SPLIT = re.compile(r"(?<=[.!?])\s+")
@@ -58,7 +57,6 @@ def perplexity(model: Any, prompt: str, answer: str) -> float:
     return math.exp(nll / n)
 
 
-@register_judge("organism")
 class OrganismJudge:
     name = "organism"
     scale = "fractions of sentences (0-1)"

@@ -6,6 +6,7 @@ Judges are registered by name. Every judge returns, per answer, `trait_score` an
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections import defaultdict
 from collections.abc import Callable
@@ -31,22 +32,37 @@ class Judge(Protocol):
         ...
 
 
-_JUDGES: dict[str, Callable[..., Judge]] = {}
+# Every judge by name, as "module:factory": its module is imported only when the judge is made,
+# so listing the judges (npti score --help) loads none of them. A new judge: one line here.
+_JUDGES: dict[str, str | Callable[..., Judge]] = {
+    "classifier": "npti_lens.judges.classifier:ClassifierJudge",
+    "openai": "npti_lens.judges.llm_judge:OpenAIJudge",
+    "organism": "npti_lens.judges.organism:OrganismJudge",
+}
 
 
-def register_judge(name: str) -> Callable[[Callable[..., Judge]], Callable[..., Judge]]:
-    def deco(factory: Callable[..., Judge]) -> Callable[..., Judge]:
-        if name in _JUDGES:
-            raise ValueError(f"judge {name!r} is already registered")
-        _JUDGES[name] = factory
-        return factory
+def register_judge(name: str, factory: str | Callable[..., Judge]) -> None:
+    """Add a judge: `factory` is a callable or a lazy "module:attribute" string (a name registered
+    twice raises)."""
+    if name in _JUDGES:
+        raise ValueError(f"judge {name!r} is already registered")
+    if isinstance(factory, str) and factory.count(":") != 1:
+        raise ValueError(f"judge {name!r}: {factory!r} is not 'module:factory'")
+    _JUDGES[name] = factory
 
-    return deco
+
+def registered() -> list[str]:
+    """The judges' names, sorted; none of their modules is imported."""
+    return sorted(_JUDGES)
 
 
-def registered() -> dict[str, Callable[..., Judge]]:
-    """The judges registered so far, by name (`npti_lens.workflows.scoring` imports them all)."""
-    return dict(_JUDGES)
+def judge_factory(name: str) -> Callable[..., Judge] | None:
+    """The factory registered as `name` (its module imported now), or None."""
+    target = _JUDGES.get(name)
+    if isinstance(target, str):
+        module, _, attr = target.partition(":")
+        target = getattr(importlib.import_module(module), attr)
+    return target
 
 
 def score_rows(rows: list[dict[str, Any]], judge: Judge) -> list[dict[str, Any]]:

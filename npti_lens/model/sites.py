@@ -10,6 +10,7 @@ edit of `a` is written into `hook_post` as `a' * up`, `up` read from `hook_pre_l
 from __future__ import annotations
 
 import contextlib
+import logging
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -106,6 +107,7 @@ def hooks_added(model: TransformerBridge, hooks: list[tuple[str, Callable[..., A
                 hp.fwd_hooks.remove(handle)
 
 
+logger = logging.getLogger(__name__)
 _PLAIN: weakref.WeakKeyDictionary[TransformerBridge, torch.nn.Module | None] = weakref.WeakKeyDictionary()
 
 
@@ -121,7 +123,7 @@ def plain_hf(model: TransformerBridge) -> torch.nn.Module | None:
     if model in _PLAIN:
         return _PLAIN[model]
     hf = model.original_model
-    plain = None
+    plain, why = None, ""
     try:
         with torch.device("meta"):
             plain = type(hf)(hf.config)
@@ -137,16 +139,21 @@ def plain_hf(model: TransformerBridge) -> torch.nn.Module | None:
                     plain.get_submodule(owner)._buffers[leaf] = buffers[name]
             plain.eval()
             if any(p.is_meta for p in plain.parameters()) or any(b.is_meta for b in plain.buffers()):
-                plain = None
+                plain, why = None, "some of its tensors are not the bridge's"
             else:  # the bridge may compute a module its own way (GPT-2's attention): exact or unused
                 probe = torch.arange(min(8, int(hf.config.vocab_size)), device=hf.device)[None]
                 with torch.inference_mode():
                     if not torch.equal(hf(input_ids=probe).logits, plain(input_ids=probe).logits):
-                        plain = None
+                        plain, why = (
+                            None,
+                            "the bridge computes a module its own way (a probe forward differs)",
+                        )
         else:
-            plain = None
-    except Exception:  # noqa: BLE001 - an architecture this does not fit keeps the bridge path
-        plain = None
+            plain, why = None, f"the bridge lacks {len(want - set(found))} of its weights"
+    except Exception as exc:  # noqa: BLE001 - an architecture this does not fit keeps the bridge path
+        plain, why = None, f"{type(exc).__name__}: {exc}"
+    if plain is None:
+        logger.info("%s: no plain-HF fast path (%s); forwards run through the bridge", type(hf).__name__, why)
     _PLAIN[model] = plain  # beside the model, not on it: a module attribute would join its state
     return plain
 

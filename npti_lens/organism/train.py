@@ -168,6 +168,7 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = False) -> dict:
     tok.save_pretrained(out)
     record = {
         "config": asdict(cfg),
+        "first_loss": losses[0],  # the untrained model's, on its first batch
         "final_loss": sum(losses[-50:]) / min(50, len(losses)),
         "seconds": round(time.time() - start, 1),
         "n_params": sum(p.numel() for p in model.parameters()),

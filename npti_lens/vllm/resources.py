@@ -30,7 +30,7 @@ def check_cpu_head_dim(hf_config: Any) -> None:
 def stats_bytes(hf_config: Any, tensor_parallel: int = 1) -> int:
     """Device memory one rank's statistics take while a search records (one bucket: int32 counts,
     float64 sums, and the binning temporaries of one chunk), which vLLM's KV-cache sizing cannot see."""
-    from npti_lens.method.statistics import _CHUNK_ELEMENTS  # noqa: PLC2701 - the same chunk
+    from npti_lens.method.statistics import CHUNK_ELEMENTS
 
     layers = int(getattr(hf_config, "num_hidden_layers", 0) or getattr(hf_config, "n_layer", 0))
     d_mlp = int(getattr(hf_config, "intermediate_size", 0) or getattr(hf_config, "n_inner", 0) or 0)
@@ -38,7 +38,7 @@ def stats_bytes(hf_config: Any, tensor_parallel: int = 1) -> int:
     d_mlp = (d_mlp or 4 * hidden) // tensor_parallel
     counts = layers * d_mlp * (N_BINS + 1) * 4  # hist + n_active, int32
     sums = layers * (3 * d_mlp + hidden) * 8  # sum, sum_sq, up_sum, resid_sum
-    return counts + sums + _CHUNK_ELEMENTS * (8 + 8 + 4)  # bin indices, their offsets, the float chunk
+    return counts + sums + CHUNK_ELEMENTS * (8 + 8 + 4)  # bin indices, their offsets, the float chunk
 
 
 def cpu_binding(tensor_parallel: int) -> str | None:

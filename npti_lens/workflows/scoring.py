@@ -1,7 +1,7 @@
 """Workflow: score an answers file with a judge into a folder (`scores.jsonl`, `summary.csv`, `cfg.json`).
 
-Judges register themselves by name in `npti_lens.judges.registry`; this module imports them (so the registry
-sits below the judges and nothing imports upward) and hands out one by name. A score folder records
+Judges are named in `npti_lens.judges.registry` as lazy "module:factory" strings; this module
+hands out one by name, importing only that judge's module. A score folder records
 which file and judge made it: the same file may be scored into it again (that resumes an LLM
 judge's ledger), another file only with `overwrite`.
 """
@@ -12,22 +12,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import npti_lens.judges.classifier  # noqa: F401 - registers the classifier judge
-import npti_lens.judges.llm_judge  # noqa: F401 - registers the openai judge
-import npti_lens.judges.organism  # noqa: F401 - registers the organism judge
 from npti_lens.core.errors import UserError
 from npti_lens.core.files import check_writable, fingerprint, read_json, write_json_atomic
-from npti_lens.judges.registry import SCORE_CFG_FILE, SCORES_FILE, Judge, registered, score_rows, write_scores
+from npti_lens.judges.registry import (
+    SCORE_CFG_FILE,
+    SCORES_FILE,
+    Judge,
+    judge_factory,
+    registered,
+    score_rows,
+    write_scores,
+)
 from npti_lens.workflows.answers import read_answers
 
 
 def judges() -> list[str]:
-    return sorted(registered())
+    return registered()
 
 
 def make_judge(name: str, **kwargs: Any) -> Judge:
     """A registered judge by name (organism, openai) built with `kwargs`."""
-    factory = registered().get(name)
+    factory = judge_factory(name)
     if factory is None:
         raise UserError(f"--judge: unknown judge {name!r}; choose {' or '.join(judges())}")
     return factory(**kwargs)

@@ -17,6 +17,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from npti_lens.core.errors import UserError
 from npti_lens.core.files import parse_numbers
+from npti_lens.core.numbers import mean
 from npti_lens.evaluation.capability import answer_nll
 from npti_lens.judges.registry import Judge, score_rows
 from npti_lens.method.protocol import Protocol, protocol_for
@@ -106,11 +107,10 @@ def tune(
         scored = score_rows(rows, judge)
         with intervention(model, condition, proto):
             nll, n = answer_nll(model, texts) if texts else (0.0, 1)
-        mean = lambda k: sum(float(r[k]) for r in scored) / len(scored)  # noqa: E731
         return {
             "strength": strength,
-            "trait_score": mean("trait_score"),
-            "fluency": mean("fluency"),
+            "trait_score": mean(r["trait_score"] for r in scored),
+            "fluency": mean(r["fluency"] for r in scored),
             "nll": nll / n,
         }
 
