@@ -23,7 +23,7 @@ from npti_lens.judges.organism import attribute
 from npti_lens.method.directions import npti_as_vector, steer
 from npti_lens.method.induction import InduceConfig, induce
 from npti_lens.method.selection import SelectConfig, select_run
-from npti_lens.method.statistics import load_run_stats
+from npti_lens.method.stats import load_run_stats
 from npti_lens.model.generation import GenerateConfig, positions_context
 from npti_lens.model.load import load_model, pad_batch
 from npti_lens.organism import corpus

@@ -138,7 +138,7 @@ def full_sets(model, share: float = 0.01, seed: int = 0):
 
 def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from npti_lens.method.recording import record_batch
-    from npti_lens.method.statistics import Stats
+    from npti_lens.method.stats import Stats
     from npti_lens.model.generation import GenerateConfig
     from npti_lens.model.sites import mlp_sites
 
@@ -217,7 +217,7 @@ def bench_induce(model, prompts, gcfg, toks, reps, dev, out) -> None:
 def bench_teacher_forcing(model, seqs, gcfg, stats, reps, dev, out) -> None:
     """3. teacher forcing vs recording while decoding: answer tokens of statistics per second."""
     from npti_lens.method.recording import record_batch, recording
-    from npti_lens.method.statistics import Stats
+    from npti_lens.method.stats import Stats
     from npti_lens.model.generation import generate
     from npti_lens.model.sites import mlp_sites
 
@@ -263,7 +263,7 @@ def memory_child(name: str, n_batches: int, device: str, dtype: str) -> None:
     On CUDA: peak allocated by torch. On the CPU: the process's peak resident set size.
     """
     from npti_lens.method.recording import record_batch
-    from npti_lens.method.statistics import Stats
+    from npti_lens.method.stats import Stats
     from npti_lens.model.sites import mlp_sites
 
     model = build_model(name, device, dtype)

@@ -104,7 +104,7 @@ def main() -> None:
 
     from npti_lens.method.induction import InduceConfig, induce
     from npti_lens.method.recording import record_batch
-    from npti_lens.method.statistics import Stats
+    from npti_lens.method.stats import Stats
     from npti_lens.model.generation import GenerateConfig, generate
     from npti_lens.model.load import ModelConfig, load_model, model_dims
 

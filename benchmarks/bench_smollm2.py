@@ -52,7 +52,7 @@ def main() -> None:
     from npti_lens.inputs.questions import load_questions
     from npti_lens.method.protocol import load_protocol
     from npti_lens.method.recording import record_batch
-    from npti_lens.method.statistics import Stats
+    from npti_lens.method.stats import Stats
     from npti_lens.model.generation import GenerateConfig, generate
     from npti_lens.model.gguf import resolve_gguf
     from npti_lens.model.load import load_model, model_id

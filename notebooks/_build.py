@@ -181,7 +181,7 @@ NOTEBOOKS = {
         ("md", "## 1. Search: persona answers (released template) and their statistics"),
         (
             "code",
-            "from npti_lens.workflows.search import SearchConfig, run_search\n\nshipped = Path(nl.__file__).parent / 'data'\n"
+            "from npti_lens.inputs import DATA_DIR as shipped  # the data the package ships\nfrom npti_lens.workflows.search import SearchConfig, run_search\n\n"
             "qdir = work / 'questions'; qdir.mkdir()\n"
             "lines = (shipped / 'questions' / 'search' / 'Extraversion.json').read_text().splitlines()[:4]\n"
             "(qdir / 'Extraversion.json').write_text('\\n'.join(lines) + '\\n')\n"

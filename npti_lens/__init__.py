@@ -33,7 +33,7 @@ _WHERE = {
     "load_neuron_sets": "method.neurons",
     "Protocol": "method.protocol",
     "load_protocol": "method.protocol",
-    "Stats": "method.statistics",
+    "Stats": "method.stats",
     "record_batch": "method.recording",
     "recording": "method.recording",
     "SelectConfig": "method.selection",

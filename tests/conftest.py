@@ -34,6 +34,20 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "needs(what, missing): needs what CI installs (tests/helpers.needs)")
 
 
+# The tests run on two workers (pytest-xdist, `-n 2 --dist loadgroup` in pyproject.toml). The vLLM
+# engines and servers, and the SmolLM2 tests that start them, share one worker, one at a time: each
+# engine takes the cores it finds, and they share vLLM's compile cache. Everything else fills the
+# other worker.
+ONE_WORKER = ("test_vllm_", "test_smollm2")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name.startswith(ONE_WORKER):
+            item.add_marker(pytest.mark.xdist_group("engines"))
+
+
 def pytest_runtest_setup(item):
     for mark in item.iter_markers("needs"):
         require(mark.kwargs["what"], mark.kwargs["missing"])

@@ -16,7 +16,7 @@ def test_a_stored_run_gives_its_stored_neuron_sets_and_direction_again(tmp_path)
     from npti_lens.method.directions import Direction, mean_difference
     from npti_lens.method.neurons import load_neuron_sets
     from npti_lens.method.selection import SelectConfig, select_run
-    from npti_lens.method.statistics import load_run_stats
+    from npti_lens.method.stats import load_run_stats
 
     high = load_run_stats(STORED / "run", "Extraversion", "high")
     low = load_run_stats(STORED / "run", "Extraversion", "low")

@@ -148,7 +148,7 @@ def test_vector_in_capability_and_inventory(llama_run, tiny_dirs, tmp_path):
 def test_up_sums_equal_a_full_activation_computation(llama_run, tiny_dirs):
     from transformers import AutoTokenizer
 
-    from npti_lens.method.statistics import load_run_stats
+    from npti_lens.method.stats import load_run_stats
 
     run, _ = llama_run
     hf = hf_reference(tiny_dirs["llama"])

@@ -67,6 +67,30 @@ def test_miss_then_hit_then_damaged_is_rebuilt(tmp_path, fake_convert):
     assert not leftovers
 
 
+def test_two_at_once_convert_once(tmp_path, fake_convert, monkeypatch):
+    """Two processes (here threads, each with its own lock file handle) asking for the same GGUF at
+    once: one converts, the other waits and takes its folder (the tests' two workers do this)."""
+    import threading
+    import time
+
+    f = write_gguf(tmp_path / "m.gguf")
+    slow = g._dequantise
+
+    def convert(path, out):
+        time.sleep(0.5)  # long enough for the other to arrive while this one converts
+        slow(path, out)
+
+    monkeypatch.setattr(g, "_dequantise", convert)
+    got = []
+    workers = [threading.Thread(target=lambda: got.append(g.resolve_gguf(str(f)))) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(fake_convert) == 1 and len(got) == 2 and got[0] == got[1]
+    assert g.cache_ok(got[0].folder, got[0].sha256)
+
+
 def test_a_failed_conversion_leaves_no_cache(tmp_path, monkeypatch):
     monkeypatch.setenv(g.CACHE_ENV, str(tmp_path / "cache"))
 

@@ -140,3 +140,9 @@ def test_import_linter_keeps_the_same_contract():
     assert res.returncode == 0 and "1 kept, 0 broken" in res.stdout, res.stdout[-2000:]
     contract = res.stdout
     assert all(f"npti_lens.{f}" in (PKG.parent / "pyproject.toml").read_text() for f in FLOORS if f), contract
+
+
+def test_no_module_is_named_after_a_standard_library_module():
+    """`io.py` or `select.py` beside a script shadows the standard library's when run from there."""
+    names = {p.stem for p in PKG.rglob("*.py")} | {p.name for p in PKG.rglob("*") if p.is_dir()}
+    assert not names & set(sys.stdlib_module_names), sorted(names & set(sys.stdlib_module_names))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from npti_lens.core.errors import UserError
-from npti_lens.method.statistics import load_run_stats
+from npti_lens.method.stats import load_run_stats
 from npti_lens.model.generation import GenerateConfig
 from npti_lens.workflows.merge import merge_runs
 from npti_lens.workflows.search import SearchConfig, answers_path, parse_shard, run_search, shard_slice

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from npti_lens.core.errors import UserError
 from npti_lens.inputs.prompts import build
 from npti_lens.method.recording import record_batch
-from npti_lens.method.statistics import Stats
+from npti_lens.method.stats import Stats
 from npti_lens.model.generation import GenerateConfig, generate
 from npti_lens.model.load import ModelConfig, load_model, model_id
 from npti_lens.model.sites import mlp_sites

@@ -11,7 +11,7 @@ import torch
 from npti_lens.core.constants import N_BINS
 from npti_lens.inputs.prompts import build
 from npti_lens.method.recording import record_batch
-from npti_lens.method.statistics import Stats, accumulate, bin_edges, bin_index
+from npti_lens.method.stats import Stats, accumulate, bin_edges, bin_index
 from npti_lens.model.sites import mlp_sites
 from tests.helpers import FAMILIES, QUESTIONS
 

@@ -9,7 +9,7 @@ import torch
 
 import npti_lens.workflows.search as search_mod
 from npti_lens.core.errors import UserError
-from npti_lens.method.statistics import Stats, stats_path
+from npti_lens.method.stats import Stats, stats_path
 from npti_lens.model.generation import GenerateConfig
 from npti_lens.workflows.search import SearchConfig, answers_path, run_search
 from tests.helpers import write_data

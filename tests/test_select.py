@@ -10,7 +10,7 @@ from scipy.stats import norm
 from npti_lens.core.constants import N_BINS
 from npti_lens.core.errors import UserError
 from npti_lens.method.selection import SelectConfig, bh_qvalues, q95, register_rule, select_neurons
-from npti_lens.method.statistics import Stats
+from npti_lens.method.stats import Stats
 
 
 def random_stats(seed: int, n_layers=4, d_mlp=300, n_tokens=5000) -> Stats:

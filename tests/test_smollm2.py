@@ -119,7 +119,7 @@ def test_tl_loop_equals_hf_generate(smol):
 
 def test_search_statistics_equal_a_full_activation_cache(smol, tmp_path):
     from npti_lens.method.protocol import load_protocol
-    from npti_lens.method.statistics import Stats, bin_lower_edges, load_run_stats
+    from npti_lens.method.stats import Stats, bin_lower_edges, load_run_stats
     from npti_lens.model.generation import GenerateConfig
     from npti_lens.workflows.search import SearchConfig, answers_path, run_search
     from tests.vllm_oracles import answer_acts, explain_differences

@@ -120,7 +120,7 @@ def test_the_compiled_engine_runs_compiled_code(engines):
 
 
 def test_a_compiled_engine_refuses_to_record(engines):
-    from npti_lens.method.statistics import Stats
+    from npti_lens.method.stats import Stats
 
     engine = engines["llama"][1]
     with pytest.raises(UserError, match="eager vLLM"):

@@ -145,7 +145,7 @@ def test_answer_sets_batch_every_set_on_the_engine_as_each_alone(pairs, tmp_path
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_search_statistics_equal_teacher_forcing_in_transformerlens(pairs, family, tmp_path):
-    from npti_lens.method.statistics import load_run_stats
+    from npti_lens.method.stats import load_run_stats
     from npti_lens.workflows.search import SearchConfig, answers_path, run_search
 
     tl, engine, _, _ = pairs[family]

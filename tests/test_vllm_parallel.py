@@ -9,7 +9,7 @@ from tests.helpers import needs
 pytestmark = needs("vLLM", vllm_available())
 
 from npti_lens.method.protocol import load_protocol  # noqa: E402
-from npti_lens.method.statistics import Stats  # noqa: E402
+from npti_lens.method.stats import Stats  # noqa: E402
 from npti_lens.model.generation import GenerateConfig  # noqa: E402
 from tests.helpers import QUESTIONS, build_tiny_vllm, random_pole_sets  # noqa: E402
 from tests.vllm_oracles import answer_acts, explain_differences  # noqa: E402

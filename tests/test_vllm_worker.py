@@ -157,7 +157,7 @@ def test_weight_only_quantisation_is_not_refused():
 
 
 def test_the_memory_reserved_for_statistics_is_what_a_worker_allocates():
-    from npti_lens.method.statistics import CHUNK_ELEMENTS
+    from npti_lens.method.stats import CHUNK_ELEMENTS
     from npti_lens.vllm.resources import stats_bytes
 
     ext = bare()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from npti_lens.method.statistics import Stats, bin_lower_edges
+from npti_lens.method.stats import Stats, bin_lower_edges
 
 
 def answer_acts(tl, pairs: list[tuple[list[int], list[int]]]) -> list[torch.Tensor]:

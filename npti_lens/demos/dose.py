@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
+from npti_lens.core.averages import mean
 from npti_lens.core.constants import POLES, opposite, pole_name
 from npti_lens.core.files import parse_numbers
-from npti_lens.core.numbers import mean
 from npti_lens.evaluation import evidence
 from npti_lens.method.induction import random_control
 from npti_lens.workflows.answers import AnswerJob, Condition

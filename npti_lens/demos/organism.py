@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from npti_lens.core.averages import mean
 from npti_lens.core.constants import POLES, opposite, pole_name
 from npti_lens.core.errors import UserError
 from npti_lens.core.files import (
@@ -27,7 +28,6 @@ from npti_lens.core.files import (
     write_jsonl_atomic,
     write_text_atomic,
 )
-from npti_lens.core.numbers import mean
 from npti_lens.evaluation import evidence
 from npti_lens.evaluation.control import Control, TraitControl, trait_control
 from npti_lens.evaluation.evidence import Cell

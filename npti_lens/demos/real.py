@@ -31,10 +31,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from npti_lens.core.averages import mean
 from npti_lens.core.constants import POLES, pole_name
 from npti_lens.core.errors import UserError
 from npti_lens.core.files import parse_numbers, parse_traits, read_json, write_json_atomic
-from npti_lens.core.numbers import mean
 from npti_lens.demos.dose import cells_at_chosen, sweep
 from npti_lens.evaluation.evidence import Cell
 from npti_lens.inputs import DATA_DIR

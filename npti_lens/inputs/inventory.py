@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from npti_lens.core.averages import mean
 from npti_lens.core.constants import CFG_FILE, RATING_DIGITS, TRAITS
 from npti_lens.core.errors import UserError
-from npti_lens.core.numbers import mean
 
 SHIPPED_INVENTORY = Path(__file__).parent / "data" / "inventory.csv"
 COLUMNS = ("id", "text", "domain", "facet", "facet_name", "keyed")

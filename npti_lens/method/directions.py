@@ -33,7 +33,7 @@ from npti_lens.core.files import atomic_path
 from npti_lens.method import cvector
 from npti_lens.method.induction import shift_sizes
 from npti_lens.method.neurons import NeuronSet
-from npti_lens.method.statistics import Stats
+from npti_lens.method.stats import Stats
 from npti_lens.model.generation import any_generated, generated_positions
 from npti_lens.model.load import model_device, model_id, same_model_key
 from npti_lens.model.sites import hooks_added, mlp_sites, resid_site

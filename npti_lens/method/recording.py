@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from npti_lens.method.statistics import Stats, accumulate
+from npti_lens.method.stats import Stats, accumulate
 from npti_lens.model.generation import generated_positions, positions_context
 from npti_lens.model.load import model_device, pad_batch
 from npti_lens.model.sites import MLPSites, hooks_added, mlp_sites, resid_site

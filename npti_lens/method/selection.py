@@ -23,7 +23,7 @@ from torch import Tensor
 from npti_lens.core.constants import POLES, TRAITS, opposite, pole_name
 from npti_lens.core.errors import UserError
 from npti_lens.method.neurons import NeuronSet
-from npti_lens.method.statistics import Stats, bin_lower_edges, load_run_stats, stats_path
+from npti_lens.method.stats import Stats, bin_lower_edges, load_run_stats, stats_path
 
 QUANTILE = 0.95
 

@@ -12,6 +12,7 @@ sets found on `smollm2` match `PATH.gguf` of the same file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -19,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,8 +179,31 @@ def resolve_gguf(spec: str, *, flag: str = "--model") -> GGUFSource:
     digest = _hash_memo(path)
     folder = cache_folder(path, digest)
     if not cache_ok(folder, digest):
-        _convert(path, digest, folder, flag)
+        with _cache_lock(folder, flag):  # two processes at once: one converts, the other waits for it
+            if not cache_ok(folder, digest):
+                _convert(path, digest, folder, flag)
     return GGUFSource(path=path, sha256=digest, folder=folder)
+
+
+@contextlib.contextmanager
+def _cache_lock(folder: Path, flag: str) -> Iterator[None]:
+    """An exclusive lock on `folder`'s conversion (a lock file beside it; none where there is no fcntl)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: the rename into place still keeps a conversion whole
+        yield
+        return
+    locks = folder.parent.parent / "locks"  # beside the cache's folders, never in them
+    try:
+        locks.mkdir(parents=True, exist_ok=True)
+        fh = open(locks / f"{folder.name}.lock", "w")  # noqa: SIM115 - held across the yield
+    except OSError as e:
+        raise UserError(
+            f"{flag}: cannot write the GGUF cache in {locks} ({e.strerror}); set {CACHE_ENV} to a writable folder"
+        ) from None
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
 
 
 def _convert(path: Path, digest: str, folder: Path, flag: str) -> None:

@@ -4,7 +4,7 @@
 our worker extension `npti_lens.vllm.worker`) and offers what the answering layer needs from a model: a `tokenizer`, its
 dimensions and name, `generate(prompts, cfg, induction=...)` returning the TransformerLens loop's
 `Generation`s for the same token ids, and `record(pairs, stats)`, the teacher-forced answer-token
-statistics of `npti_lens.method.statistics`, gathered in the workers. Inductions are sent to the workers once
+statistics of `npti_lens.method.stats`, gathered in the workers. Inductions are sent to the workers once
 (keyed by their content) and named per request in `SamplingParams.extra_args`, so one batch can mix
 poles, gammas and plain requests. vLLM is imported only here and only when an engine is made.
 """
@@ -27,7 +27,7 @@ from npti_lens.core.errors import UserError
 from npti_lens.core.files import check_writable
 from npti_lens.method.induction import InduceConfig, check_config, check_fits
 from npti_lens.method.neurons import NeuronSet
-from npti_lens.method.statistics import Stats
+from npti_lens.method.stats import Stats
 from npti_lens.model.generation import GenerateConfig, Generation
 from npti_lens.model.gguf import is_gguf_spec, resolve_gguf
 from npti_lens.model.load import answer_end_ids, facts, name_model, same_model_key
@@ -291,7 +291,7 @@ class VLLMEngine:
         defer: bool = False,
     ) -> None:
         """Teacher-force prompt + answer and add answer-position statistics to `stats` (as
-        `npti_lens.method.statistics.record_batch`), gathered by the workers, each rank its own neurons.
+        `npti_lens.method.stats.record_batch`), gathered by the workers, each rank its own neurons.
 
         With `defer`, the counts stay in the workers until `take(stats, bucket)` (a search takes them
         at its checkpoints: no transfer per batch); they are taken anyway before a worker's int32

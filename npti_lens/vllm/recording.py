@@ -53,7 +53,7 @@ class Recording:
 
     def _npti_record(self, bucket: str, site: Site, rows: Tensor, x: Tensor, out: Tensor) -> None:
         from npti_lens.core.constants import N_BINS
-        from npti_lens.method.statistics import add_counts
+        from npti_lens.method.stats import add_counts
 
         s = self._npti
         stats = s["stats"].get(bucket)

@@ -30,7 +30,7 @@ def check_cpu_head_dim(hf_config: Any) -> None:
 def stats_bytes(hf_config: Any, tensor_parallel: int = 1) -> int:
     """Device memory one rank's statistics take while a search records (one bucket: int32 counts,
     float64 sums, and the binning temporaries of one chunk), which vLLM's KV-cache sizing cannot see."""
-    from npti_lens.method.statistics import CHUNK_ELEMENTS
+    from npti_lens.method.stats import CHUNK_ELEMENTS
 
     layers = int(getattr(hf_config, "num_hidden_layers", 0) or getattr(hf_config, "n_layer", 0))
     d_mlp = int(getattr(hf_config, "intermediate_size", 0) or getattr(hf_config, "n_inner", 0) or 0)

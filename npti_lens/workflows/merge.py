@@ -14,7 +14,7 @@ from typing import Any
 from npti_lens.core.constants import ANSWERS_DIR, RUN_CFG_FILE, STATS_DIR, VERSION
 from npti_lens.core.errors import UserError
 from npti_lens.core.files import read_json, write_json_atomic, write_jsonl_atomic
-from npti_lens.method.statistics import Stats
+from npti_lens.method.stats import Stats
 from npti_lens.workflows.search import parse_shard
 
 

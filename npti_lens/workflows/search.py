@@ -40,7 +40,7 @@ from npti_lens.inputs.questions import (
 )
 from npti_lens.method.protocol import Protocol, protocol_for
 from npti_lens.method.recording import record_batch
-from npti_lens.method.statistics import Stats, stats_path
+from npti_lens.method.stats import Stats, stats_path
 from npti_lens.model.generation import GenerateConfig, check_context
 from npti_lens.model.load import Model, engine_name, is_engine, model_dims, model_id, model_source
 from npti_lens.model.sites import mlp_sites

@@ -15,9 +15,9 @@ from typing import Any
 
 from transformer_lens.model_bridge import TransformerBridge
 
+from npti_lens.core.averages import mean
 from npti_lens.core.errors import UserError
 from npti_lens.core.files import parse_numbers
-from npti_lens.core.numbers import mean
 from npti_lens.evaluation.capability import answer_nll
 from npti_lens.judges.registry import Judge, score_rows
 from npti_lens.method.protocol import Protocol, protocol_for

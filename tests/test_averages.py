@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from npti_lens.core.numbers import mean
+from npti_lens.core.averages import mean
 
 
 def test_mean_against_numpy_and_its_nan_rule():
