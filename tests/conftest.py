@@ -35,16 +35,13 @@ def pytest_configure(config):
 
 
 # The tests run on two workers (pytest-xdist, `-n 2 --dist loadgroup` in pyproject.toml). The vLLM
-# engines and servers, and the SmolLM2 tests that start them, share one worker, one at a time: each
-# engine takes the cores it finds, and they share vLLM's compile cache. Everything else fills the
-# other worker.
-ONE_WORKER = ("test_vllm_", "test_smollm2")
-
-
+# engines and servers share one worker, one at a time: each engine takes the cores it finds, and
+# they share vLLM's compile cache. The test_vllm_ modules go there whole; a test elsewhere that
+# starts vLLM carries @pytest.mark.xdist_group("engines") itself. Everything else fills the other.
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.path.name.startswith(ONE_WORKER):
+        if item.path.name.startswith("test_vllm_"):
             item.add_marker(pytest.mark.xdist_group("engines"))
 
 

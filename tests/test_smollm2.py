@@ -161,6 +161,7 @@ def test_search_statistics_equal_a_full_activation_cache(smol, tmp_path):
     assert torch.allclose(got.sum, ref.sum, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.xdist_group("engines")  # starts vLLM: on the engines' worker (conftest)
 def test_vllm_equals_the_tl_loop_plain_and_induced(smol):
     from npti_lens.vllm.engine import vllm_available
 
@@ -189,6 +190,7 @@ def test_vllm_equals_the_tl_loop_plain_and_induced(smol):
         engine.close()
 
 
+@pytest.mark.xdist_group("engines")  # starts vLLM: on the engines' worker (conftest)
 def test_the_openai_judge_against_npti_serve_of_smollm2(smol, tmp_path, monkeypatch, capsys):
     """The local-judge plumbing end to end: `npti serve --model smollm2` (plain) on vLLM,
     `npti score --judge openai --base-url` with the released judge prompts and log-probabilities.

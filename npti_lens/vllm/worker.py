@@ -30,22 +30,15 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections import OrderedDict
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from npti_lens.core.constants import POLES, TRAITS
 from npti_lens.method.induction import (
     InduceConfig,
-    counter_uniform,
-    plan_layers,
-    shifted,
 )
-from npti_lens.method.neurons import NeuronSet
 from npti_lens.vllm import ops
 from npti_lens.vllm.args import (
     PREFIX,
@@ -53,9 +46,8 @@ from npti_lens.vllm.args import (
     induce_config,
     induction_args,
     induction_key,
-    neurons_from,
-    rank_plan,
 )
+from npti_lens.vllm.inducing import Inducing
 from npti_lens.vllm.recording import Recording, Site
 
 # every activation vLLM builds in this process carries NPTI's op (see npti_lens.vllm.ops); without
@@ -68,13 +60,6 @@ GATES = {
     "SiluAndMul": lambda m: torch.nn.functional.silu,
     "GeluAndMul": lambda m: lambda g: torch.nn.functional.gelu(g, approximate=m.approximate),
 }
-MAX_PLANS = 64  # induction configurations whose plans stay on the device (least recently used go)
-
-
-@dataclass
-class _Plans:
-    pairs: list[tuple[NeuronSet, NeuronSet | None]]
-    by_cfg: OrderedDict[tuple, dict[int, RankPlan]] = field(default_factory=OrderedDict)
 
 
 @dataclass
@@ -85,7 +70,7 @@ class _Step:
     records: list[tuple[str, Tensor]]  # (bucket, rows)
 
 
-class NPTIWorkerExtension(Recording):
+class NPTIWorkerExtension(Inducing, Recording):
     """Methods every vLLM worker gains; the driver calls them by name with `collective_rpc`."""
 
     def npti_setup(self, base: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -185,36 +170,7 @@ class NPTIWorkerExtension(Recording):
     def _npti_dims(self) -> dict[str, Any]:
         return {k: self._npti[k] for k in ("n_layers", "d_mlp", "tp", "rank", "gated")}
 
-    def npti_prepare(self, key: str, cfg: dict[str, Any]) -> None:
-        """Build (and cache) the plans of induction `key` under `cfg` now, outside any forward."""
-        self._npti_plans(self._npti["inductions"][key], InduceConfig(**cfg))
-
     # ----- what the driver registers and takes back ----------------------------------------------
-
-    def npti_register(self, key: str, pairs: list[tuple[dict, dict | None]]) -> None:
-        """Register an induction: (target set, opposite set or None) pairs as plain dicts."""
-        self._npti["inductions"][key] = _Plans(
-            [(neurons_from(t), None if o is None else neurons_from(o)) for t, o in pairs]
-        )
-
-    def npti_load(self, name: str, folder: str) -> list[str]:
-        """Register every trait pole of a NEURONS folder as `name/Trait/pole`; returns the keys."""
-        from npti_lens.core.constants import pole_name
-        from npti_lens.method.induction import load_pair
-
-        keys = []
-        for trait in TRAITS:
-            for pole in POLES:
-                if not (Path(folder) / pole_name(trait, pole)).is_dir():
-                    continue
-                tgt, opp = load_pair(folder, trait, pole)
-                self._npti["inductions"][f"{name}/{trait}/{pole}"] = _Plans([(tgt, opp)])
-                keys.append(f"{name}/{trait}/{pole}")
-        self._npti.setdefault("default_neurons", name)  # the first folder: requests may omit npti_neurons
-        return keys
-
-    def npti_keys(self) -> list[str]:
-        return sorted(self._npti["inductions"])
 
     def npti_strict(self, on: bool) -> None:
         """A check for GPUs: while on, any device-to-host sync inside the per-layer edit and
@@ -323,23 +279,6 @@ class NPTIWorkerExtension(Recording):
                 cache[req_id] = (args, key, induce_config(args, self._npti["base"]))
         return cache[req_id]
 
-    def _npti_plans(self, plans: _Plans, cfg: InduceConfig) -> dict[int, RankPlan]:
-        ckey = tuple(getattr(cfg, f.name) for f in fields(cfg) if f.name not in ("seed", "positions"))
-        if ckey in plans.by_cfg:
-            plans.by_cfg.move_to_end(ckey)
-        else:
-            s = self._npti
-            device = next(self.model_runner.model.parameters()).device
-            dtype = self.model_runner.model_config.dtype
-            full = plan_layers(s["n_layers"], s["d_mlp"], plans.pairs, cfg, "cpu", dtype)
-            d_local = s["d_mlp"] // s["tp"]
-            plans.by_cfg[ckey] = {
-                layer: rank_plan(p, s["rank"], d_local, device) for layer, p in full.items()
-            }
-            while len(plans.by_cfg) > MAX_PLANS:
-                plans.by_cfg.popitem(last=False)
-        return plans.by_cfg[ckey]
-
     def _npti_on_act(self, x: Tensor, out: Tensor) -> None:
         """An MLP activation ran (the op in its forward, or an eager hook): x is its input, `out`
         its output, edited in place. Layers run in order, so the n-th call of a forward is layer n."""
@@ -366,34 +305,3 @@ class NPTIWorkerExtension(Recording):
             if plan is None or plan.cols.numel() == 0:
                 continue
             self._npti_edit(site, plan, cfg, rows, positions, x, out)
-
-    def _npti_edit(
-        self,
-        site: Site,
-        plan: RankPlan,
-        cfg: InduceConfig,
-        rows: Tensor,
-        positions: Tensor,
-        x: Tensor,
-        out: Tensor,
-    ) -> None:
-        full, cols, at = plan.full, plan.cols, rows[:, None]  # gathers of just the plan's cells
-        if site.gated:
-            a, up = site.gate(x[at, cols]), x[at, plan.up_cols]
-        else:
-            a, up = out[at, cols], None
-        keep = full.is_target
-        if cfg.keep == "bernoulli" and cfg.keep_prob < 1.0:
-            keep = keep & (counter_uniform(cfg.seed, positions, site.layer, full.idx) <= cfg.keep_prob)
-        elif cfg.keep == "exact" and full.n_keep < full.n_target:
-            u = counter_uniform(cfg.seed, positions, site.layer, full.idx).masked_fill(~full.is_target, 2.0)
-            keep = torch.zeros_like(u, dtype=torch.bool)
-            keep.scatter_(1, u.argsort(-1)[:, : full.n_keep], True)
-        if plan.mine is not None:  # another rank holds some of the layer's neurons
-            keep = keep.index_select(-1, plan.mine)
-        new = shifted(a.to(full.delta.dtype), plan.part, keep, cfg.clamp_order)
-        new = (new * up if up is not None else new).to(out.dtype)
-        bad = ~torch.isfinite(new).all()
-        flag = self._npti["nonfinite"]
-        self._npti["nonfinite"] = bad if flag is None else flag | bad
-        out[at, cols] = new  # one scatter in place (rows and columns are distinct)
