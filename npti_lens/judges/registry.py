@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from npti_lens.core.averages import mean
 from npti_lens.core.files import to_csv, write_jsonl_atomic, write_text_atomic
 
 SCORES_FILE = "scores.jsonl"
@@ -89,9 +90,9 @@ def summarize(scored: list[dict[str, Any]], keys: tuple[str, ...] = GROUP_KEYS) 
         row["n"] = len(rs)
         for metric in metrics:
             vals = [float(r[metric]) for r in rs if r.get(metric) is not None]
-            mean = sum(vals) / len(vals) if vals else math.nan
-            var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else math.nan
-            row[f"{metric}_mean"] = mean
+            m = mean(vals)
+            var = sum((v - m) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else math.nan
+            row[f"{metric}_mean"] = m
             row[f"{metric}_sem"] = math.sqrt(var / len(vals)) if len(vals) > 1 else math.nan
             row[f"{metric}_n"] = len(vals)
         out.append(row)
