@@ -112,3 +112,17 @@ def test_the_fast_path_without_hooks_equals_the_bridge_path(family, tiny_models)
             slow = generate(model, prompts, cfg)
         assert [g.answer_ids for g in fast] == [g.answer_ids for g in slow], family
     assert not any_hook(model)
+
+
+def test_a_model_without_the_fast_path_says_why(tiny_models, caplog):
+    """The fallback to the bridge is logged with its reason, not silent (GPT-2: the bridge computes
+    its attention its own way, so a probe forward differs)."""
+    import logging
+
+    from npti_lens.model import sites
+
+    model = tiny_models["gpt2"]
+    sites._PLAIN.pop(model, None)  # worked out again, under caplog
+    with caplog.at_level(logging.INFO, logger="npti_lens.model.sites"):
+        assert sites.plain_hf(model) is None
+    assert "no plain-HF fast path (the bridge computes a module its own way" in caplog.text
